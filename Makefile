@@ -1,0 +1,57 @@
+# Entry points. A fresh Debian machine needs only: make demo, make test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint fmt bench loadtest system-deps clean
+
+demo: system-deps $(VENV)/.installed ## Redis + sidecar + nginx + demo origin at http://127.0.0.1:8080/
+	$(PY) -m sidecar.demo
+
+test: system-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed-dev ## ruff (check + format) and mypy
+	$(VENV)/bin/ruff check sidecar tests loadtest
+	$(VENV)/bin/ruff format --check sidecar tests loadtest
+	$(VENV)/bin/mypy
+
+fmt: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix sidecar tests loadtest
+	$(VENV)/bin/ruff format sidecar tests loadtest
+
+bench: system-deps $(VENV)/.installed-dev ## gated vs ungated throughput through nginx (needs wrk)
+	$(PY) -m tests.bench
+
+# System packages: installed with apt when run as root, otherwise named.
+system-deps:
+	@missing=""; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "anteroom: installing$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "anteroom: missing system packages:$$missing"; \
+	    echo "  install them with: sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV) || { echo "anteroom: '$(PYTHON) -m venv' failed; install python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,83 @@
+"""The aiohttp application: one factory, every resource opened and closed in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .config import Config
+from .engine import Engine
+from .gate import Gate
+from .refresher import Refresher
+from .status import Status
+
+log = logging.getLogger("sidecar.app")
+
+CONFIG = web.AppKey("config", Config)
+REDIS = web.AppKey("redis", Redis)
+REFRESHER = web.AppKey("refresher", Refresher)
+GATE = web.AppKey("gate", Gate)
+
+# aiohttp's defaults (8 KiB) are below what nginx forwards with its own
+# large_client_header_buffers; a refused header would become nginx's 500.
+HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 65536}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unexpected failures become a logged 503 (nginx treats it as 'no decision')."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return web.json_response({"error": "internal"}, status=503)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ok = request.app[REFRESHER].redis_ok
+    return web.json_response({"redis": ok}, status=200 if ok else 503)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors], handler_args=HANDLER_ARGS)
+    # the client connects lazily, inside the running loop
+    redis = Redis.from_url(
+        config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
+    )
+    # purge slack covers heartbeats still waiting in a replica's batch
+    engine = Engine(redis, purge_slack_ms=int(config.heartbeat_interval * 1000) + 1000)
+    refresher = Refresher(engine, config.refresh_interval, config.heartbeat_interval)
+    gate = Gate(config, engine, refresher)
+    status = Status(gate)
+    app[CONFIG], app[REDIS], app[REFRESHER], app[GATE] = config, redis, refresher, gate
+
+    app.router.add_get("/_anteroom/auth", gate.auth)
+    app.router.add_get("/_anteroom/status", status.status)
+    app.router.add_get("/_anteroom/continue", status.resume)
+    app.router.add_post("/_anteroom/leave", status.leave)
+    app.router.add_post("/_anteroom/keepalive", status.keepalive)
+    app.router.add_get("/healthz", healthz)
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(refresher.run(), name="anteroom-refresher")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(Exception):
+            await refresher.flush()  # hand the last heartbeats over before leaving
+        await redis.aclose()
+
+    app.cleanup_ctx.append(background)
+    return app

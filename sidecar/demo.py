@@ -1,0 +1,384 @@
+"""A whole local stack: Redis, the sidecar, nginx with the shipped snippets, a demo origin.
+
+``python -m sidecar.demo`` runs it in the foreground (``make demo``); the
+test suite starts the same stack on free ports. Everything listens on
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_SNIPPETS = ROOT / "nginx" / "anteroom"
+
+SITE = """
+    server {{
+        listen 127.0.0.1:{port};
+        server_name _;
+        set $anteroom_pages {pages};
+        include anteroom/server.conf;
+        include anteroom/pages-local.conf;
+
+        # never queued: home page, static files, health checks
+        location / {{
+            proxy_pass http://origin;
+        }}
+        # everything under /shop/ waits in the queue "shop"
+        location /shop/ {{
+            set $anteroom_queue shop;
+            include anteroom/gate.conf;
+            proxy_pass http://origin;
+        }}
+{extra}
+    }}
+"""
+
+MAIN = """
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {access_log};
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    include anteroom/http.conf;
+    upstream anteroom_sidecar {{ server 127.0.0.1:{sidecar_port}; keepalive 64; }}
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+{site}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{_tail(log)}")
+        if port_in_use(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def require(program: str, package: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        raise SystemExit(
+            f"anteroom: {program} not found. Install it with: sudo apt-get install -y {package}"
+        )
+    return path
+
+
+@dataclass
+class Stack:
+    """Redis + sidecar + origin + nginx in ``workdir``; stop() ends them all."""
+
+    workdir: Path
+    site_port: int = field(default_factory=free_port)
+    sidecar_port: int = field(default_factory=free_port)
+    origin_port: int = field(default_factory=free_port)
+    redis_port: int = field(default_factory=free_port)
+    env: Mapping[str, str] = field(default_factory=dict)
+    extra_locations: str = ""
+    nginx_workers: int = 1
+    access_log: bool = False
+    quiet: bool = True
+    inherit_env: bool = True
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.site_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def sidecar_env(self) -> dict[str, str]:
+        # tests pass inherit_env=False so a developer's ANTEROOM_* cannot leak in
+        env = {k: v for k, v in os.environ.items()
+               if self.inherit_env or not k.startswith("ANTEROOM_")}
+        env.update(self.env)
+        env["ANTEROOM_LISTEN"] = f"127.0.0.1:{self.sidecar_port}"
+        env["ANTEROOM_REDIS_URL"] = self.redis_url
+        env.setdefault("ANTEROOM_DEMO", "1")
+        env.setdefault("ANTEROOM_THEMES", str(ROOT / "theme_assets"))
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        out = subprocess.DEVNULL if self.quiet else None
+        log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            argv, env=dict(env) if env is not None else None, cwd=self.workdir,
+            stdout=out, stderr=log or None, start_new_session=True,
+        )
+        if log:
+            log.close()
+
+    def start_redis(self) -> None:
+        redis = require("redis-server", "redis-server")
+        self._spawn("redis", [
+            redis, "--port", str(self.redis_port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+        ])
+        wait_for_port(self.redis_port, self.procs["redis"], "redis-server", self.workdir / "redis.log")
+
+    def build_pages(self) -> Path:
+        pages = self.workdir / "pages"
+        subprocess.run(
+            [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
+            env=self.sidecar_env(), check=True, stdout=subprocess.DEVNULL, cwd=ROOT,
+        )
+        return pages
+
+    def start_sidecar(self) -> None:
+        self._spawn("sidecar", [sys.executable, "-m", "sidecar"], env=self.sidecar_env())
+        wait_for_port(self.sidecar_port, self.procs["sidecar"], "sidecar", self.workdir / "sidecar.log")
+
+    def start_origin(self) -> None:
+        argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
+        self._spawn("origin", argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wait_for_port(self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log")
+
+    def write_nginx_conf(self, pages: Path) -> Path:
+        ndir = self.workdir / "nginx"
+        (ndir / "tmp").mkdir(parents=True, exist_ok=True)
+        link = ndir / "anteroom"
+        if not link.exists():
+            link.symlink_to(NGINX_SNIPPETS)
+        site = SITE.format(port=self.site_port, pages=pages, extra=self.extra_locations)
+        conf = ndir / "nginx.conf"
+        conf.write_text(MAIN.format(
+            workers=self.nginx_workers, dir=ndir, sidecar_port=self.sidecar_port,
+            origin_port=self.origin_port, site=site,
+            access_log=f"{ndir}/access.log" if self.access_log else "off",
+        ))
+        return conf
+
+    def start_nginx(self, pages: Path) -> None:
+        nginx = require("nginx", "nginx-light")
+        conf = self.write_nginx_conf(pages)
+        check = subprocess.run([nginx, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)],
+                               capture_output=True, text=True)
+        if check.returncode:
+            raise RuntimeError(f"nginx rejected {conf}:\n{check.stderr}")
+        self._spawn("nginx", [nginx, "-p", str(conf.parent), "-c", str(conf)])
+        wait_for_port(self.site_port, self.procs["nginx"], "nginx", self.workdir / "nginx.log")
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            pages = self.build_pages()
+            self.start_origin()
+            self.start_sidecar()
+            self.start_nginx(pages)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_one(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in ("nginx", "sidecar", "origin", "redis"):
+            self.stop_one(name)
+
+
+# -- the demo origin: a tiny shop behind the waiting room --------------------
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · Demo shop</title>
+<style>
+body{{font:16px/1.5 system-ui,sans-serif;max-width:720px;margin:0 auto;padding:24px;color:#1d2430}}
+a{{color:#2d5bd7}} .item{{border:1px solid #ddd;border-radius:12px;padding:12px 16px;margin:8px 0}}
+button{{font:inherit;padding:8px 14px;border-radius:8px;border:1px solid #2d5bd7;background:#2d5bd7;color:#fff}}
+</style>{head}</head><body data-origin="demo">
+<h1>{title}</h1>{body}</body></html>"""
+
+
+def origin_page(path: str) -> tuple[int, str]:
+    if path == "/":
+        body = (
+            "<p>This page is never queued. The shop is behind the waiting room: "
+            "once its capacity is full, new visitors wait in line.</p>"
+            '<p><a href="/shop/">Go to the shop</a></p>'
+        )
+        return 200, PAGE.format(title="Welcome", head="", body=body)
+    if path.startswith("/shop/"):
+        items = "".join(
+            f'<div class="item">Limited drop #{n} — <a href="/shop/item/{n}">view</a></div>'
+            for n in range(1, 4)
+        )
+        body = (
+            f"<p>You are in. Requested: <code>{html.escape(path)}</code></p>{items}"
+            '<form method="post" action="/_anteroom/leave?return_to=/">'
+            "<button>Done shopping (frees your place)</button></form>"
+        )
+        head = ('<script src="/_anteroom/waiting/default/keepalive.js" defer '
+                'data-interval="20"></script>')
+        return 200, PAGE.format(title="Shop", head=head, body=body)
+    return 404, PAGE.format(title="Not found", head="", body="<p>No such page.</p>")
+
+
+def run_origin(port: int) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        status, text = origin_page(request.path)
+        return web.Response(status=status, text=text, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# -- make demo -----------------------------------------------------------------
+
+DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390}
+DEMO_DEFAULTS = {
+    "ANTEROOM_DEMO": "1",
+    "ANTEROOM_CAPACITY": "3",
+    "ANTEROOM_SESSION_TTL": "60",
+    "ANTEROOM_GRACE": "30",
+    "ANTEROOM_COOKIE_SECURE": "0",
+    "ANTEROOM_LOG_FORMAT": "text",
+}
+
+
+def kill_leftovers(workdir: Path) -> None:
+    """A demo killed hard (terminal closed) leaves processes behind; end them."""
+    pidfile = workdir / "pids"
+    if not pidfile.exists():
+        return
+    for line in pidfile.read_text().split():
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(line), signal.SIGTERM)
+    time.sleep(0.5)
+    pidfile.unlink()
+
+
+@contextlib.contextmanager
+def demo_stack(workdir: Path) -> Iterator[Stack]:
+    kill_leftovers(workdir)
+    busy = [f"{name} 127.0.0.1:{p}" for name, p in DEMO_PORTS.items() if port_in_use(p)]
+    if busy:
+        raise SystemExit(f"anteroom: port already in use: {', '.join(busy)}. "
+                         "Stop whatever listens there (another demo?) and retry.")
+    env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
+    stack = Stack(
+        workdir=workdir, site_port=DEMO_PORTS["site"], sidecar_port=DEMO_PORTS["sidecar"],
+        origin_port=DEMO_PORTS["origin"], redis_port=DEMO_PORTS["redis"], env=env,
+        nginx_workers=2, access_log=True,
+    )
+    stack.start()
+    (workdir / "pids").write_text(" ".join(str(p.pid) for p in stack.procs.values()))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / "pids").unlink()
+
+
+def run_demo() -> None:
+    workdir = ROOT / ".demo"
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with demo_stack(workdir) as stack:
+        env = stack.sidecar_env()
+        print(f"""
+  Anteroom demo is running.
+
+    Site (never queued)   {stack.url}/
+    Queued shop           {stack.url}/shop/
+    Waiting page          {stack.url}/_anteroom/waiting/default/
+    Status JSON           {stack.url}/_anteroom/status
+
+  Capacity {env['ANTEROOM_CAPACITY']} active sessions, session TTL {env['ANTEROOM_SESSION_TTL']}s,\
+ grace {env['ANTEROOM_GRACE']}s, admissions/min {env.get('ANTEROOM_ADMIT_PER_MINUTE', '0')} (0 = no limit).
+  Open {stack.url}/shop/ in {int(env['ANTEROOM_CAPACITY']) + 1} private windows to see the line form.
+  Logs: {workdir}/sidecar.log, nginx: {workdir}/nginx/. Press Ctrl-C to stop.
+""", flush=True)
+        while not stopping:
+            for name, proc in stack.procs.items():
+                if proc.poll() is not None:
+                    print(f"anteroom: {name} exited ({proc.returncode}); see {workdir}/{name}.log")
+                    stopping = True
+            time.sleep(0.3)
+        print("\n  Stopping…", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.demo")
+    sub = parser.add_subparsers(dest="command")
+    origin = sub.add_parser("origin", help="run only the demo origin")
+    origin.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if args.command == "origin":
+        run_origin(args.port)
+    else:
+        run_demo()
+
+
+if __name__ == "__main__":
+    main()

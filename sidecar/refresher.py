@@ -1,0 +1,158 @@
+"""Per-process view of the queues, kept fresh by one background task.
+
+Every ``refresh_interval`` the refresher runs the tick script for every
+queue this process has seen (one pipeline): it purges, advances the line and
+reads the state that gate and status answer from. Ended sessions come back
+with it, so a revoked cookie stops passing here within one tick. Every
+``heartbeat_interval`` it writes the batched "still here" signals of admitted
+sessions and waiters in one pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from redis.exceptions import RedisError
+
+from .config import QueueSettings
+from .engine import Engine, QueueRef, QueueState
+
+log = logging.getLogger("sidecar.refresher")
+
+MAX_QUEUES = 1000  # queue names come from nginx config; a runaway regex should not grow this
+
+
+class TooManyQueues(Exception):
+    pass
+
+
+class Refresher:
+    def __init__(self, engine: Engine, refresh_interval: float, heartbeat_interval: float) -> None:
+        self.engine = engine
+        self.refresh_interval = refresh_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.states: dict[QueueRef, QueueState] = {}
+        self.revoked: dict[str, int] = {}  # session id -> unix second its cookie would expire
+        self.redis_ok = True
+        self._next_prune = 0.0
+        self._configured: dict[QueueRef, QueueSettings] = {}
+        self._last_ended: dict[QueueRef, str] = {}
+        self._first_tick: dict[QueueRef, asyncio.Future[QueueState]] = {}
+        self._sessions: defaultdict[QueueRef, set[str]] = defaultdict(set)
+        self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
+
+    # -- hot path: plain dict work, no awaits -------------------------------
+
+    def touch_session(self, q: QueueRef, sid: str) -> None:
+        self._sessions[q].add(sid)
+
+    def touch_waiter(self, q: QueueRef, ticket: int) -> None:
+        self._waiters[q].add(ticket)
+
+    def revoke(self, sid: str, until: int) -> None:
+        self.revoked[sid] = until
+
+    # -- first sight of a queue --------------------------------------------
+
+    async def state(self, q: QueueRef, configured: QueueSettings) -> QueueState:
+        """The cached state; the first request for a queue waits for one tick of it."""
+        st = self.states.get(q)
+        if st is not None:
+            return st
+        fut = self._first_tick.get(q)
+        if fut is None:
+            if len(self._configured) >= MAX_QUEUES:
+                raise TooManyQueues(str(q))
+            fut = asyncio.get_running_loop().create_future()
+            self._first_tick[q] = fut
+            try:
+                (st,) = await self.engine.tick([(q, configured, "0-0")])
+            except BaseException as e:
+                del self._first_tick[q]
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: waiters (if any) re-raise it
+                raise
+            self._configured[q] = configured
+            self._absorb(q, st)
+            del self._first_tick[q]
+            fut.set_result(st)
+            return st
+        return await asyncio.shield(fut)
+
+    # -- background loop ----------------------------------------------------
+
+    async def run(self) -> None:
+        next_flush = time.monotonic() + self.heartbeat_interval
+        while True:
+            started = time.monotonic()
+            await self.refresh()
+            if started >= next_flush:
+                await self.flush()
+                next_flush = started + self.heartbeat_interval
+            await asyncio.sleep(max(0.0, self.refresh_interval - (time.monotonic() - started)))
+
+    async def refresh(self) -> None:
+        queues = [(q, s, self._last_ended.get(q, "0-0")) for q, s in self._configured.items()]
+        try:
+            states = await self.engine.tick(queues)
+        except (RedisError, OSError) as e:
+            self._redis_failed("tick", e)
+            return
+        self._redis_recovered()
+        for (q, _, _), st in zip(queues, states, strict=True):
+            self._absorb(q, st)
+        if self.revoked and time.monotonic() >= self._next_prune:
+            now = int(time.time())
+            self.revoked = {sid: until for sid, until in self.revoked.items() if until > now}
+            self._next_prune = time.monotonic() + 10.0
+
+    async def flush(self) -> None:
+        if not self._sessions and not self._waiters:
+            return
+        sessions, waiters = self._sessions, self._waiters
+        self._sessions, self._waiters = defaultdict(set), defaultdict(set)
+        batch = {}
+        for q in sessions.keys() | waiters.keys():
+            st = self.states.get(q)
+            ttl = st.settings.session_ttl if st else self._configured[q].session_ttl
+            batch[q] = (sorted(sessions.get(q, ())), sorted(waiters.get(q, ())), ttl)
+        try:
+            await self.engine.heartbeat(batch)
+        except (RedisError, OSError) as e:
+            self._redis_failed("heartbeat", e)
+            # keep the signals for the next flush: nothing is lost while Redis is away
+            for q, sids in sessions.items():
+                self._sessions[q] |= sids
+            for q, tickets in waiters.items():
+                self._waiters[q] |= tickets
+
+    def _absorb(self, q: QueueRef, st: QueueState) -> None:
+        self.states[q] = st
+        for stream_id, sid, until in st.ended:
+            self.revoked[sid] = until
+            self._last_ended[q] = stream_id
+        if st.expired or st.lapsed or st.newly_invited or st.skipped:
+            log.debug(
+                "queue advanced",
+                extra={
+                    "queue": str(q),
+                    "serving": st.serving,
+                    "invited": st.newly_invited,
+                    "skipped": st.skipped,
+                    "expired": st.expired,
+                    "lapsed": st.lapsed,
+                },
+            )
+
+    def _redis_failed(self, what: str, e: Exception) -> None:
+        if self.redis_ok:
+            log.error("redis unavailable", extra={"during": what, "error": str(e)})
+        self.redis_ok = False
+
+    def _redis_recovered(self) -> None:
+        if not self.redis_ok:
+            log.warning("redis available again")
+        self.redis_ok = True
