@@ -40,8 +40,8 @@ class QueueSettings:
 _QUEUE_ENV: dict[str, tuple[str, int]] = {
     "capacity": ("ANTEROOM_CAPACITY", 0),
     "admit_per_minute": ("ANTEROOM_ADMIT_PER_MINUTE", 0),
-    "session_ttl": ("ANTEROOM_SESSION_TTL", 5),
-    "grace": ("ANTEROOM_GRACE", 5),
+    "session_ttl": ("ANTEROOM_SESSION_TTL", 1),
+    "grace": ("ANTEROOM_GRACE", 1),
     "abandon_after": ("ANTEROOM_ABANDON_AFTER", 10),
 }
 

@@ -47,6 +47,7 @@ SITE = """
 """
 
 MAIN = """
+{user}
 worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -166,10 +167,12 @@ class Stack:
 
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
-        subprocess.run(
+        built = subprocess.run(
             [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
-            env=self.sidecar_env(), check=True, stdout=subprocess.DEVNULL, cwd=ROOT,
+            env=self.sidecar_env(), capture_output=True, text=True, cwd=ROOT,
         )
+        if built.returncode:
+            raise RuntimeError(built.stderr.strip())
         return pages
 
     def start_sidecar(self) -> None:
@@ -189,8 +192,11 @@ class Stack:
             link.symlink_to(NGINX_SNIPPETS)
         site = SITE.format(port=self.site_port, pages=pages, extra=self.extra_locations)
         conf = ndir / "nginx.conf"
+        # as root, workers would drop to "nobody", which cannot read a private
+        # temporary folder (pytest's, say); this stack is local-only anyway
+        user = "user root;" if os.geteuid() == 0 else ""
         conf.write_text(MAIN.format(
-            workers=self.nginx_workers, dir=ndir, sidecar_port=self.sidecar_port,
+            user=user, workers=self.nginx_workers, dir=ndir, sidecar_port=self.sidecar_port,
             origin_port=self.origin_port, site=site,
             access_log=f"{ndir}/access.log" if self.access_log else "off",
         ))
@@ -271,7 +277,8 @@ def origin_page(path: str) -> tuple[int, str]:
         head = ('<script src="/_anteroom/waiting/default/keepalive.js" defer '
                 'data-interval="20"></script>')
         return 200, PAGE.format(title="Shop", head=head, body=body)
-    return 404, PAGE.format(title="Not found", head="", body="<p>No such page.</p>")
+    body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
+    return 200, PAGE.format(title="Page", head="", body=body)
 
 
 def run_origin(port: int) -> None:

@@ -126,7 +126,7 @@ class Gate:
         """Counts an admitted request as activity; slides the cookie when half used."""
         self.refresher.touch_session(q, tok.sid)
         ttl = state.settings.session_ttl
-        if tok.exp - now < ttl // 2:
+        if tok.exp - now <= ttl / 2:
             fresh = Token(q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, now + ttl,
                           tok.return_to)
             self.set_cookie(resp, fresh, now)

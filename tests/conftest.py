@@ -1,0 +1,109 @@
+"""Fixtures: a real redis-server, and whole stacks (nginx + sidecar + origin + Redis)
+on free loopback ports, built with the same code as ``make demo``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from sidecar.demo import Stack
+from tests.visitors import Visitor
+
+SECRET = "test-secret-0123456789abcdef"
+
+# Test queues are named by the URL, so each test gets a fresh queue on one stack.
+QUEUE_LOCATIONS = """
+        location ~ ^/q/(?<test_queue>[a-z0-9-]+)/ {
+            set $anteroom_queue $test_queue;
+            include anteroom/gate.conf;
+            proxy_pass http://origin;
+        }
+"""
+
+SITE_TOML = """
+[tenants.acme]
+hosts = ["127.0.0.1", "localhost"]
+title = "Acme Tickets"
+"""
+
+# Short times so expiry is observable in a test; the refresher runs fast too.
+FAST = {
+    "ANTEROOM_SECRETS": SECRET,
+    "ANTEROOM_DEMO": "0",
+    "ANTEROOM_COOKIE_SECURE": "0",
+    "ANTEROOM_CAPACITY": "2",
+    "ANTEROOM_SESSION_TTL": "3",
+    "ANTEROOM_GRACE": "3",
+    "ANTEROOM_ABANDON_AFTER": "10",
+    "ANTEROOM_REFRESH_INTERVAL": "0.05",
+    "ANTEROOM_HEARTBEAT_INTERVAL": "0.2",
+    "ANTEROOM_LOG_LEVEL": "debug",
+}
+
+
+def make_stack(workdir: Path, **env: str) -> Stack:
+    toml = workdir / "anteroom.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    toml.write_text(SITE_TOML)
+    return Stack(
+        workdir=workdir,
+        env={**FAST, "ANTEROOM_CONFIG": str(toml), **env},
+        extra_locations=QUEUE_LOCATIONS,
+        inherit_env=False,
+    ).start()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    stack = Stack(workdir=tmp_path_factory.mktemp("redis"))
+    stack.workdir.mkdir(parents=True, exist_ok=True)
+    stack.start_redis()
+    yield stack.redis_url
+    stack.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # cookies are handled by each Visitor, explicitly
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+@pytest.fixture
+def visitor(stack: Stack, http: aiohttp.ClientSession):  # type: ignore[no-untyped-def]
+    def make(host: str = "127.0.0.1") -> Visitor:
+        return Visitor(http, stack.url, host)
+
+    return make
+
+
+async def eventually(check, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Polls ``check`` (async, returns a truthy value when done) until it succeeds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
