@@ -110,13 +110,19 @@ def load(env: Mapping[str, str]) -> Config:
     host, port = _listen(env.get("ANTEROOM_LISTEN", "127.0.0.1:8081"))
     redis_url = env.get("ANTEROOM_REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"ANTEROOM_REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}")
+        raise ConfigError(
+            f"ANTEROOM_REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}"
+        )
     cookie_name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cookie_name):
-        raise ConfigError(f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {cookie_name!r}")
+        raise ConfigError(
+            f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {cookie_name!r}"
+        )
     log_level = env.get("ANTEROOM_LOG_LEVEL", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"ANTEROOM_LOG_LEVEL: one of debug, info, warning, error, got {log_level!r}")
+        raise ConfigError(
+            f"ANTEROOM_LOG_LEVEL: one of debug, info, warning, error, got {log_level!r}"
+        )
     log_format = env.get("ANTEROOM_LOG_FORMAT", "json").lower()
     if log_format not in ("json", "text"):
         raise ConfigError(f"ANTEROOM_LOG_FORMAT: json or text, got {log_format!r}")
@@ -196,7 +202,9 @@ def _tenants_from_file(path: str, defaults: QueueSettings) -> tuple[Tenant, ...]
         queues = {}
         for qname, q in queues_doc.items():
             if not NAME_RE.match(qname):
-                raise ConfigError(f"{where}.queues.{qname}: queue names are letters, digits, '_' or '-'")
+                raise ConfigError(
+                    f"{where}.queues.{qname}: queue names are letters, digits, '_' or '-'"
+                )
             queues[qname] = _queue_table(q, tdefaults, f"{where}.queues.{qname}")
         theme = _str(t, "theme", "default", where)
         if not NAME_RE.match(theme):

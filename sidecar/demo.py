@@ -138,8 +138,9 @@ class Stack:
 
     def sidecar_env(self) -> dict[str, str]:
         # tests pass inherit_env=False so a developer's ANTEROOM_* cannot leak in
-        env = {k: v for k, v in os.environ.items()
-               if self.inherit_env or not k.startswith("ANTEROOM_")}
+        env = {
+            k: v for k, v in os.environ.items() if self.inherit_env or not k.startswith("ANTEROOM_")
+        }
         env.update(self.env)
         env["ANTEROOM_LISTEN"] = f"127.0.0.1:{self.sidecar_port}"
         env["ANTEROOM_REDIS_URL"] = self.redis_url
@@ -151,25 +152,46 @@ class Stack:
         out = subprocess.DEVNULL if self.quiet else None
         log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            argv, env=dict(env) if env is not None else None, cwd=self.workdir,
-            stdout=out, stderr=log or None, start_new_session=True,
+            argv,
+            env=dict(env) if env is not None else None,
+            cwd=self.workdir,
+            stdout=out,
+            stderr=log or None,
+            start_new_session=True,
         )
         if log:
             log.close()
 
     def start_redis(self) -> None:
         redis = require("redis-server", "redis-server")
-        self._spawn("redis", [
-            redis, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-        ])
-        wait_for_port(self.redis_port, self.procs["redis"], "redis-server", self.workdir / "redis.log")
+        self._spawn(
+            "redis",
+            [
+                redis,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+        )
+        wait_for_port(
+            self.redis_port, self.procs["redis"], "redis-server", self.workdir / "redis.log"
+        )
 
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
         built = subprocess.run(
             [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
-            env=self.sidecar_env(), capture_output=True, text=True, cwd=ROOT,
+            env=self.sidecar_env(),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         if built.returncode:
             raise RuntimeError(built.stderr.strip())
@@ -177,12 +199,16 @@ class Stack:
 
     def start_sidecar(self) -> None:
         self._spawn("sidecar", [sys.executable, "-m", "sidecar"], env=self.sidecar_env())
-        wait_for_port(self.sidecar_port, self.procs["sidecar"], "sidecar", self.workdir / "sidecar.log")
+        wait_for_port(
+            self.sidecar_port, self.procs["sidecar"], "sidecar", self.workdir / "sidecar.log"
+        )
 
     def start_origin(self) -> None:
         argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
         self._spawn("origin", argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wait_for_port(self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log")
+        wait_for_port(
+            self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log"
+        )
 
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"
@@ -195,18 +221,27 @@ class Stack:
         # as root, workers would drop to "nobody", which cannot read a private
         # temporary folder (pytest's, say); this stack is local-only anyway
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(MAIN.format(
-            user=user, workers=self.nginx_workers, dir=ndir, sidecar_port=self.sidecar_port,
-            origin_port=self.origin_port, site=site,
-            access_log=f"{ndir}/access.log" if self.access_log else "off",
-        ))
+        conf.write_text(
+            MAIN.format(
+                user=user,
+                workers=self.nginx_workers,
+                dir=ndir,
+                sidecar_port=self.sidecar_port,
+                origin_port=self.origin_port,
+                site=site,
+                access_log=f"{ndir}/access.log" if self.access_log else "off",
+            )
+        )
         return conf
 
     def start_nginx(self, pages: Path) -> None:
         nginx = require("nginx", "nginx-light")
         conf = self.write_nginx_conf(pages)
-        check = subprocess.run([nginx, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+        )
         if check.returncode:
             raise RuntimeError(f"nginx rejected {conf}:\n{check.stderr}")
         self._spawn("nginx", [nginx, "-p", str(conf.parent), "-c", str(conf)])
@@ -251,7 +286,8 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <style>
 body{{font:16px/1.5 system-ui,sans-serif;max-width:720px;margin:0 auto;padding:24px;color:#1d2430}}
 a{{color:#2d5bd7}} .item{{border:1px solid #ddd;border-radius:12px;padding:12px 16px;margin:8px 0}}
-button{{font:inherit;padding:8px 14px;border-radius:8px;border:1px solid #2d5bd7;background:#2d5bd7;color:#fff}}
+button{{font:inherit;padding:8px 14px;border-radius:8px;border:1px solid #2d5bd7;
+background:#2d5bd7;color:#fff}}
 </style>{head}</head><body data-origin="demo">
 <h1>{title}</h1>{body}</body></html>"""
 
@@ -274,8 +310,10 @@ def origin_page(path: str) -> tuple[int, str]:
             '<form method="post" action="/_anteroom/leave?return_to=/">'
             "<button>Done shopping (frees your place)</button></form>"
         )
-        head = ('<script src="/_anteroom/waiting/default/keepalive.js" defer '
-                'data-interval="20"></script>')
+        head = (
+            '<script src="/_anteroom/waiting/default/keepalive.js" defer '
+            'data-interval="20"></script>'
+        )
         return 200, PAGE.format(title="Shop", head=head, body=body)
     body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
     return 200, PAGE.format(title="Page", head="", body=body)
@@ -323,13 +361,20 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
     kill_leftovers(workdir)
     busy = [f"{name} 127.0.0.1:{p}" for name, p in DEMO_PORTS.items() if port_in_use(p)]
     if busy:
-        raise SystemExit(f"anteroom: port already in use: {', '.join(busy)}. "
-                         "Stop whatever listens there (another demo?) and retry.")
+        raise SystemExit(
+            f"anteroom: port already in use: {', '.join(busy)}. "
+            "Stop whatever listens there (another demo?) and retry."
+        )
     env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
     stack = Stack(
-        workdir=workdir, site_port=DEMO_PORTS["site"], sidecar_port=DEMO_PORTS["sidecar"],
-        origin_port=DEMO_PORTS["origin"], redis_port=DEMO_PORTS["redis"], env=env,
-        nginx_workers=2, access_log=True,
+        workdir=workdir,
+        site_port=DEMO_PORTS["site"],
+        sidecar_port=DEMO_PORTS["sidecar"],
+        origin_port=DEMO_PORTS["origin"],
+        redis_port=DEMO_PORTS["redis"],
+        env=env,
+        nginx_workers=2,
+        access_log=True,
     )
     stack.start()
     (workdir / "pids").write_text(" ".join(str(p.pid) for p in stack.procs.values()))
@@ -353,7 +398,10 @@ def run_demo() -> None:
     signal.signal(signal.SIGINT, on_signal)
     with demo_stack(workdir) as stack:
         env = stack.sidecar_env()
-        print(f"""
+        cap, ttl = env["ANTEROOM_CAPACITY"], env["ANTEROOM_SESSION_TTL"]
+        grace, rate = env["ANTEROOM_GRACE"], env.get("ANTEROOM_ADMIT_PER_MINUTE", "0")
+        print(
+            f"""
   Anteroom demo is running.
 
     Site (never queued)   {stack.url}/
@@ -361,11 +409,13 @@ def run_demo() -> None:
     Waiting page          {stack.url}/_anteroom/waiting/default/
     Status JSON           {stack.url}/_anteroom/status
 
-  Capacity {env['ANTEROOM_CAPACITY']} active sessions, session TTL {env['ANTEROOM_SESSION_TTL']}s,\
- grace {env['ANTEROOM_GRACE']}s, admissions/min {env.get('ANTEROOM_ADMIT_PER_MINUTE', '0')} (0 = no limit).
-  Open {stack.url}/shop/ in {int(env['ANTEROOM_CAPACITY']) + 1} private windows to see the line form.
+  Capacity {cap} active sessions, session TTL {ttl}s, grace {grace}s,
+  admissions per minute {rate} (0 = no limit).
+  Open {stack.url}/shop/ in {int(cap) + 1} private windows to see the line form.
   Logs: {workdir}/sidecar.log, nginx: {workdir}/nginx/. Press Ctrl-C to stop.
-""", flush=True)
+""",
+            flush=True,
+        )
         while not stopping:
             for name, proc in stack.procs.items():
                 if proc.poll() is not None:

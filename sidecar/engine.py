@@ -131,9 +131,7 @@ class Engine:
                 )
             await pipe.execute()
 
-    async def tick(
-        self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]
-    ) -> list[QueueState]:
+    async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
         if not queues:
             return []

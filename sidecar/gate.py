@@ -94,14 +94,16 @@ class Gate:
     def waiting_location(self, tenant: Tenant, return_to: str) -> str:
         return f"{tenant.waiting_page}?return_to={quote(return_to, safe='')}"
 
-    async def join(
-        self, q: QueueRef, s: QueueSettings, return_to: str, now: int
-    ) -> Token:
+    async def join(self, q: QueueRef, s: QueueSettings, return_to: str, now: int) -> Token:
         sid = new_session_id()
         admitted, ticket = await self.engine.join(q, sid, s)
         if admitted:
-            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, now + s.session_ttl, return_to)
-        return Token(q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to)
+            return Token(
+                q.tenant, q.queue, ADMITTED, ticket, sid, now, now + s.session_ttl, return_to
+            )
+        return Token(
+            q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
+        )
 
     async def claim(
         self, q: QueueRef, tok: Token, state: QueueState, now: int
@@ -111,7 +113,13 @@ class Gate:
         result = await self.engine.claim(q, tok.ticket, tok.sid, s)
         if result is Claim.ADMITTED:
             admitted = Token(
-                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, now + s.session_ttl,
+                q.tenant,
+                q.queue,
+                ADMITTED,
+                tok.ticket,
+                tok.sid,
+                now,
+                now + s.session_ttl,
                 tok.return_to,
             )
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket})
@@ -121,14 +129,16 @@ class Gate:
             return await self.join(q, s, tok.return_to, now), result
         return None, result
 
-    def keep_alive(self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse,
-                   now: int) -> None:
+    def keep_alive(
+        self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse, now: int
+    ) -> None:
         """Counts an admitted request as activity; slides the cookie when half used."""
         self.refresher.touch_session(q, tok.sid)
         ttl = state.settings.session_ttl
         if tok.exp - now <= ttl / 2:
-            fresh = Token(q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, now + ttl,
-                          tok.return_to)
+            fresh = Token(
+                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, now + ttl, tok.return_to
+            )
             self.set_cookie(resp, fresh, now)
 
     # -- the auth_request endpoint ---------------------------------------
@@ -177,8 +187,10 @@ class Gate:
             else:
                 return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
                 new = await self.join(q, state.settings, return_to, now)
-                log.debug("joined", extra={"queue": str(q), "ticket": new.ticket,
-                                           "admitted": new.admitted})
+                log.debug(
+                    "joined",
+                    extra={"queue": str(q), "ticket": new.ticket, "admitted": new.admitted},
+                )
         except (RedisError, OSError) as e:
             if tok is not None:
                 return self._wait(tenant, tok, None, now)
@@ -201,8 +213,10 @@ class Gate:
     def _redis_down(
         self, tenant: Tenant, s: QueueSettings, e: Exception, request: web.Request
     ) -> web.Response:
-        log.error("redis unavailable for a new visitor",
-                  extra={"error": str(e), "policy": s.on_redis_error})
+        log.error(
+            "redis unavailable for a new visitor",
+            extra={"error": str(e), "policy": s.on_redis_error},
+        )
         if s.on_redis_error == "open":
             return web.Response(status=204)
         resp = web.Response(status=401)

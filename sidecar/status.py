@@ -9,10 +9,12 @@ JavaScript, as redirects. ``leave`` ends a place or session at once;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -53,60 +55,73 @@ def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] 
     return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
+@dataclass(slots=True)
+class Visit:
+    """Who is asking: their tenant, verified token, queue and its cached state."""
+
+    tenant: Tenant
+    now: int
+    tok: Token | None = None
+    q: QueueRef | None = None
+    state: QueueState | None = None  # None when Redis could not be asked
+
+
 class Status:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
 
-    async def _visitor(
-        self, request: web.Request
-    ) -> tuple[Tenant, Token | None, QueueRef | None, QueueState | None, int]:
+    async def _visit(self, request: web.Request) -> Visit:
         tenant = self.gate.tenant(request)
         if tenant is None:
             raise web.HTTPForbidden(text="unknown site")
-        now = int(time.time())
-        tok = self.gate.token(request, tenant, now)
+        v = Visit(tenant, int(time.time()))
+        tok = self.gate.token(request, tenant, v.now)
         if tok is None or not NAME_RE.match(tok.queue):
-            return tenant, None, None, None, now
-        q = QueueRef(tenant.name, tok.queue)
-        try:
-            state = await self.gate.refresher.state(q, tenant.settings_for(tok.queue))
-        except (RedisError, OSError, TooManyQueues):
-            return tenant, tok, q, None, now
-        return tenant, tok, q, state, now
+            return v
+        v.tok, v.q = tok, QueueRef(tenant.name, tok.queue)
+        with contextlib.suppress(RedisError, OSError, TooManyQueues):
+            v.state = await self.gate.refresher.state(v.q, tenant.settings_for(tok.queue))
+        return v
 
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
         return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
 
-    async def _decide(
-        self, request: web.Request
-    ) -> tuple[dict[str, Any], Token | None, int, Tenant, web.Response]:
-        """The visitor's state as JSON-ready data; claims the place when it is their turn."""
-        tenant, tok, q, state, now = await self._visitor(request)
+    async def _decide(self, request: web.Request) -> tuple[dict[str, Any], Visit, web.Response]:
+        """The visitor's state as JSON-ready data; claims the place when it is their turn.
+        Cookies to set are already on the returned response."""
+        v = await self._visit(request)
         resp = web.Response(headers=NO_STORE)
-        return_to = self._return_to(request, tok)
+        return_to = self._return_to(request, v.tok)
+        tok, q, state = v.tok, v.q, v.state
         if tok is None or q is None:
             # no place in line: going back to the page joins it
-            return {"state": "none", "redirect": return_to}, None, now, tenant, resp
+            return {"state": "none", "redirect": return_to}, v, resp
         if state is None:
-            body: dict[str, Any] = {"state": "waiting", "position": None, "eta_seconds": None,
-                                    "poll_after": 10, "redirect": None, "degraded": True}
-            return body, tok, now, tenant, resp
+            body: dict[str, Any] = {
+                "state": "waiting",
+                "position": None,
+                "eta_seconds": None,
+                "poll_after": 10,
+                "redirect": None,
+                "degraded": True,
+            }
+            return body, v, resp
         if tok.admitted:
-            self.gate.keep_alive(q, tok, state, resp, now)
-            return {"state": "admitted", "redirect": return_to}, tok, now, tenant, resp
+            self.gate.keep_alive(q, tok, state, resp, v.now)
+            return {"state": "admitted", "redirect": return_to}, v, resp
 
         self.gate.refresher.touch_waiter(q, tok.ticket)
         if tok.ticket <= state.serving:
             try:
-                new, _ = await self.gate.claim(q, tok, state, now)
+                new, _ = await self.gate.claim(q, tok, state, v.now)
             except (RedisError, OSError) as e:
                 log.warning("claim failed", extra={"queue": str(q), "error": str(e)})
                 new = None
             if new is not None:
-                self.gate.set_cookie(resp, new, now)
-                tok = new
+                self.gate.set_cookie(resp, new, v.now)
+                v.tok = tok = new
                 if new.admitted:
-                    return {"state": "admitted", "redirect": return_to}, tok, now, tenant, resp
+                    return {"state": "admitted", "redirect": return_to}, v, resp
         position = max(1, tok.ticket - state.serving)
         eta, eta_range = estimate(position, state)
         body = {
@@ -121,19 +136,19 @@ class Status:
             "poll_after": poll_after(position),
             "redirect": None,
         }
-        return body, tok, now, tenant, resp
+        return body, v, resp
 
     async def status(self, request: web.Request) -> web.Response:
-        body, _, _, _, resp = await self._decide(request)
+        body, _, resp = await self._decide(request)
         resp.content_type = "application/json"
         resp.text = json.dumps(body)
         return resp
 
     async def resume(self, request: web.Request) -> web.Response:
         """No-JavaScript path: the waiting page's meta refresh lands here."""
-        body, tok, _, tenant, resp = await self._decide(request)
-        if body["state"] == "waiting" and tok is not None:
-            location = self.gate.waiting_location(tenant, self._return_to(request, tok))
+        body, v, resp = await self._decide(request)
+        if body["state"] == "waiting" and v.tok is not None:
+            location = self.gate.waiting_location(v.tenant, self._return_to(request, v.tok))
         else:
             location = body["redirect"]
         resp.set_status(303)
@@ -141,29 +156,29 @@ class Status:
         return resp
 
     async def leave(self, request: web.Request) -> web.Response:
-        tenant, tok, q, _, _ = await self._visitor(request)
+        v = await self._visit(request)
         freed = False
-        if tok is not None and q is not None:
-            self.gate.refresher.revoke(tok.sid, tok.exp)
+        if v.tok is not None and v.q is not None:
+            self.gate.refresher.revoke(v.tok.sid, v.tok.exp)
             try:
-                freed = await self.gate.engine.leave(q, tok.ticket, tok.sid, tok.exp)
+                freed = await self.gate.engine.leave(v.q, v.tok.ticket, v.tok.sid, v.tok.exp)
             except (RedisError, OSError) as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
-                log.warning("leave not recorded", extra={"queue": str(q), "error": str(e)})
-            log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "freed": freed})
+                log.warning("leave not recorded", extra={"queue": str(v.q), "error": str(e)})
+            log.info("left", extra={"queue": str(v.q), "ticket": v.tok.ticket, "freed": freed})
         return_to = safe_path(request.query.get("return_to"))
         if return_to is not None:
-            resp: web.Response = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
+            resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
             resp = _json({"state": "left", "freed": freed})
         self.gate.clear_cookie(resp)
         return resp
 
     async def keepalive(self, request: web.Request) -> web.Response:
-        _, tok, q, state, now = await self._visitor(request)
-        if tok is None or q is None or not tok.admitted:
+        v = await self._visit(request)
+        if v.tok is None or v.q is None or not v.tok.admitted:
             return _json({"state": "none"})
-        resp = _json({"state": "admitted", "expires_in": tok.exp - now})
-        if state is not None:
-            self.gate.keep_alive(q, tok, state, resp, now)
+        resp = _json({"state": "admitted", "expires_in": v.tok.exp - v.now})
+        if v.state is not None:
+            self.gate.keep_alive(v.q, v.tok, v.state, resp, v.now)
         return resp

@@ -37,7 +37,9 @@ def _strings(folders: list[Path], language: str) -> dict[str, str]:
 
 def render_tenant(tenant: Tenant, out: Path, root: Path | None = None) -> list[Path]:
     root = root or themes_dir()
-    folders = [root / tenant.theme, root / "default"] if tenant.theme != "default" else [root / "default"]
+    folders = (
+        [root / tenant.theme, root / "default"] if tenant.theme != "default" else [root / "default"]
+    )
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"tenants.{tenant.name}.theme: no theme folder {folder}")

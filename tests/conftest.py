@@ -97,13 +97,13 @@ def visitor(stack: Stack, http: aiohttp.ClientSession):  # type: ignore[no-untyp
     return make
 
 
-async def eventually(check, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+async def eventually(check, within: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     """Polls ``check`` (async, returns a truthy value when done) until it succeeds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = await check()
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
         await asyncio.sleep(interval)

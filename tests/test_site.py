@@ -69,13 +69,13 @@ async def test_positions_follow_join_order(visitor) -> None:  # type: ignore[no-
         got = [(await w.status())["position"] for w in waiters]
         return got if got == [1, 2, 3, 4, 5] else None
 
-    assert await eventually(positions, timeout=3)
+    assert await eventually(positions, within=3)
 
     async def first():  # type: ignore[no-untyped-def]
         s = await waiters[0].status()
         return s if s["in_line"] == 5 else None  # the count comes with the next tick
 
-    s = await eventually(first, timeout=3)
+    s = await eventually(first, within=3)
     assert s["state"] == "waiting" and s["ahead"] == 0
 
 
@@ -94,7 +94,7 @@ async def test_leave_admits_the_first_waiter(visitor) -> None:  # type: ignore[n
         s = await w1.status()
         return s if s["state"] == "admitted" else None
 
-    s = await eventually(w1_admitted, timeout=3)
+    s = await eventually(w1_admitted, within=3)
     assert s["redirect"] == path
     assert (await w1.get(path)).status == 200
     assert (await w2.status())["position"] == 1  # still waiting, now first
@@ -124,7 +124,7 @@ async def test_idle_session_expires_and_frees_its_slot(visitor) -> None:  # type
     async def admitted():  # type: ignore[no-untyped-def]
         return (await w.status())["state"] == "admitted"
 
-    await eventually(admitted, timeout=10)
+    await eventually(admitted, within=10)
     # session TTL is 3s (+ heartbeat slack): not before the TTL ran out
     assert time.monotonic() - started >= 2.5
     assert (await w.get(path)).status == 200
@@ -241,7 +241,7 @@ async def test_no_javascript_path_by_redirects(visitor) -> None:  # type: ignore
         r = await w.get("/_anteroom/continue")
         return r if r.location == path else None
 
-    await eventually(sent_in, timeout=3)
+    await eventually(sent_in, within=3)
     assert (await w.get(path)).status == 200
 
 
@@ -273,7 +273,7 @@ async def test_many_simultaneous_newcomers(visitor) -> None:  # type: ignore[no-
         ]
         return sorted(got) if sorted(got) == list(range(1, 39)) else None
 
-    assert await eventually(settled, timeout=3)
+    assert await eventually(settled, within=3)
 
 
 async def test_oversized_and_odd_requests_get_clear_answers(visitor) -> None:  # type: ignore[no-untyped-def]

@@ -45,7 +45,9 @@ class Visitor:
         async with self.http.request(
             method, self.base + path, headers=h, allow_redirects=False, **kw
         ) as r:
-            reply = Reply(r.status, dict(r.headers), r.headers.getall("Set-Cookie", []), await r.text())
+            reply = Reply(
+                r.status, dict(r.headers), r.headers.getall("Set-Cookie", []), await r.text()
+            )
         for raw in reply.set_cookies:
             c: SimpleCookie = SimpleCookie()
             c.load(raw)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import Config, ConfigError, load
+
+SECRET = {"ANTEROOM_SECRETS": "s" * 20}
+
+
+def test_defaults_and_environment_overrides() -> None:
+    c = load(
+        {
+            **SECRET,
+            "ANTEROOM_CAPACITY": "3",
+            "ANTEROOM_ADMIT_PER_MINUTE": "60",
+            "ANTEROOM_SESSION_TTL": "90",
+            "ANTEROOM_GRACE": "20",
+        }
+    )
+    (t,) = c.tenants
+    s = t.settings_for("anything")
+    assert (s.capacity, s.admit_per_minute, s.session_ttl, s.grace) == (3, 60, 90, 20)
+    assert c.cookie_secure is True
+    assert c.tenant_for_host("whatever.example") is t
+
+
+def test_several_secrets_for_rotation() -> None:
+    c = load({"ANTEROOM_SECRETS": "new-secret-0123456789, old-secret-0123456789"})
+    assert c.secrets == (b"new-secret-0123456789", b"old-secret-0123456789")
+
+
+def test_demo_mode_needs_no_secret_and_allows_http() -> None:
+    c = load({"ANTEROOM_DEMO": "1"})
+    assert c.secrets and c.cookie_secure is False
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "ANTEROOM_SECRETS"),
+        ({"ANTEROOM_SECRETS": "short"}, "ANTEROOM_SECRETS"),
+        ({**SECRET, "ANTEROOM_CAPACITY": "lots"}, "ANTEROOM_CAPACITY"),
+        ({**SECRET, "ANTEROOM_CAPACITY": "-1"}, "ANTEROOM_CAPACITY"),
+        ({**SECRET, "ANTEROOM_ADMIT_PER_MINUTE": "1.5"}, "ANTEROOM_ADMIT_PER_MINUTE"),
+        ({**SECRET, "ANTEROOM_SESSION_TTL": "0"}, "ANTEROOM_SESSION_TTL"),
+        ({**SECRET, "ANTEROOM_GRACE": ""}, "ANTEROOM_GRACE"),
+        ({**SECRET, "ANTEROOM_LISTEN": "8081"}, "ANTEROOM_LISTEN"),
+        ({**SECRET, "ANTEROOM_LISTEN": "127.0.0.1:99999"}, "ANTEROOM_LISTEN"),
+        ({**SECRET, "ANTEROOM_REDIS_URL": "http://x"}, "ANTEROOM_REDIS_URL"),
+        ({**SECRET, "ANTEROOM_COOKIE_SECURE": "maybe"}, "ANTEROOM_COOKIE_SECURE"),
+        ({**SECRET, "ANTEROOM_LOG_LEVEL": "loud"}, "ANTEROOM_LOG_LEVEL"),
+        ({**SECRET, "ANTEROOM_MODE": "sometimes"}, "ANTEROOM_MODE"),
+        ({**SECRET, "ANTEROOM_CONFIG": "/nonexistent.toml"}, "ANTEROOM_CONFIG"),
+    ],
+)
+def test_invalid_settings_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load(env)
+
+
+def toml(tmp_path: Path, text: str) -> dict[str, str]:
+    p = tmp_path / "anteroom.toml"
+    p.write_text(text)
+    return {**SECRET, "ANTEROOM_CONFIG": str(p)}
+
+
+def test_tenants_from_toml(tmp_path: Path) -> None:
+    env = toml(
+        tmp_path,
+        """
+[tenants.acme]
+hosts = ["shop.acme.test", "Acme.test"]
+queue_defaults = { capacity = 50 }
+[tenants.acme.queues.checkout]
+capacity = 5
+admit_per_minute = 30
+[tenants.beta]
+hosts = ["beta.test"]
+""",
+    )
+    c = load({**env, "ANTEROOM_SESSION_TTL": "100"})
+    acme = c.tenant_for_host("acme.test")
+    assert acme is not None and acme.name == "acme"
+    assert acme.settings_for("checkout").capacity == 5
+    assert acme.settings_for("checkout").session_ttl == 100  # environment below TOML
+    assert acme.settings_for("browse").capacity == 50
+    assert c.tenant_for_host("unknown.test") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[tenants.acme]\nhosts = []", "tenants.acme.hosts"),
+        ("[tenants.acme]\nhosts = ['a']\ncolour = 'red'", "tenants.acme.colour"),
+        (
+            "[tenants.acme]\nhosts = ['a']\n[tenants.acme.queues.q]\ncapacity = 'x'",
+            "tenants.acme.queues.q.capacity",
+        ),
+        (
+            "[tenants.acme]\nhosts = ['a']\n[tenants.acme.queues.q]\nmode = 'maybe'",
+            "tenants.acme.queues.q.mode",
+        ),
+        ("[tenants.a]\nhosts = ['x']\n[tenants.b]\nhosts = ['x']", "tenants.b.hosts"),
+        ("[tenants.acme\nhosts = ['a']", "ANTEROOM_CONFIG"),
+    ],
+)
+def test_invalid_toml_is_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load(toml(tmp_path, text))
+
+
+def test_startup_stops_with_a_message_naming_the_setting() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar"],
+        env={"PATH": "/usr/bin:/bin", "ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_CAPACITY": "many"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "ANTEROOM_CAPACITY" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_from_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTEROOM_SECRETS", "x" * 16)
+    monkeypatch.setenv("ANTEROOM_COOKIE_NAME", "queue_pass")
+    assert Config.from_env().cookie_name == "queue_pass"

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from sidecar.gate import host_name, safe_path
+from sidecar.tokens import ADMITTED, WAITING, Signer, Token
+
+OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
+T = Token("acme", "checkout", WAITING, 42, "sid-1", 1000, 2000, "/cart?item=1&q=a b|c")
+
+
+def test_round_trip_keeps_every_field() -> None:
+    s = Signer((NEW,))
+    assert s.loads(s.dumps(T)) == T
+    admitted = Token("acme", "checkout", ADMITTED, 1, "x", 1, 2)
+    assert s.loads(s.dumps(admitted)) == admitted
+
+
+def test_rotation_first_signs_all_verify() -> None:
+    issued_before = Signer((OLD,)).dumps(T)
+    rotated = Signer((NEW, OLD))
+    assert rotated.loads(issued_before) == T
+    assert Signer((OLD,)).loads(rotated.dumps(T)) is None  # new tokens use the new key
+    assert Signer((NEW,)).loads(issued_before) is None  # retired key: no longer valid
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda raw: raw[:-1],
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: raw.replace("|w|", "|a|"),  # waiting promoted to admitted
+        lambda raw: raw.replace("|42|", "|1|"),  # jump the line
+        lambda raw: raw + "x",
+        lambda raw: "",
+        lambda raw: "|",
+        lambda raw: "é" + raw,
+        lambda raw: "2" + raw[1:],
+        lambda raw: "x" * 5000,
+    ],
+)
+def test_tampered_tokens_are_rejected(mutate) -> None:  # type: ignore[no-untyped-def]
+    s = Signer((NEW,))
+    assert s.loads(mutate(s.dumps(T))) is None
+
+
+def test_cookie_safe_characters_only() -> None:
+    raw = Signer((NEW,)).dumps(T)
+    assert all(c.isalnum() or c in "|%/-_." for c in raw), raw
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/", "/shop/", "/shop/item?id=1&x=%2F%2F", "/a/b#frag", "/%5Cevil"],
+)
+def test_safe_paths_pass(value: str) -> None:
+    assert safe_path(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "shop",
+        "//evil.example",
+        "///evil.example",
+        "https://evil.example",
+        "/\\evil.example",
+        "\\/evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/ /evil",
+        "/é",
+        "/" + "a" * 3000,
+    ],
+)
+def test_unsafe_paths_refused(value: str | None) -> None:
+    assert safe_path(value) is None
+
+
+def test_host_name() -> None:
+    assert host_name("Shop.Example:8080") == "shop.example"
+    assert host_name("[::1]:8080") == "[::1]"
+    assert host_name("127.0.0.1") == "127.0.0.1"
