@@ -1,0 +1,72 @@
+"""A real browser walks the waiting page until it is let in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.demo import Stack
+from tests.browser import Browser, chromium_path
+from tests.conftest import make_stack
+from tests.visitors import Visitor
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def one_seat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(tmp_path_factory.mktemp("browser"), ANTEROOM_CAPACITY="1")
+    yield s
+    s.stop()
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """Screenshots go to ANTEROOM_SCREENSHOTS when set (to look at them), else tmp."""
+    d = Path(os.environ.get("ANTEROOM_SCREENSHOTS", tmp_path))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Path) -> None:
+    path = "/q/browser/checkout"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        holder = Visitor(http, one_seat.url)
+        assert (await holder.get(path)).status == 200
+        ahead = [Visitor(http, one_seat.url) for _ in range(3)]
+        for v in ahead:
+            assert (await v.get(path)).status == 302
+
+        async with Browser() as browser:
+            page = await browser.page(390, 844, mobile=True)
+            await page.goto(one_seat.url + path)
+            await page.wait_for("location.pathname === '/_anteroom/waiting/acme/'")
+            shown = await page.wait_for(
+                "/^[0-9]+$/.test(document.getElementById('position').textContent)"
+                " && document.getElementById('position').textContent"
+            )
+            assert shown == "4"
+            ahead_text = await page.evaluate("document.getElementById('ahead').textContent")
+            assert ahead_text == "3 people ahead of you"
+            assert await page.evaluate("document.getElementById('updated').textContent")
+            shots = shots_dir(tmp_path)
+            png = await page.screenshot(shots / "waiting-phone.png")
+            assert png.stat().st_size > 10_000
+
+            laptop = await browser.page(1366, 768)
+            await laptop.goto(one_seat.url + "/_anteroom/waiting/acme/?return_to=/q/browser/")
+            await laptop.wait_for("document.getElementById('position').textContent === '4'")
+            await laptop.screenshot(shots / "waiting-laptop.png")
+
+            # the holder finishes and the three ahead give up: the browser's turn
+            await holder.post("/_anteroom/leave")
+            for v in ahead:
+                await v.post("/_anteroom/leave")
+            await page.wait_for(f"location.pathname === '{path}'", within=30)
+            await page.wait_for("document.body && document.body.dataset.origin === 'demo'")
