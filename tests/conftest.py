@@ -90,14 +90,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def visitor(stack: Stack, http: aiohttp.ClientSession):  # type: ignore[no-untyped-def]
+def visitor(stack: Stack, http: aiohttp.ClientSession):
     def make(host: str = "127.0.0.1") -> Visitor:
         return Visitor(http, stack.url, host)
 
     return make
 
 
-async def eventually(check, within: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+async def eventually(check, within: float = 10.0, interval: float = 0.1):
     """Polls ``check`` (async, returns a truthy value when done) until it succeeds."""
     deadline = asyncio.get_running_loop().time() + within
     while True:

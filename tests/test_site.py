@@ -23,7 +23,7 @@ def new_queue() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-async def fill(visitor, path: str, n: int = 2) -> list[Visitor]:  # type: ignore[no-untyped-def]
+async def fill(visitor, path: str, n: int = 2) -> list[Visitor]:
     """n visitors admitted on ``path`` (the stack's capacity is 2)."""
     admitted = []
     for _ in range(n):
@@ -34,7 +34,7 @@ async def fill(visitor, path: str, n: int = 2) -> list[Visitor]:  # type: ignore
     return admitted
 
 
-async def test_capacity_then_waiting_page_with_cookie(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_capacity_then_waiting_page_with_cookie(visitor) -> None:
     path = f"/q/{new_queue()}/item?id=7"
     admitted = await fill(visitor, path)
     for v in admitted:
@@ -58,7 +58,7 @@ async def test_capacity_then_waiting_page_with_cookie(visitor) -> None:  # type:
     assert again.status == 200
 
 
-async def test_positions_follow_join_order(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_positions_follow_join_order(visitor) -> None:
     path = f"/q/{new_queue()}/"
     await fill(visitor, path)
     waiters = [visitor() for _ in range(5)]
@@ -71,7 +71,7 @@ async def test_positions_follow_join_order(visitor) -> None:  # type: ignore[no-
 
     assert await eventually(positions, within=3)
 
-    async def first():  # type: ignore[no-untyped-def]
+    async def first():
         s = await waiters[0].status()
         return s if s["in_line"] == 5 else None  # the count comes with the next tick
 
@@ -79,7 +79,7 @@ async def test_positions_follow_join_order(visitor) -> None:  # type: ignore[no-
     assert s["state"] == "waiting" and s["ahead"] == 0
 
 
-async def test_leave_admits_the_first_waiter(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_leave_admits_the_first_waiter(visitor) -> None:
     path = f"/q/{new_queue()}/page"
     admitted = await fill(visitor, path)
     w1, w2 = visitor(), visitor()
@@ -90,7 +90,7 @@ async def test_leave_admits_the_first_waiter(visitor) -> None:  # type: ignore[n
     assert r.status == 200 and r.json() == {"state": "left", "freed": True}
     assert admitted[0].cookie is None  # cleared
 
-    async def w1_admitted():  # type: ignore[no-untyped-def]
+    async def w1_admitted():
         s = await w1.status()
         return s if s["state"] == "admitted" else None
 
@@ -101,7 +101,7 @@ async def test_leave_admits_the_first_waiter(visitor) -> None:  # type: ignore[n
     assert (await w2.get(path)).status == 302
 
 
-async def test_left_cookie_is_refused_even_if_replayed(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_left_cookie_is_refused_even_if_replayed(visitor) -> None:
     path = f"/q/{new_queue()}/"
     (a,) = await fill(visitor, path, 1)
     saved = a.cookie
@@ -114,14 +114,14 @@ async def test_left_cookie_is_refused_even_if_replayed(visitor) -> None:  # type
     assert replay.cookie != saved
 
 
-async def test_idle_session_expires_and_frees_its_slot(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_session_expires_and_frees_its_slot(visitor) -> None:
     path = f"/q/{new_queue()}/"
     await fill(visitor, path)
     w = visitor()
     await w.get(path)
     started = time.monotonic()
 
-    async def admitted():  # type: ignore[no-untyped-def]
+    async def admitted():
         return (await w.status())["state"] == "admitted"
 
     await eventually(admitted, within=10)
@@ -130,7 +130,7 @@ async def test_idle_session_expires_and_frees_its_slot(visitor) -> None:  # type
     assert (await w.get(path)).status == 200
 
 
-async def test_active_use_keeps_session_alive(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_active_use_keeps_session_alive(visitor) -> None:
     path = f"/q/{new_queue()}/"
     a, b = await fill(visitor, path)
     w = visitor()
@@ -157,7 +157,7 @@ async def test_active_use_keeps_session_alive(visitor) -> None:  # type: ignore[
         "x" * 3000,
     ],
 )
-async def test_bad_cookies_count_as_no_cookie(visitor, cookie: str) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_cookies_count_as_no_cookie(visitor, cookie: str) -> None:
     queue = new_queue()
     path = f"/q/{queue}/"
     await fill(visitor, path)
@@ -194,7 +194,7 @@ async def test_bad_cookies_count_as_no_cookie(visitor, cookie: str) -> None:  # 
         "",
     ],
 )
-async def test_return_to_never_leaves_the_site(visitor, target: str) -> None:  # type: ignore[no-untyped-def]
+async def test_return_to_never_leaves_the_site(visitor, target: str) -> None:
     path = f"/q/{new_queue()}/"
     (a,) = await fill(visitor, path, 1)
     s = await a.status(return_to=target)
@@ -205,7 +205,7 @@ async def test_return_to_never_leaves_the_site(visitor, target: str) -> None:  #
     assert r.status == 200 and r.location is None
 
 
-async def test_safe_return_to_is_honoured(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_safe_return_to_is_honoured(visitor) -> None:
     path = f"/q/{new_queue()}/"
     (a,) = await fill(visitor, path, 1)
     assert (await a.status(return_to="/q/x/cart?step=2"))["redirect"] == "/q/x/cart?step=2"
@@ -213,7 +213,7 @@ async def test_safe_return_to_is_honoured(visitor) -> None:  # type: ignore[no-u
     assert r.status == 303 and r.location == "/"
 
 
-async def test_json_clients_get_429_with_retry_after(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_json_clients_get_429_with_retry_after(visitor) -> None:
     path = f"/q/{new_queue()}/api/stock"
     await fill(visitor, path)
     api = visitor()
@@ -225,7 +225,7 @@ async def test_json_clients_get_429_with_retry_after(visitor) -> None:  # type: 
     assert api.cookie  # the place in line is kept for the retry
 
 
-async def test_no_javascript_path_by_redirects(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_no_javascript_path_by_redirects(visitor) -> None:
     path = f"/q/{new_queue()}/"
     a, _ = await fill(visitor, path)
     w = visitor()
@@ -237,7 +237,7 @@ async def test_no_javascript_path_by_redirects(visitor) -> None:  # type: ignore
     assert r.status == 303 and (r.location or "").startswith(WAITING_PAGE)
     await a.post("/_anteroom/leave")
 
-    async def sent_in():  # type: ignore[no-untyped-def]
+    async def sent_in():
         r = await w.get("/_anteroom/continue")
         return r if r.location == path else None
 
@@ -245,7 +245,7 @@ async def test_no_javascript_path_by_redirects(visitor) -> None:  # type: ignore
     assert (await w.get(path)).status == 200
 
 
-async def test_waiting_page_assets(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_waiting_page_assets(visitor) -> None:
     v = visitor()
     for name, ctype in [
         ("", "text/html"),
@@ -259,13 +259,13 @@ async def test_waiting_page_assets(visitor) -> None:  # type: ignore[no-untyped-
     assert "Acme Tickets" in (await v.get(WAITING_PAGE)).text
 
 
-async def test_many_simultaneous_newcomers(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_many_simultaneous_newcomers(visitor) -> None:
     path = f"/q/{new_queue()}/"
     crowd = [visitor() for _ in range(40)]
     replies = await asyncio.gather(*(v.get(path) for v in crowd))
     assert sorted(r.status for r in replies) == [200] * 2 + [302] * 38
 
-    async def settled():  # type: ignore[no-untyped-def]
+    async def settled():
         got = [
             (await v.status())["position"]
             for v, r in zip(crowd, replies, strict=True)
@@ -276,7 +276,7 @@ async def test_many_simultaneous_newcomers(visitor) -> None:  # type: ignore[no-
     assert await eventually(settled, within=3)
 
 
-async def test_oversized_and_odd_requests_get_clear_answers(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_oversized_and_odd_requests_get_clear_answers(visitor) -> None:
     path = f"/q/{new_queue()}/"
     v = visitor()
     r = await v.get(path + "a" * 6000)  # long URI forwarded in X-Original-URI
@@ -293,7 +293,7 @@ async def test_oversized_and_odd_requests_get_clear_answers(visitor) -> None:  #
     assert r.status == 200  # nobody is waiting: says so, no error
 
 
-async def test_unknown_host_is_refused(visitor) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_host_is_refused(visitor) -> None:
     v = visitor(host="unknown.example")
     r = await v.get(f"/q/{new_queue()}/")
     assert r.status == 403
