@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from .config import NAME_RE, Config, QueueSettings, Tenant
 from .engine import Claim, Engine, QueueRef, QueueState
 from .refresher import Refresher, TooManyQueues
-from .tokens import ADMITTED, WAITING, Signer, Token, new_session_id
+from .tokens import ADMITTED, WAITING, Signer, Token, cookie_value, new_session_id
 
 log = logging.getLogger("sidecar.gate")
 
@@ -69,7 +69,7 @@ class Gate:
     def token(self, request: web.Request, tenant: Tenant, now: int) -> Token | None:
         """The visitor's verified token, or None: forged, expired, revoked and
         other-tenant tokens count as no token at all."""
-        raw = request.cookies.get(self.config.cookie_name)
+        raw = cookie_value(request.headers.get("Cookie", ""), self.config.cookie_name)
         if raw is None:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer "):
@@ -156,14 +156,15 @@ class Gate:
             )
             return web.Response(status=403)
         q = QueueRef(tenant.name, queue)
-        configured = tenant.settings_for(queue)
+        state = self.refresher.states.get(q)
         try:
-            state = await self.refresher.state(q, configured)
+            if state is None:
+                state = await self.refresher.state(q, tenant.settings_for(queue))
         except TooManyQueues:
             log.error("too many queues; check the nginx config", extra={"queue": str(q)})
             return web.Response(status=403)
         except (RedisError, OSError) as e:
-            return self._redis_down(tenant, configured, e, request)
+            return self._redis_down(tenant, tenant.settings_for(queue), e, request)
         if state.settings.mode == "off":
             return web.Response(status=204)
 

@@ -58,7 +58,8 @@ class Refresher:
     # -- first sight of a queue --------------------------------------------
 
     async def state(self, q: QueueRef, configured: QueueSettings) -> QueueState:
-        """The cached state; the first request for a queue waits for one tick of it."""
+        """The cached state; the first request for a queue waits for one tick of it.
+        Hot callers read ``states`` first and await this only on a miss."""
         st = self.states.get(q)
         if st is not None:
             return st

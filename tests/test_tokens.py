@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.gate import host_name, safe_path
-from sidecar.tokens import ADMITTED, WAITING, Signer, Token
+from sidecar.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
 T = Token("acme", "checkout", WAITING, 42, "sid-1", 1000, 2000, "/cart?item=1&q=a b|c")
@@ -83,3 +83,19 @@ def test_host_name() -> None:
     assert host_name("Shop.Example:8080") == "shop.example"
     assert host_name("[::1]:8080") == "[::1]"
     assert host_name("127.0.0.1") == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("anteroom=abc", "abc"),
+        ("a=1; anteroom=abc|d%2F; b=2", "abc|d%2F"),
+        ('anteroom="quoted"', "quoted"),
+        ("xanteroom=no; anteroom=yes", "yes"),
+        ("anteroom_x=no", None),
+        ("", None),
+        ("anteroom", None),
+    ],
+)
+def test_cookie_value(header: str, expected: str | None) -> None:
+    assert cookie_value(header, "anteroom") == expected
