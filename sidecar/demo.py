@@ -61,7 +61,7 @@ http {{
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
     include anteroom/http.conf;
-    upstream anteroom_sidecar {{ server 127.0.0.1:{sidecar_port}; keepalive 64; }}
+    upstream anteroom_sidecar {{ {sidecar_servers} keepalive 64; }}
     upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
     proxy_http_version 1.1;
     proxy_set_header Connection "";
@@ -118,6 +118,7 @@ class Stack:
     workdir: Path
     site_port: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
+    replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
     origin_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -136,13 +137,13 @@ class Stack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def sidecar_env(self) -> dict[str, str]:
+    def sidecar_env(self, port: int | None = None) -> dict[str, str]:
         # tests pass inherit_env=False so a developer's ANTEROOM_* cannot leak in
         env = {
             k: v for k, v in os.environ.items() if self.inherit_env or not k.startswith("ANTEROOM_")
         }
         env.update(self.env)
-        env["ANTEROOM_LISTEN"] = f"127.0.0.1:{self.sidecar_port}"
+        env["ANTEROOM_LISTEN"] = f"127.0.0.1:{port or self.sidecar_port}"
         env["ANTEROOM_REDIS_URL"] = self.redis_url
         env.setdefault("ANTEROOM_DEMO", "1")
         env.setdefault("ANTEROOM_THEMES", str(ROOT / "theme_assets"))
@@ -198,10 +199,10 @@ class Stack:
         return pages
 
     def start_sidecar(self) -> None:
-        self._spawn("sidecar", [sys.executable, "-m", "sidecar"], env=self.sidecar_env())
-        wait_for_port(
-            self.sidecar_port, self.procs["sidecar"], "sidecar", self.workdir / "sidecar.log"
-        )
+        for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
+            name = "sidecar" if i == 0 else f"sidecar{i}"
+            self._spawn(name, [sys.executable, "-m", "sidecar"], env=self.sidecar_env(port))
+            wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
 
     def start_origin(self) -> None:
         argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
@@ -226,7 +227,9 @@ class Stack:
                 user=user,
                 workers=self.nginx_workers,
                 dir=ndir,
-                sidecar_port=self.sidecar_port,
+                sidecar_servers=" ".join(
+                    f"server 127.0.0.1:{p};" for p in [self.sidecar_port, *self.replica_ports]
+                ),
                 origin_port=self.origin_port,
                 site=site,
                 access_log=f"{ndir}/access.log" if self.access_log else "off",
@@ -274,7 +277,9 @@ class Stack:
             proc.wait()
 
     def stop(self) -> None:
-        for name in ("nginx", "sidecar", "origin", "redis"):
+        for name in ("nginx", *sorted(n for n in self.procs if n.startswith("sidecar"))):
+            self.stop_one(name)
+        for name in ("origin", "redis"):
             self.stop_one(name)
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.demo import Stack
+from sidecar.demo import Stack, free_port
 from tests.visitors import Visitor
 
 SECRET = "test-secret-0123456789abcdef"
@@ -46,7 +46,7 @@ FAST = {
 }
 
 
-def make_stack(workdir: Path, **env: str) -> Stack:
+def make_stack(workdir: Path, replicas: int = 0, **env: str) -> Stack:
     toml = workdir / "anteroom.toml"
     workdir.mkdir(parents=True, exist_ok=True)
     toml.write_text(SITE_TOML)
@@ -55,6 +55,7 @@ def make_stack(workdir: Path, **env: str) -> Stack:
         env={**FAST, "ANTEROOM_CONFIG": str(toml), **env},
         extra_locations=QUEUE_LOCATIONS,
         inherit_env=False,
+        replica_ports=[free_port() for _ in range(replicas)],
     ).start()
 
 
