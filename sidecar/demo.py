@@ -324,7 +324,7 @@ def origin_page(path: str) -> tuple[int, str]:
     return 200, PAGE.format(title="Page", head="", body=body)
 
 
-def run_origin(port: int) -> None:
+def run_origin(port: int, host: str = "127.0.0.1") -> None:
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.Response:
@@ -333,7 +333,7 @@ def run_origin(port: int) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 
 # -- make demo -----------------------------------------------------------------
@@ -435,9 +435,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     origin = sub.add_parser("origin", help="run only the demo origin")
     origin.add_argument("--port", type=int, required=True)
+    origin.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     if args.command == "origin":
-        run_origin(args.port)
+        run_origin(args.port, args.host)
     else:
         run_demo()
 

@@ -1,0 +1,87 @@
+"""What ships beside the code: nginx site examples, Dockerfile, compose.yaml, the wheel."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sidecar.demo import NGINX_SNIPPETS, ROOT
+
+NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
+
+
+def nginx_t(tmp_path: Path, site: str) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` on ``site`` (http-context text) with the shipped snippets."""
+    assert NGINX
+    (tmp_path / "anteroom").symlink_to(NGINX_SNIPPETS)
+    (tmp_path / "tmp").mkdir()
+    user = "user root;" if os.geteuid() == 0 else ""
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"{user}\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        f"events {{}}\nhttp {{\n{temp}\n{site}\n}}\n"
+    )
+    return subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+    )
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_example_site_is_valid_nginx(tmp_path: Path) -> None:
+    site = (ROOT / "nginx" / "example-site.conf").read_text()
+    r = nginx_t(tmp_path, site.replace("listen 80;", "listen 127.0.0.1:1;"))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_compose_site_is_valid_nginx(tmp_path: Path) -> None:
+    site = (ROOT / "nginx" / "compose.conf").read_text()
+    # compose's service names only resolve inside compose
+    site = re.sub(r"server (\w+):(\d+);", r"server 127.0.0.1:\2;", site)
+    r = nginx_t(tmp_path, site.replace("listen 8080;", "listen 127.0.0.1:1;"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_compose_file_references_what_exists() -> None:
+    compose = (ROOT / "compose.yaml").read_text()
+    services = set(re.findall(r"^  ([a-z][a-z0-9_-]*):\s*$", compose, re.M))
+    assert {"redis", "sidecar", "nginx", "origin", "pages"} <= services
+    for mount in re.findall(r"- \./([^:]+):", compose):
+        assert (ROOT / mount).exists(), mount
+    upstreams = re.findall(r"server (\w+):\d+;", (ROOT / "nginx" / "compose.conf").read_text())
+    assert set(upstreams) <= services
+    assert "\t" not in compose  # YAML forbids tabs for indentation
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        *sources, _ = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+    assert re.search(r'^CMD \["python", "-m", "sidecar"\]$', dockerfile, re.M)
+
+
+def test_wheel_carries_the_lua_scripts(tmp_path: Path) -> None:
+    """The image installs the package (not editable): scripts must be package data."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("anteroom-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    lua = {Path(scripts).name for scripts in (ROOT / "sidecar" / "lua").glob("*.lua")}
+    assert lua and {f"sidecar/lua/{name}" for name in lua} <= set(names)
