@@ -108,3 +108,9 @@ async def eventually(check, within: float = 10.0, interval: float = 0.1):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def ticket_members(redis: Redis, key: str) -> list[int]:
+    """Members of a ticket sorted set, as numbers."""
+    raw: list[bytes] = await redis.zrange(key, 0, -1)  # type: ignore[assignment]
+    return [int(t) for t in raw]

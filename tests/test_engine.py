@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
 from sidecar.engine import Claim, Engine, QueueRef, QueueState
+from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")
 
@@ -102,7 +103,7 @@ async def test_advance_is_idempotent_across_replicas(replicas: list[Engine], red
     states = await asyncio.gather(*(tick(e, s) for e in replicas), *(tick(e, s) for e in replicas))
     assert sum(st.newly_invited for st in states) == 3
     assert {st.serving for st in states} >= {8}
-    invited = [int(t) for t in await redis.zrange(Q.keys.invited, 0, -1)]  # type: ignore[arg-type]
+    invited = await ticket_members(redis, Q.keys.invited)
     assert sorted(invited) == [6, 7, 8]
     assert await occupancy(redis) == 5
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from sidecar.demo import Stack
 from sidecar.engine import QueueRef
-from tests.conftest import eventually, make_stack
+from tests.conftest import eventually, make_stack, ticket_members
 from tests.visitors import Visitor
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ async def test_one_fair_line_across_replicas(
             assert admitted, "nobody was admitted after two places were freed"
             admitted_tickets += [ticket(v) for v in admitted]
             # FIFO: nobody still in line holds an earlier ticket than someone let in
-            in_line = [int(t) for t in await redis.zrange(keys.waiting, 0, -1)]
+            in_line = await ticket_members(redis, keys.waiting)
             assert min(in_line, default=99) > max(admitted_tickets)
             waiting = [v for v in waiting if v not in admitted]
     finally:
