@@ -24,6 +24,9 @@ fmt: $(VENV)/.installed-dev
 bench: system-deps $(VENV)/.installed-dev ## gated vs ungated throughput through nginx (needs wrk)
 	$(PY) -m tests.bench
 
+loadtest: system-deps $(VENV)/.installed-dev ## Locust against a local stack (bounded: 60 s)
+	$(PY) -m loadtest.run
+
 # System packages: installed with apt when run as root, otherwise named.
 system-deps:
 	@missing=""; \
