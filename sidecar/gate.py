@@ -67,8 +67,8 @@ class Gate:
         return self.config.tenant_for_host(host_name(request.host))
 
     def token(self, request: web.Request, tenant: Tenant, now: int) -> Token | None:
-        """The visitor's verified token, or None: forged, expired, revoked and
-        other-tenant tokens count as no token at all."""
+        """The visitor's verified token, or None: forged, expired and other-tenant
+        tokens count as no token at all. Revocation is the caller's to check."""
         raw = cookie_value(request.headers.get("Cookie", ""), self.config.cookie_name)
         if raw is None:
             auth = request.headers.get("Authorization", "")
@@ -77,8 +77,6 @@ class Gate:
             raw = auth[7:].strip()
         tok = self.signer.loads(raw)
         if tok is None or tok.tenant != tenant.name or tok.exp <= now:
-            return None
-        if tok.sid in self.refresher.revoked:
             return None
         return tok
 
@@ -172,6 +170,10 @@ class Gate:
         tok = self.token(request, tenant, now)
         if tok is not None and tok.queue != queue:
             tok = None  # a place in another queue does not count here
+        if tok is not None and tok.sid in self.refresher.revoked:
+            # ended (left, revoked) yet presented again: a replay, refused
+            log.info("revoked session refused", extra={"queue": str(q), "ticket": tok.ticket})
+            return web.Response(status=403)
         if tok is not None and tok.state == ADMITTED:
             resp = web.Response(status=204)
             self.keep_alive(q, tok, state, resp, now)

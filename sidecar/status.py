@@ -76,7 +76,7 @@ class Status:
             raise web.HTTPForbidden(text="unknown site")
         v = Visit(tenant, int(time.time()))
         tok = self.gate.token(request, tenant, v.now)
-        if tok is None or not NAME_RE.match(tok.queue):
+        if tok is None or tok.sid in self.gate.refresher.revoked or not NAME_RE.match(tok.queue):
             return v
         v.tok, v.q = tok, QueueRef(tenant.name, tok.queue)
         with contextlib.suppress(RedisError, OSError, TooManyQueues):

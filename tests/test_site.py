@@ -108,10 +108,10 @@ async def test_left_cookie_is_refused_even_if_replayed(visitor) -> None:
     await a.post("/_anteroom/leave")
     replay = visitor()
     replay.cookie = saved
-    r = await replay.get(path)
-    # treated as no cookie: joins afresh (capacity is free, so admitted with a new session)
-    assert r.status == 200
-    assert replay.cookie != saved
+    assert (await replay.get(path)).status == 403
+    assert (await replay.status())["state"] == "none"
+    fresh = visitor()  # the slot it held is free again
+    assert (await fresh.get(path)).status == 200
 
 
 async def test_idle_session_expires_and_frees_its_slot(visitor) -> None:
