@@ -134,7 +134,11 @@ class Browser:
         return await asyncio.wait_for(fut, 30)
 
     async def page(self, width: int, height: int, mobile: bool = False) -> Page:
-        target = await self.send("Target.createTarget", url="about:blank")
+        """A new tab in its own browser context: its own cookies, like a private window."""
+        context = await self.send("Target.createBrowserContext")
+        target = await self.send(
+            "Target.createTarget", url="about:blank", browserContextId=context["browserContextId"]
+        )
         attached = await self.send(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
         )
