@@ -17,7 +17,13 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from .config import QueueSettings
-from .keys import ADVANCE_MAX_STEPS, ENDED_STREAM_MAXLEN, QueueKeys, queue_keys
+from .keys import (
+    ADVANCE_MAX_STEPS,
+    ENDED_STREAM_MAXLEN,
+    HEARTBEAT_CHUNK,
+    QueueKeys,
+    queue_keys,
+)
 
 
 class QueueRef(NamedTuple):
@@ -127,9 +133,15 @@ class Engine:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for q, (sids, tickets, ttl) in batch.items():
-                await self._heartbeat(
-                    keys=q.keys.all(), args=[ttl * 1000, len(sids), *sids, *tickets], client=pipe
-                )
+                # chunks keep each script call short, whatever the crowd
+                for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
+                    some_sids = sids[i : i + HEARTBEAT_CHUNK]
+                    some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
+                    await self._heartbeat(
+                        keys=q.keys.all(),
+                        args=[ttl * 1000, len(some_sids), *some_sids, *some_tickets],
+                        client=pipe,
+                    )
             await pipe.execute()
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:

@@ -13,6 +13,8 @@ PREFIX = "aq"
 # Ended sessions are published in a capped stream; replicas read it each tick.
 # Far more than can end between two ticks, small enough to stay cheap.
 ENDED_STREAM_MAXLEN = 10_000
+# Sessions (and waiters) per heartbeat script call: one call stays well under a millisecond.
+HEARTBEAT_CHUNK = 500
 # Invitations handed out per advance at most, so one script call stays short.
 ADVANCE_MAX_STEPS = 1_000
 

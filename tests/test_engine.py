@@ -224,3 +224,16 @@ async def test_queues_are_independent(replicas: list[Engine]) -> None:
     assert (await e.join(Q, "a", s))[0] is True
     assert (await e.join(other, "b", s))[0] is True
     assert other.keys.active.startswith("aq:{acme:other}:")
+
+
+async def test_large_heartbeat_batches_are_applied(replicas: list[Engine]) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=0, session_ttl=1)
+    sids = [f"s{i}" for i in range(1200)]  # more than one chunk
+    for sid in sids:
+        await e.join(Q, sid, s)
+    await asyncio.sleep(0.6)
+    await e.heartbeat({Q: (sids[:1100], [], 5)})
+    await asyncio.sleep(0.6)
+    st = await tick(e, s)
+    assert st.expired == 100 and st.active == 1100
