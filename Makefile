@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint fmt bench loadtest system-deps clean
+.PHONY: demo test lint fmt bench loadtest system-deps browser-deps clean
 
 demo: system-deps $(VENV)/.installed ## Redis + sidecar + nginx + demo origin at http://127.0.0.1:8080/
 	$(PY) -m sidecar.demo
 
-test: system-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite
+test: system-deps browser-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-dev ## ruff (check + format) and mypy
@@ -43,6 +43,18 @@ system-deps:
 	    exit 1; \
 	  fi; \
 	fi
+
+# The browser test drives Debian's chromium; without it (and without root) it is skipped.
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "anteroom: installing chromium for the browser test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "anteroom: chromium not found; the browser test will be skipped"; \
+	    echo "  install it with: sudo apt-get install -y chromium"; \
+	  fi; \
+	}
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { echo "anteroom: '$(PYTHON) -m venv' failed; install python3-venv"; exit 1; }
