@@ -88,34 +88,17 @@ class Engine:
         self._heartbeat: AsyncScript = redis.register_script(_load("heartbeat.lua", prelude))
         self._tick: AsyncScript = redis.register_script(_load("tick.lua", prelude))
 
+    def _admission(self, s: QueueSettings) -> list[str | int]:
+        """The ARGV tail of the scripts that may admit: the policy to enforce."""
+        return [s.mode, s.capacity, s.admit_per_minute, s.session_ttl * 1000, self.purge_slack_ms]
+
     async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
         """Takes a ticket; returns (admitted at once, ticket)."""
-        admitted, ticket = await self._join(
-            keys=q.keys.all(),
-            args=[
-                sid,
-                s.mode,
-                s.capacity,
-                s.admit_per_minute,
-                s.session_ttl * 1000,
-                self.purge_slack_ms,
-            ],
-        )
+        admitted, ticket = await self._join(keys=q.keys.all(), args=[sid, *self._admission(s)])
         return bool(admitted), int(ticket)
 
     async def claim(self, q: QueueRef, ticket: int, sid: str, s: QueueSettings) -> Claim:
-        (result,) = await self._claim(
-            keys=q.keys.all(),
-            args=[
-                ticket,
-                sid,
-                s.mode,
-                s.capacity,
-                s.admit_per_minute,
-                s.session_ttl * 1000,
-                self.purge_slack_ms,
-            ],
-        )
+        (result,) = await self._claim(keys=q.keys.all(), args=[ticket, sid, *self._admission(s)])
         return Claim(int(result))
 
     async def leave(self, q: QueueRef, ticket: int, sid: str, revoke_until: int) -> bool:
