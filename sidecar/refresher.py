@@ -71,10 +71,14 @@ class Refresher:
             self._first_tick[q] = fut
             try:
                 (st,) = await self.engine.tick([(q, configured, "0-0")])
-            except BaseException as e:
+            except Exception as e:
                 del self._first_tick[q]
                 fut.set_exception(e)
                 fut.exception()  # mark retrieved: waiters (if any) re-raise it
+                raise
+            except BaseException:  # cancelled (shutdown): waiters are cancelled too
+                del self._first_tick[q]
+                fut.cancel()
                 raise
             self._configured[q] = configured
             self._absorb(q, st)
