@@ -339,6 +339,11 @@ def run_origin(port: int, host: str = "127.0.0.1") -> None:
 # -- make demo -----------------------------------------------------------------
 
 DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390}
+DEMO_TOML = """\
+[tenants.default]
+hosts = ["*"]
+title = "Demo shop"
+"""
 DEMO_DEFAULTS = {
     "ANTEROOM_DEMO": "1",
     "ANTEROOM_CAPACITY": "3",
@@ -371,6 +376,12 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
             "Stop whatever listens there (another demo?) and retry."
         )
     env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
+    if "ANTEROOM_CONFIG" not in os.environ:
+        # one tenant for every host, with a name on its waiting page
+        workdir.mkdir(parents=True, exist_ok=True)
+        toml = workdir / "anteroom.toml"
+        toml.write_text(DEMO_TOML)
+        env["ANTEROOM_CONFIG"] = str(toml)
     stack = Stack(
         workdir=workdir,
         site_port=DEMO_PORTS["site"],
@@ -440,7 +451,11 @@ def main() -> None:
     if args.command == "origin":
         run_origin(args.port, args.host)
     else:
-        run_demo()
+        try:
+            run_demo()
+        except RuntimeError as e:  # a process did not start: say why, no traceback
+            print(f"anteroom: demo could not start: {e}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":
