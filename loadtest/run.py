@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sidecar.demo import Stack
+from sidecar.stack import Stack
 
 
 def main(argv: list[str] | None = None) -> int:

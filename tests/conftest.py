@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.demo import Stack, free_port
+from sidecar.stack import Stack, free_port
 from tests.visitors import Visitor
 
 SECRET = "test-secret-0123456789abcdef"
@@ -27,8 +27,13 @@ QUEUE_LOCATIONS = """
 
 SITE_TOML = """
 [tenants.acme]
-hosts = ["127.0.0.1", "localhost"]
+hosts = ["127.0.0.1"]
 title = "Acme Tickets"
+
+[tenants.beta]
+hosts = ["localhost"]
+title = "Beta Billets"
+language = "fr"
 """
 
 # Short times so expiry is observable in a test; the refresher runs fast too.

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.demo import Stack
+from sidecar.stack import Stack
 from tests.browser import Browser, chromium_path
 from tests.conftest import make_stack
 from tests.visitors import Visitor

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sidecar.demo import ROOT
+from sidecar.stack import ROOT
 
 pytestmark = pytest.mark.integration
 

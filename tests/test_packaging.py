@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo import NGINX_SNIPPETS, ROOT
+from sidecar.stack import NGINX_SNIPPETS, ROOT
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
 

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.demo import Stack
 from sidecar.engine import QueueRef
+from sidecar.stack import Stack
 from tests.conftest import eventually, make_stack, ticket_members
 from tests.visitors import Visitor
 

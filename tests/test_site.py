@@ -299,3 +299,25 @@ async def test_unknown_host_is_refused(visitor) -> None:
     assert r.status == 403
     assert (await v.get("/_anteroom/status")).status == 403
     assert (await v.get("/")).status == 200  # ungated pages are not the sidecar's business
+
+
+async def test_tenants_are_separate_sites(visitor) -> None:
+    queue = new_queue()
+    path = f"/q/{queue}/"
+    acme = await fill(visitor, path)  # acme's line is full
+    beta = visitor(host="localhost")
+    r = await beta.get(path)
+    assert r.status == 200  # beta's queue of the same name is its own
+    late = visitor(host="localhost")
+    await fill(lambda: visitor(host="localhost"), path, 1)
+    r = await late.get(path)
+    assert r.status == 302 and (r.location or "").startswith("/_anteroom/waiting/beta/")
+    page = await late.get("/_anteroom/waiting/beta/")
+    assert '<html lang="fr">' in page.text and "Beta Billets" in page.text
+    assert "Vous êtes dans la file" in page.text
+
+    # an acme cookie means nothing at beta: a new place in beta's line instead
+    stray = visitor(host="localhost")
+    stray.cookie = acme[0].cookie
+    r = await stray.get(path)
+    assert r.status == 302 and stray.cookie != acme[0].cookie

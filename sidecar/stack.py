@@ -1,0 +1,281 @@
+"""A whole local stack: Redis, the sidecar (one or more), nginx with the shipped
+snippets and the demo origin, each a child process on 127.0.0.1.
+
+``make demo`` runs one on fixed ports (``sidecar.demo``); the tests, the
+benchmark and the load test start theirs on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_SNIPPETS = ROOT / "nginx" / "anteroom"
+
+SITE = """
+    server {{
+        listen 127.0.0.1:{port};
+        server_name _;
+        set $anteroom_pages {pages};
+        include anteroom/server.conf;
+        include anteroom/pages-local.conf;
+
+        # never queued: home page, static files, health checks
+        location / {{
+            proxy_pass http://origin;
+        }}
+        # everything under /shop/ waits in the queue "shop"
+        location /shop/ {{
+            set $anteroom_queue shop;
+            include anteroom/gate.conf;
+            proxy_pass http://origin;
+        }}
+{extra}
+    }}
+"""
+
+MAIN = """
+{user}
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {access_log};
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    include anteroom/http.conf;
+    upstream anteroom_sidecar {{ {sidecar_servers} keepalive 64; }}
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+{site}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{_tail(log)}")
+        if port_in_use(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def require(program: str, package: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        raise SystemExit(
+            f"anteroom: {program} not found. Install it with: sudo apt-get install -y {package}"
+        )
+    return path
+
+
+@dataclass
+class Stack:
+    """Redis + sidecar + origin + nginx in ``workdir``; stop() ends them all."""
+
+    workdir: Path
+    site_port: int = field(default_factory=free_port)
+    sidecar_port: int = field(default_factory=free_port)
+    replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
+    origin_port: int = field(default_factory=free_port)
+    redis_port: int = field(default_factory=free_port)
+    env: Mapping[str, str] = field(default_factory=dict)
+    extra_locations: str = ""
+    nginx_workers: int = 1
+    access_log: bool = False
+    quiet: bool = True
+    inherit_env: bool = True
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.site_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def sidecar_env(self, port: int | None = None) -> dict[str, str]:
+        # tests pass inherit_env=False so a developer's ANTEROOM_* cannot leak in
+        env = {
+            k: v for k, v in os.environ.items() if self.inherit_env or not k.startswith("ANTEROOM_")
+        }
+        env.update(self.env)
+        env["ANTEROOM_LISTEN"] = f"127.0.0.1:{port or self.sidecar_port}"
+        env["ANTEROOM_REDIS_URL"] = self.redis_url
+        env.setdefault("ANTEROOM_DEMO", "1")
+        env.setdefault("ANTEROOM_THEMES", str(ROOT / "theme_assets"))
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        out = subprocess.DEVNULL if self.quiet else None
+        log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            argv,
+            env=dict(env) if env is not None else None,
+            cwd=self.workdir,
+            stdout=out,
+            stderr=log or None,
+            start_new_session=True,
+        )
+        if log:
+            log.close()
+
+    def start_redis(self) -> None:
+        redis = require("redis-server", "redis-server")
+        self._spawn(
+            "redis",
+            [
+                redis,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+        )
+        wait_for_port(
+            self.redis_port, self.procs["redis"], "redis-server", self.workdir / "redis.log"
+        )
+
+    def build_pages(self) -> Path:
+        pages = self.workdir / "pages"
+        built = subprocess.run(
+            [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
+            env=self.sidecar_env(),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        if built.returncode:
+            raise RuntimeError(built.stderr.strip())
+        return pages
+
+    def start_sidecar(self) -> None:
+        for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
+            name = "sidecar" if i == 0 else f"sidecar{i}"
+            self._spawn(name, [sys.executable, "-m", "sidecar"], env=self.sidecar_env(port))
+            wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
+
+    def start_origin(self) -> None:
+        argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
+        self._spawn("origin", argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wait_for_port(
+            self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log"
+        )
+
+    def write_nginx_conf(self, pages: Path) -> Path:
+        ndir = self.workdir / "nginx"
+        (ndir / "tmp").mkdir(parents=True, exist_ok=True)
+        link = ndir / "anteroom"
+        if not link.exists():
+            link.symlink_to(NGINX_SNIPPETS)
+        site = SITE.format(port=self.site_port, pages=pages, extra=self.extra_locations)
+        conf = ndir / "nginx.conf"
+        # as root, workers would drop to "nobody", which cannot read a private
+        # temporary folder (pytest's, say); this stack is local-only anyway
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf.write_text(
+            MAIN.format(
+                user=user,
+                workers=self.nginx_workers,
+                dir=ndir,
+                sidecar_servers=" ".join(
+                    f"server 127.0.0.1:{p};" for p in [self.sidecar_port, *self.replica_ports]
+                ),
+                origin_port=self.origin_port,
+                site=site,
+                access_log=f"{ndir}/access.log" if self.access_log else "off",
+            )
+        )
+        return conf
+
+    def start_nginx(self, pages: Path) -> None:
+        nginx = require("nginx", "nginx-light")
+        conf = self.write_nginx_conf(pages)
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+        )
+        if check.returncode:
+            raise RuntimeError(f"nginx rejected {conf}:\n{check.stderr}")
+        self._spawn("nginx", [nginx, "-p", str(conf.parent), "-c", str(conf)])
+        wait_for_port(self.site_port, self.procs["nginx"], "nginx", self.workdir / "nginx.log")
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            pages = self.build_pages()
+            self.start_origin()
+            self.start_sidecar()
+            self.start_nginx(pages)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_one(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in ("nginx", *sorted(n for n in self.procs if n.startswith("sidecar"))):
+            self.stop_one(name)
+        for name in ("origin", "redis"):
+            self.stop_one(name)
