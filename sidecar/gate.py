@@ -95,6 +95,7 @@ class Gate:
     async def join(self, q: QueueRef, s: QueueSettings, return_to: str, now: int) -> Token:
         sid = new_session_id()
         admitted, ticket = await self.engine.join(q, sid, s)
+        self.refresher.note_join(q, ticket, admitted)
         if admitted:
             return Token(
                 q.tenant, q.queue, ADMITTED, ticket, sid, now, now + s.session_ttl, return_to

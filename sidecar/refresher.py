@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 
@@ -54,6 +55,23 @@ class Refresher:
 
     def revoke(self, sid: str, until: int) -> None:
         self.revoked[sid] = until
+
+    def note_join(self, q: QueueRef, ticket: int, admitted: bool) -> None:
+        """Folds a join this process just made into the cached state, so the next
+        status poll counts positions from it without waiting for the next tick."""
+        st = self.states.get(q)
+        if st is None:
+            return
+        if admitted:
+            st = replace(
+                st,
+                tickets=max(st.tickets, ticket),
+                serving=max(st.serving, ticket),
+                active=st.active + 1,
+            )
+        else:
+            st = replace(st, tickets=max(st.tickets, ticket), waiting=st.waiting + 1)
+        self.states[q] = st
 
     # -- first sight of a queue --------------------------------------------
 

@@ -8,10 +8,11 @@ import time
 import uuid
 from urllib.parse import parse_qs, quote, urlsplit
 
+import aiohttp
 import pytest
 
 from sidecar.tokens import ADMITTED, WAITING, Signer, Token
-from tests.conftest import SECRET, eventually
+from tests.conftest import SECRET, eventually, make_stack
 from tests.visitors import Visitor
 
 pytestmark = pytest.mark.integration
@@ -321,3 +322,20 @@ async def test_tenants_are_separate_sites(visitor) -> None:
     stray.cookie = acme[0].cookie
     r = await stray.get(path)
     assert r.status == 302 and stray.cookie != acme[0].cookie
+
+
+async def test_positions_are_right_straight_after_joining(tmp_path) -> None:
+    """Positions do not wait for the next refresh: a slow refresher (5 s) makes
+    any reliance on it visible."""
+    stack = make_stack(tmp_path / "slow", ANTEROOM_REFRESH_INTERVAL="5")
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            path = f"/q/{new_queue()}/"
+            for _ in range(2):
+                assert (await Visitor(http, stack.url).get(path)).status == 200
+            waiters = [Visitor(http, stack.url) for _ in range(3)]
+            for w in waiters:
+                assert (await w.get(path)).status == 302
+            assert [(await w.status())["position"] for w in waiters] == [1, 2, 3]
+    finally:
+        stack.stop()
