@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -57,6 +58,7 @@ class Gate:
         self.engine = engine
         self.refresher = refresher
         self.signer = Signer(config.secrets)
+        self._last_down_log = 0.0
         self._cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
             "; Secure" if config.cookie_secure else ""
         )
@@ -104,29 +106,18 @@ class Gate:
             q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
         )
 
-    async def claim(
-        self, q: QueueRef, tok: Token, state: QueueState, now: int
-    ) -> tuple[Token | None, Claim]:
-        """Claims an invited waiter's place; on a missed turn, rejoins the line."""
+    async def claim(self, q: QueueRef, tok: Token, state: QueueState, now: int) -> Token | None:
+        """Claims an invited waiter's place: the admitted token, a new waiting one
+        (turn missed, back of the line), or None (not invited yet)."""
         s = state.settings
         result = await self.engine.claim(q, tok.ticket, tok.sid, s)
         if result is Claim.ADMITTED:
-            admitted = Token(
-                q.tenant,
-                q.queue,
-                ADMITTED,
-                tok.ticket,
-                tok.sid,
-                now,
-                now + s.session_ttl,
-                tok.return_to,
-            )
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket})
-            return admitted, result
+            return replace(tok, state=ADMITTED, iat=now, exp=now + s.session_ttl)
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
-            return await self.join(q, s, tok.return_to, now), result
-        return None, result
+            return await self.join(q, s, tok.return_to, now)
+        return None
 
     def keep_alive(
         self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse, now: int
@@ -135,10 +126,7 @@ class Gate:
         self.refresher.touch_session(q, tok.sid)
         ttl = state.settings.session_ttl
         if tok.exp - now <= ttl / 2:
-            fresh = Token(
-                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, now + ttl, tok.return_to
-            )
-            self.set_cookie(resp, fresh, now)
+            self.set_cookie(resp, replace(tok, iat=now, exp=now + ttl), now)
 
     # -- the auth_request endpoint ---------------------------------------
 
@@ -180,16 +168,17 @@ class Gate:
             self.keep_alive(q, tok, state, resp, now)
             return resp
 
+        # where this request wanted to go: the waiting page sends them back there
+        return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
         try:
             if tok is not None:
                 self.refresher.touch_waiter(q, tok.ticket)
                 if tok.ticket > state.serving:
-                    return self._wait(tenant, tok, None, now)
-                new, _ = await self.claim(q, tok, state, now)
+                    return self._wait(tenant, return_to)
+                new = await self.claim(q, tok, state, now)
                 if new is None:
-                    return self._wait(tenant, tok, None, now)
+                    return self._wait(tenant, return_to)
             else:
-                return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
                 new = await self.join(q, state.settings, return_to, now)
                 log.debug(
                     "joined",
@@ -197,34 +186,32 @@ class Gate:
                 )
         except (RedisError, OSError) as e:
             if tok is not None:
-                return self._wait(tenant, tok, None, now)
+                return self._wait(tenant, return_to)
             return self._redis_down(tenant, state.settings, e, request)
 
         if new.admitted:
             resp = web.Response(status=204)
             self.set_cookie(resp, new, now)
             return resp
-        return self._wait(tenant, new, new, now)
+        resp = self._wait(tenant, return_to)
+        self.set_cookie(resp, new, now)
+        return resp
 
-    def _wait(self, tenant: Tenant, tok: Token, new: Token | None, now: int) -> web.Response:
+    def _wait(self, tenant: Tenant, return_to: str, retry_after: int = 5) -> web.Response:
         resp = web.Response(status=401)
-        resp.headers["X-Anteroom-Location"] = self.waiting_location(tenant, tok.return_to)
-        resp.headers["Retry-After"] = "5"
-        if new is not None:
-            self.set_cookie(resp, new, now)
+        resp.headers["X-Anteroom-Location"] = self.waiting_location(tenant, return_to)
+        resp.headers["Retry-After"] = str(retry_after)
         return resp
 
     def _redis_down(
         self, tenant: Tenant, s: QueueSettings, e: Exception, request: web.Request
     ) -> web.Response:
-        log.error(
-            "redis unavailable for a new visitor",
-            extra={"error": str(e), "policy": s.on_redis_error},
-        )
+        if time.monotonic() - self._last_down_log > 10:  # one line per 10 s, not per visitor
+            self._last_down_log = time.monotonic()
+            log.error(
+                "redis unavailable for new visitors",
+                extra={"error": str(e), "policy": s.on_redis_error},
+            )
         if s.on_redis_error == "open":
             return web.Response(status=204)
-        resp = web.Response(status=401)
-        return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
-        resp.headers["X-Anteroom-Location"] = self.waiting_location(tenant, return_to)
-        resp.headers["Retry-After"] = "10"
-        return resp
+        return self._wait(tenant, safe_path(request.headers.get("X-Original-URI")) or "/", 10)

@@ -113,7 +113,7 @@ class Status:
         self.gate.refresher.touch_waiter(q, tok.ticket)
         if tok.ticket <= state.serving:
             try:
-                new, _ = await self.gate.claim(q, tok, state, v.now)
+                new = await self.gate.claim(q, tok, state, v.now)
             except (RedisError, OSError) as e:
                 log.warning("claim failed", extra={"queue": str(q), "error": str(e)})
                 new = None

@@ -54,6 +54,12 @@ async def test_capacity_then_waiting_page_with_cookie(visitor) -> None:
     cookie = r.set_cookies[0]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
 
+    # a waiter opening another page of the queue is sent back to that page later
+    other = path.replace("item?id=7", "cart")
+    r = await late.get(other)
+    assert r.status == 302 and parse_qs(urlsplit(r.location or "").query)["return_to"] == [other]
+    assert not r.set_cookies  # same place in line, no new cookie
+
     # the admitted ones keep going without a new cookie each time
     again = await admitted[0].get(path)
     assert again.status == 200
