@@ -237,3 +237,25 @@ async def test_large_heartbeat_batches_are_applied(replicas: list[Engine]) -> No
     await asyncio.sleep(0.6)
     st = await tick(e, s)
     assert st.expired == 100 and st.active == 1100
+
+
+async def test_claim_racing_the_grace_deadline(replicas: list[Engine], redis: Redis) -> None:
+    """A claim sent just before, at or after the invitation's deadline while two
+    replicas advance the line: exactly one of the two visitors holds the one slot."""
+    s = QueueSettings(capacity=1, grace=1)
+    for i in range(6):
+        q = QueueRef("acme", f"race{i}")
+        await replicas[0].join(q, "holder", s)
+        await replicas[0].join(q, "a", s)  # ticket 2
+        await replicas[0].join(q, "b", s)  # ticket 3
+        await replicas[0].leave(q, 1, "holder", 0)
+        await tick(replicas[0], s, q)  # a invited, deadline in 1 s
+        await asyncio.sleep(0.9 + i * 0.04)  # from well before to just after the deadline
+        await replicas[0].heartbeat({q: ([], [3], s.session_ttl)})  # b still polling
+        a_claim, *_ = await asyncio.gather(
+            replicas[2].claim(q, 2, "a", s), tick(replicas[0], s, q), tick(replicas[1], s, q)
+        )
+        st = await tick(replicas[1], s, q)
+        assert st.active + st.invited == 1
+        b_invited = st.invited == 1
+        assert (a_claim is Claim.ADMITTED) != b_invited, (i, a_claim, st)
