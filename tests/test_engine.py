@@ -112,13 +112,14 @@ async def test_per_minute_limit(replicas: list[Engine], redis: Redis) -> None:
     """At most M admissions per rolling minute, spread at ceil(M/60) a second."""
     s = QueueSettings(capacity=0, admit_per_minute=3)
     joined = [await replicas[0].join(Q, f"s{i}", s) for i in range(10)]
-    assert sum(admitted for admitted, _ in joined) == 1  # one a second at most
+    # one a second: a burst of joins gets one in (two if it straddles a second)
+    assert 1 <= sum(admitted for admitted, _ in joined) <= 2
     for _ in range(40):  # ~4 seconds of replicas ticking
         await asyncio.gather(*(tick(e, s) for e in replicas))
         await asyncio.sleep(0.1)
     st = await tick(replicas[0], s)
     assert st.admitted_last_minute == 3
-    assert st.serving == 3 and st.invited == 2
+    assert st.serving == 3 and st.active + st.invited == 3  # then the minute is used up
     buckets = {int(k): int(v) for k, v in (await redis.hgetall(Q.keys.rate)).items()}
     assert sum(buckets.values()) == 3 and max(buckets.values()) == 1
 
