@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", required=True, help="output folder (served as /_anteroom/waiting/)")
     args = parser.parse_args(argv)
     try:
-        config = Config.from_env()
+        config = Config.from_env(serving=args.command != "build-pages")
         logs.setup(config.log_level, config.log_format, os.environ)
     except ConfigError as e:
         print(f"anteroom: invalid configuration: {e}", file=sys.stderr)

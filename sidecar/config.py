@@ -89,16 +89,17 @@ class Config:
         return self.host_map.get(host) or self.host_map.get("*")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        return load(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str] | None = None, serving: bool = True) -> Config:
+        return load(os.environ if env is None else env, serving)
 
 
-def load(env: Mapping[str, str]) -> Config:
+def load(env: Mapping[str, str], serving: bool = True) -> Config:
+    """The configuration in ``env``. ``serving=False`` (building pages) needs no secret."""
     demo = _bool(env, "ANTEROOM_DEMO", False)
     raw_secrets = env.get("ANTEROOM_SECRETS") or env.get("ANTEROOM_SECRET") or ""
     secrets = tuple(s.strip().encode() for s in raw_secrets.split(",") if s.strip())
     if not secrets:
-        if not demo:
+        if serving and not demo:
             raise ConfigError(
                 "ANTEROOM_SECRETS: required (comma-separated; the first signs, all verify)"
             )

@@ -125,6 +125,20 @@ def test_startup_stops_with_a_message_naming_the_setting() -> None:
     assert "ANTEROOM_CAPACITY" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_building_pages_needs_no_secret(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "build-pages", "--out", str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    page = tmp_path / "_anteroom" / "waiting" / "default" / "index.html"
+    assert "in line" in page.read_text()
+    assert load({}, serving=False).tenants  # no ConfigError for the missing secret
+
+
 def test_from_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTEROOM_SECRETS", "x" * 16)
     monkeypatch.setenv("ANTEROOM_COOKIE_NAME", "queue_pass")
