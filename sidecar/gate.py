@@ -49,7 +49,7 @@ def host_name(host: str) -> str:
     host = host.lower()
     if host.startswith("["):
         return host[: host.find("]") + 1]
-    return host.partition(":")[0]
+    return host.partition(":")[0].rstrip(".")  # "shop.example." is "shop.example"
 
 
 class Gate:

@@ -83,6 +83,7 @@ def test_host_name() -> None:
     assert host_name("Shop.Example:8080") == "shop.example"
     assert host_name("[::1]:8080") == "[::1]"
     assert host_name("127.0.0.1") == "127.0.0.1"
+    assert host_name("shop.example.:443") == "shop.example"
 
 
 @pytest.mark.parametrize(
