@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
 
 from aiohttp import web
@@ -16,19 +19,52 @@ from .config import Config, ConfigError
 
 log = logging.getLogger("sidecar")
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def serve(config: Config) -> None:
+    """Runs ``config.workers`` processes on one port (SO_REUSEPORT): each has its own
+    event loop, Redis pool and refresher, and the kernel spreads connections."""
     try:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # uvloop is optional: faster, not required
         pass
+    parent = os.getpid()
+    children = []
+    for worker in range(1, config.workers):
+        pid = os.fork()  # before any loop or connection exists
+        if pid == 0:
+            code = 1
+            try:
+                _die_with(parent)
+                _run(config, worker)
+                code = 0
+            except BaseException:
+                log.exception("worker failed", extra={"worker": worker})
+            finally:
+                os._exit(code)  # never run the parent's cleanup in a child
+        children.append(pid)
+    try:
+        _run(config, 0)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _run(config: Config, worker: int) -> None:
     log.info(
         "starting",
         extra={
             "listen": f"{config.listen_host}:{config.listen_port}",
             "tenants": [t.name for t in config.tenants],
+            "worker": worker,
+            "workers": config.workers,
             "demo": config.demo,
         },
     )
@@ -36,10 +72,20 @@ def serve(config: Config) -> None:
         create_app(config),
         host=config.listen_host,
         port=config.listen_port,
+        reuse_port=config.workers > 1,
         access_log=None,
         print=None,
         handler_cancellation=True,
     )
+
+
+def _die_with(parent: int) -> None:
+    """A worker ends when the process that started it is gone, even killed hard."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,7 @@ class Config:
     log_format: str = "json"
     refresh_interval: float = 0.25  # seconds between queue-state reads (and advances)
     heartbeat_interval: float = 1.0  # seconds between heartbeat flushes
+    workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
     demo: bool = False
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
 
@@ -146,6 +147,7 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         log_format=log_format,
         refresh_interval=_float(env, "ANTEROOM_REFRESH_INTERVAL", 0.25, 0.02, 5.0),
         heartbeat_interval=_float(env, "ANTEROOM_HEARTBEAT_INTERVAL", 1.0, 0.05, 30.0),
+        workers=_workers(env.get("ANTEROOM_WORKERS", "1")),
         demo=demo,
     )
 
@@ -246,6 +248,12 @@ def _checked(s: QueueSettings, where: str) -> QueueSettings:
     if s.abandon_after < 10:
         raise ConfigError(f"{where}: abandon_after must be at least 10 seconds")
     return s
+
+
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _int("ANTEROOM_WORKERS", value, 1, 256)
 
 
 def _listen(value: str) -> tuple[str, int]:

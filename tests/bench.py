@@ -77,7 +77,11 @@ def main() -> None:
     static = f"alias {work}/pages/_anteroom/waiting/default/;"
     stack = Stack(
         workdir=work,
-        env={"ANTEROOM_CAPACITY": "100000", "ANTEROOM_LOG_LEVEL": "warning"},
+        env={
+            "ANTEROOM_CAPACITY": "100000",
+            "ANTEROOM_LOG_LEVEL": "warning",
+            "ANTEROOM_WORKERS": os.environ.get("BENCH_WORKERS", "1"),
+        },
         inherit_env=False,
         nginx_workers=1,
         extra_locations=f"""
@@ -127,7 +131,11 @@ def main() -> None:
         ("trivial aiohttp 204 handler", "plain", "plain"),
         ("sidecar `/_anteroom/auth`, admitted", "sidecar", "plain"),
     ]
-    print(f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s, {os.cpu_count()} cores, best of {ROUNDS}\n")
+    workers = os.environ.get("BENCH_WORKERS", "1")
+    print(
+        f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s, {os.cpu_count()} cores, best of {ROUNDS},"
+        f" sidecar workers {workers}\n"
+    )
     print("| what | requests/s | ratio |")
     print("|---|---:|---:|")
     for label, name, base in rows:

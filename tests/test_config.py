@@ -24,8 +24,9 @@ def test_defaults_and_environment_overrides() -> None:
     (t,) = c.tenants
     s = t.settings_for("anything")
     assert (s.capacity, s.admit_per_minute, s.session_ttl, s.grace) == (3, 60, 90, 20)
-    assert c.cookie_secure is True
+    assert c.cookie_secure is True and c.workers == 1
     assert c.tenant_for_host("whatever.example") is t
+    assert load({**SECRET, "ANTEROOM_WORKERS": "auto"}).workers >= 1
 
 
 def test_several_secrets_for_rotation() -> None:
@@ -54,6 +55,8 @@ def test_demo_mode_needs_no_secret_and_allows_http() -> None:
         ({**SECRET, "ANTEROOM_COOKIE_SECURE": "maybe"}, "ANTEROOM_COOKIE_SECURE"),
         ({**SECRET, "ANTEROOM_LOG_LEVEL": "loud"}, "ANTEROOM_LOG_LEVEL"),
         ({**SECRET, "ANTEROOM_MODE": "sometimes"}, "ANTEROOM_MODE"),
+        ({**SECRET, "ANTEROOM_WORKERS": "0"}, "ANTEROOM_WORKERS"),
+        ({**SECRET, "ANTEROOM_WORKERS": "many"}, "ANTEROOM_WORKERS"),
         ({**SECRET, "ANTEROOM_CONFIG": "/nonexistent.toml"}, "ANTEROOM_CONFIG"),
     ],
 )
