@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .config import Config
 from .engine import Engine
@@ -20,7 +20,6 @@ from .status import Status
 log = logging.getLogger("sidecar.app")
 
 CONFIG = web.AppKey("config", Config)
-REDIS = web.AppKey("redis", Redis)
 REFRESHER = web.AppKey("refresher", Refresher)
 GATE = web.AppKey("gate", Gate)
 
@@ -57,15 +56,24 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     app = web.Application(handler_args=HANDLER_ARGS)
     # the client connects lazily, inside the running loop
-    redis = Redis.from_url(
-        config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30
-    )
+    redis: Redis | RedisCluster
+    if config.redis_cluster:  # any node's address; the client discovers the rest
+        redis = RedisCluster.from_url(
+            config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+    else:
+        redis = Redis.from_url(
+            config.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
+        )
     # purge slack covers heartbeats still waiting in a replica's batch
     engine = Engine(redis, purge_slack_ms=int(config.heartbeat_interval * 1000) + 1000)
     refresher = Refresher(engine, config.refresh_interval, config.heartbeat_interval)
     gate = Gate(config, engine, refresher)
     status = Status(gate)
-    app[CONFIG], app[REDIS], app[REFRESHER], app[GATE] = config, redis, refresher, gate
+    app[CONFIG], app[REFRESHER], app[GATE] = config, refresher, gate
 
     app.router.add_get("/_anteroom/auth", gate.auth)
     app.router.add_get("/_anteroom/status", guarded(status.status))

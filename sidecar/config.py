@@ -72,6 +72,7 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8081
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster
     cookie_name: str = "anteroom"
     cookie_secure: bool = True
     log_level: str = "info"
@@ -141,6 +142,7 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         listen_host=host,
         listen_port=port,
         redis_url=redis_url,
+        redis_cluster=_bool(env, "ANTEROOM_REDIS_CLUSTER", False),
         cookie_name=cookie_name,
         cookie_secure=_bool(env, "ANTEROOM_COOKIE_SECURE", not demo),
         log_level=log_level,

@@ -1,20 +1,22 @@
 """The queue engine: typed wrappers around one Lua script per operation.
 
 Each public method is one EVALSHA (one round trip); ``tick`` and
-``heartbeat`` batch several queues into one pipeline. Scripts share
-``lua/prelude.lua``, prepended at load time.
+``heartbeat`` batch several queues. Scripts share ``lua/prelude.lua``,
+prepended at load time, and are called by SHA, loaded again on NOSCRIPT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError
 
 from .config import QueueSettings
 from .keys import (
@@ -69,8 +71,15 @@ class Claim(enum.Enum):
     MISSED = -1  # the turn passed and there is no room now: join again
 
 
-def _load(name: str, prelude: str) -> str:
-    return prelude + "\n" + resources.files("sidecar.lua").joinpath(name).read_text()
+SCRIPTS = ("join", "claim", "leave", "heartbeat", "tick")
+
+# A call of one script: (name, keys, args)
+Call = tuple[str, list[str], list[Any]]
+
+
+def _source(name: str) -> str:
+    lua = resources.files("sidecar.lua")
+    return lua.joinpath("prelude.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
 def _s(v: Any) -> str:
@@ -78,15 +87,46 @@ def _s(v: Any) -> str:
 
 
 class Engine:
-    def __init__(self, redis: Redis, purge_slack_ms: int = 2000) -> None:
+    """Works with one Redis (batches are pipelined) or a Redis Cluster (batches run
+    concurrently: EVALSHA cannot be pipelined across slots; each queue is one slot)."""
+
+    def __init__(self, redis: Redis | RedisCluster, purge_slack_ms: int = 2000) -> None:
         self.redis = redis
         self.purge_slack_ms = purge_slack_ms
-        prelude = resources.files("sidecar.lua").joinpath("prelude.lua").read_text()
-        self._join: AsyncScript = redis.register_script(_load("join.lua", prelude))
-        self._claim: AsyncScript = redis.register_script(_load("claim.lua", prelude))
-        self._leave: AsyncScript = redis.register_script(_load("leave.lua", prelude))
-        self._heartbeat: AsyncScript = redis.register_script(_load("heartbeat.lua", prelude))
-        self._tick: AsyncScript = redis.register_script(_load("tick.lua", prelude))
+        self._cluster = isinstance(redis, RedisCluster)
+        self._sources = {name: _source(name) for name in SCRIPTS}
+        self._sha = {n: hashlib.sha1(src.encode()).hexdigest() for n, src in self._sources.items()}
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD on the server (every primary of a cluster); done again by
+        itself whenever Redis answers NOSCRIPT (restart, failover, flush)."""
+        for src in self._sources.values():
+            await self.redis.script_load(src)
+
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    async def _batch(self, calls: Sequence[Call]) -> list[Any]:
+        """Several calls in one round trip (one per shard on a cluster)."""
+        if self._cluster:
+            return list(await asyncio.gather(*(self._call(*c) for c in calls)))
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, keys, args in calls:
+                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                await self.load_scripts()
+                continue
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            return list(replies)
+        raise AssertionError("unreachable")
 
     def _admission(self, s: QueueSettings) -> list[str | int]:
         """The ARGV tail of the scripts that may admit: the policy to enforce."""
@@ -94,17 +134,17 @@ class Engine:
 
     async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
         """Takes a ticket; returns (admitted at once, ticket)."""
-        admitted, ticket = await self._join(keys=q.keys.all(), args=[sid, *self._admission(s)])
+        admitted, ticket = await self._call("join", q.keys.all(), [sid, *self._admission(s)])
         return bool(admitted), int(ticket)
 
     async def claim(self, q: QueueRef, ticket: int, sid: str, s: QueueSettings) -> Claim:
-        (result,) = await self._claim(keys=q.keys.all(), args=[ticket, sid, *self._admission(s)])
+        (result,) = await self._call("claim", q.keys.all(), [ticket, sid, *self._admission(s)])
         return Claim(int(result))
 
     async def leave(self, q: QueueRef, ticket: int, sid: str, revoke_until: int) -> bool:
         """Ends the visitor's place or session; True if it freed capacity."""
-        freed = await self._leave(
-            keys=q.keys.all(), args=[ticket, sid, revoke_until, ENDED_STREAM_MAXLEN]
+        freed = await self._call(
+            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN]
         )
         return bool(freed)
 
@@ -114,28 +154,26 @@ class Engine:
         """Extends sessions and marks waiters seen: {queue: (sids, tickets, ttl seconds)}."""
         if not batch:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for q, (sids, tickets, ttl) in batch.items():
-                # chunks keep each script call short, whatever the crowd
-                for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
-                    some_sids = sids[i : i + HEARTBEAT_CHUNK]
-                    some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
-                    await self._heartbeat(
-                        keys=q.keys.all(),
-                        args=[ttl * 1000, len(some_sids), *some_sids, *some_tickets],
-                        client=pipe,
-                    )
-            await pipe.execute()
+        calls: list[Call] = []
+        for q, (sids, tickets, ttl) in batch.items():
+            # chunks keep each script call short, whatever the crowd
+            for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
+                some_sids = sids[i : i + HEARTBEAT_CHUNK]
+                some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
+                args = [ttl * 1000, len(some_sids), *some_sids, *some_tickets]
+                calls.append(("heartbeat", q.keys.all(), args))
+        await self._batch(calls)
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
         if not queues:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for q, s, last_ended in queues:
-                await self._tick(
-                    keys=q.keys.all(),
-                    args=[
+        replies = await self._batch(
+            [
+                (
+                    "tick",
+                    q.keys.all(),
+                    [
                         s.capacity,
                         s.admit_per_minute,
                         s.session_ttl,
@@ -146,9 +184,10 @@ class Engine:
                         last_ended,
                         ADVANCE_MAX_STEPS,
                     ],
-                    client=pipe,
                 )
-            replies = await pipe.execute()
+                for q, s, last_ended in queues
+            ]
+        )
         return [_state(r, s) for r, (_, s, _) in zip(replies, queues, strict=True)]
 
 

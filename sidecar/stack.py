@@ -75,6 +75,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port whose Redis Cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -117,6 +131,8 @@ class Stack:
     site_port: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
     replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
+    redis_cluster: bool = False  # three Redis Cluster primaries instead of one server
+    cluster_ports: list[int] = field(default_factory=list)  # the primaries after the first
     origin_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -143,45 +159,71 @@ class Stack:
         env.update(self.env)
         env["ANTEROOM_LISTEN"] = f"127.0.0.1:{port or self.sidecar_port}"
         env["ANTEROOM_REDIS_URL"] = self.redis_url
+        if self.redis_cluster:
+            env["ANTEROOM_REDIS_CLUSTER"] = "1"
         env.setdefault("ANTEROOM_DEMO", "1")
         env.setdefault("ANTEROOM_THEMES", str(ROOT / "theme_assets"))
         return env
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
-        out = subprocess.DEVNULL if self.quiet else None
         log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
             argv,
             env=dict(env) if env is not None else None,
             cwd=self.workdir,
-            stdout=out,
-            stderr=log or None,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
         if log:
             log.close()
 
     def start_redis(self) -> None:
-        redis = require("redis-server", "redis-server")
-        self._spawn(
-            "redis",
-            [
-                redis,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+        """One redis-server, or with ``redis_cluster`` a three-primary Redis Cluster
+        whose first node is ``redis_port``."""
+        if self.redis_cluster and not self.cluster_ports:  # first start: bus ports too
+            self.redis_port = cluster_port()
+            self.cluster_ports = [cluster_port(), cluster_port()]
+        ports = [self.redis_port]
+        if self.redis_cluster:
+            ports += self.cluster_ports
+        for i, port in enumerate(ports):
+            name = "redis" if i == 0 else f"redis{i}"
+            node_dir = self.workdir / name
+            node_dir.mkdir(parents=True, exist_ok=True)
+            argv = [require("redis-server", "redis-server"), "--port", str(port)]
+            argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            argv += ["--dir", str(node_dir)]
+            if self.redis_cluster:
+                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            self._spawn(name, argv)
+            wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
+        if self.redis_cluster:
+            self._create_cluster(ports)
+
+    def _create_cluster(self, ports: list[int]) -> None:
+        cli = require("redis-cli", "redis-tools")
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        made = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        wait_for_port(
-            self.redis_port, self.procs["redis"], "redis-server", self.workdir / "redis.log"
-        )
+        if made.returncode:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{made.stdout}{made.stderr}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for p in ports
+            ]
+            if all("cluster_state:ok" in st for st in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
@@ -277,5 +319,5 @@ class Stack:
     def stop(self) -> None:
         for name in ("nginx", *sorted(n for n in self.procs if n.startswith("sidecar"))):
             self.stop_one(name)
-        for name in ("origin", "redis"):
+        for name in ("origin", *sorted(n for n in self.procs if n.startswith("redis"))):
             self.stop_one(name)

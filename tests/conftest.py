@@ -51,7 +51,7 @@ FAST = {
 }
 
 
-def make_stack(workdir: Path, replicas: int = 0, **env: str) -> Stack:
+def make_stack(workdir: Path, replicas: int = 0, redis_cluster: bool = False, **env: str) -> Stack:
     toml = workdir / "anteroom.toml"
     workdir.mkdir(parents=True, exist_ok=True)
     toml.write_text(SITE_TOML)
@@ -61,6 +61,7 @@ def make_stack(workdir: Path, replicas: int = 0, **env: str) -> Stack:
         extra_locations=QUEUE_LOCATIONS,
         inherit_env=False,
         replica_ports=[free_port() for _ in range(replicas)],
+        redis_cluster=redis_cluster,
     ).start()
 
 
