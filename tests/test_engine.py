@@ -260,3 +260,19 @@ async def test_claim_racing_the_grace_deadline(replicas: list[Engine], redis: Re
         assert st.active + st.invited == 1
         b_invited = st.invited == 1
         assert (a_claim is Claim.ADMITTED) != b_invited, (i, a_claim, st)
+
+
+async def test_scripts_reload_after_redis_forgets_them(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    await e.join(Q, "a", s)
+    await redis.script_flush()  # as after a restart or failover
+    (st,) = await e.tick([(Q, s, "0-0")])  # the pipelined path
+    assert st.tickets == 1
+    await redis.script_flush()
+    assert await e.join(Q, "b", s) == (False, 2)  # the single-call path
+    await redis.script_flush()
+    await e.heartbeat({Q: (["a"], [2], s.session_ttl)})
+    assert (await tick(e, s)).active == 1
