@@ -1,11 +1,11 @@
 """Per-process view of the queues, kept fresh by one background task.
 
 Every ``refresh_interval`` the refresher runs the tick script for every
-queue this process has seen (one pipeline): it purges, advances the line and
+queue this process has seen (one round trip): it purges, advances the line and
 reads the state that gate and status answer from. Ended sessions come back
 with it, so a revoked cookie stops passing here within one tick. Every
 ``heartbeat_interval`` it writes the batched "still here" signals of admitted
-sessions and waiters in one pipeline.
+sessions and waiters in one round trip.
 """
 
 from __future__ import annotations
@@ -111,10 +111,13 @@ class Refresher:
         next_flush = time.monotonic() + self.heartbeat_interval
         while True:
             started = time.monotonic()
-            await self.refresh()
-            if started >= next_flush:
-                await self.flush()
-                next_flush = started + self.heartbeat_interval
+            try:
+                await self.refresh()
+                if started >= next_flush:
+                    await self.flush()
+                    next_flush = started + self.heartbeat_interval
+            except Exception:  # a bug must not freeze every queue of this process
+                log.exception("refresh failed")
             await asyncio.sleep(max(0.0, self.refresh_interval - (time.monotonic() - started)))
 
     async def refresh(self) -> None:
