@@ -214,8 +214,12 @@ async def test_operator_overrides_in_redis_win(replicas: list[Engine], redis: Re
     st = await tick(e, s)
     assert st.settings.mode == "paused" and st.settings.capacity == 5
     assert st.invited == 0  # paused: nobody new is admitted
-    await redis.hset(Q.keys.settings, "mode", "on")
-    assert (await tick(e, s)).invited == 1
+    await redis.hset(
+        Q.keys.settings, mapping={"mode": "queue_all", "capacity": "many", "session_ttl": "-3"}
+    )
+    st = await tick(e, s)  # typos are ignored: configured values apply
+    assert st.settings.mode == "on" and st.settings.capacity == 1 and st.invited == 1
+    assert st.settings.session_ttl == s.session_ttl
 
 
 async def test_queues_are_independent(replicas: list[Engine]) -> None:

@@ -13,8 +13,16 @@ local s = {
 local overrides = redis.call('HGETALL', K_SETTINGS)
 for i = 1, #overrides, 2 do
   local name, value = overrides[i], overrides[i + 1]
-  if name == 'mode' then s.mode = value
-  elseif s[name] ~= nil and tonumber(value) then s[name] = tonumber(value) end
+  if name == 'mode' then
+    -- an unknown mode (a typo) is ignored rather than stopping the line
+    if value == 'on' or value == 'queue-all' or value == 'paused' or value == 'off' then
+      s.mode = value
+    end
+  elseif s[name] ~= nil then
+    local n = tonumber(value)
+    local least = (name == 'capacity' or name == 'admit_per_minute') and 0 or 1
+    if n and n >= least then s[name] = math.floor(n) end
+  end
 end
 
 local expired, lapsed = purge(tonumber(ARGV[7]))
