@@ -35,9 +35,13 @@ def chromium_path() -> str | None:
 
 
 class Page:
-    def __init__(self, browser: Browser, session: str) -> None:
+    def __init__(self, browser: Browser, session: str, target: str) -> None:
         self.browser = browser
         self.session = session
+        self.target = target
+
+    async def close(self) -> None:
+        await self.browser.send("Target.closeTarget", targetId=self.target)
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         return await self.browser.send(method, session=self.session, **params)
@@ -142,7 +146,7 @@ class Browser:
         attached = await self.send(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
         )
-        page = Page(self, attached["sessionId"])
+        page = Page(self, attached["sessionId"], target["targetId"])
         await page.send("Page.enable")
         await page.send(
             "Emulation.setDeviceMetricsOverride",

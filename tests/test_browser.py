@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from sidecar.stack import Stack
 from tests.browser import Browser, chromium_path
-from tests.conftest import make_stack
+from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 
 pytestmark = [
@@ -70,3 +71,35 @@ async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Pa
                 await v.post("/_anteroom/leave")
             await page.wait_for(f"location.pathname === '{path}'", within=30)
             await page.wait_for("document.body && document.body.dataset.origin === 'demo'")
+
+
+async def test_keepalive_script_holds_the_session_while_the_page_is_open(
+    one_seat: Stack,
+) -> None:
+    """An admitted visitor reading a page (no clicks through) keeps the slot through
+    keepalive.js; closing the tab lets the session expire and the next one in."""
+    path = "/q/keepalive/article"
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        Browser() as browser,
+    ):
+        page = await browser.page(1366, 768)
+        await page.goto(one_seat.url + path)
+        await page.wait_for("document.body && document.body.dataset.origin === 'demo'")
+        await page.evaluate(
+            """(() => { const s = document.createElement('script');
+                s.src = '/_anteroom/waiting/acme/keepalive.js';
+                s.dataset.interval = '1'; document.head.appendChild(s); })()"""
+        )
+        await page.wait_for("!!window.anteroom")
+        waiter = Visitor(http, one_seat.url)
+        assert (await waiter.get(path)).status == 302
+        await asyncio.sleep(6)  # twice the 3 s session TTL, slack included
+        assert (await waiter.status())["state"] == "waiting"
+
+        await page.close()
+
+        async def admitted() -> bool:
+            return bool((await waiter.status())["state"] == "admitted")
+
+        await eventually(admitted, within=10)
