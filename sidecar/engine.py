@@ -114,19 +114,20 @@ class Engine:
         """Several calls in one round trip (one per shard on a cluster)."""
         if self._cluster:
             return list(await asyncio.gather(*(self._call(*c) for c in calls)))
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name, keys, args in calls:
-                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
-                await self.load_scripts()
-                continue
-            for r in replies:
-                if isinstance(r, Exception):
-                    raise r
-            return list(replies)
-        raise AssertionError("unreachable")
+        replies = await self._pipeline(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self.load_scripts()
+            replies = await self._pipeline(calls)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, keys, args in calls:
+                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     def _admission(self, s: QueueSettings) -> list[str | int]:
         """The ARGV tail of the scripts that may admit: the policy to enforce."""

@@ -98,13 +98,8 @@ class Gate:
         sid = new_session_id()
         admitted, ticket = await self.engine.join(q, sid, s)
         self.refresher.note_join(q, ticket, admitted)
-        if admitted:
-            return Token(
-                q.tenant, q.queue, ADMITTED, ticket, sid, now, now + s.session_ttl, return_to
-            )
-        return Token(
-            q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
-        )
+        state, ttl = (ADMITTED, s.session_ttl) if admitted else (WAITING, WAITING_TOKEN_TTL)
+        return Token(q.tenant, q.queue, state, ticket, sid, now, now + ttl, return_to)
 
     async def claim(self, q: QueueRef, tok: Token, state: QueueState, now: int) -> Token | None:
         """Claims an invited waiter's place: the admitted token, a new waiting one
