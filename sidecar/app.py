@@ -57,9 +57,15 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(handler_args=HANDLER_ARGS)
     # the client connects lazily, inside the running loop
     redis: Redis | RedisCluster
+    # the engine bounds what requests use (pool_size); a few more serve the
+    # refresher, so the line keeps moving however busy the gate is
+    connections = config.redis_pool + 8
     if config.redis_cluster:  # any node's address; the client discovers the rest
         redis = RedisCluster.from_url(
-            config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+            config.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            max_connections=connections,
         )
     else:
         redis = Redis.from_url(
@@ -67,9 +73,15 @@ def create_app(config: Config) -> web.Application:
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=30,
+            max_connections=connections,
         )
-    # purge slack covers heartbeats still waiting in a replica's batch
-    engine = Engine(redis, purge_slack_ms=int(config.heartbeat_interval * 1000) + 1000)
+    engine = Engine(
+        redis,
+        # purge slack covers heartbeats still waiting in a replica's batch
+        purge_slack_ms=int(config.heartbeat_interval * 1000) + 1000,
+        pool_size=config.redis_pool,
+        pool_timeout=config.redis_pool_timeout,
+    )
     refresher = Refresher(engine, config.refresh_interval, config.heartbeat_interval)
     gate = Gate(config, engine, refresher)
     status = Status(gate)
@@ -78,6 +90,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/_anteroom/auth", gate.auth)
     app.router.add_get("/_anteroom/status", guarded(status.status))
     app.router.add_get("/_anteroom/continue", guarded(status.resume))
+    app.router.add_post("/_anteroom/join", guarded(status.join))
     app.router.add_post("/_anteroom/leave", guarded(status.leave))
     app.router.add_post("/_anteroom/keepalive", guarded(status.keepalive))
     app.router.add_get("/healthz", healthz)

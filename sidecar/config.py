@@ -8,6 +8,7 @@ queue's own ``[tenants.NAME.queues.QUEUE]`` table. Every invalid value raises
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -34,6 +35,7 @@ class QueueSettings:
     abandon_after: int = 120  # seconds without a poll before a waiter is skipped
     mode: str = "on"
     on_redis_error: str = "wait"
+    session_max: int = 7200  # seconds an admitted session may last at most, however used
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -42,8 +44,14 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
     "admit_per_minute": ("ANTEROOM_ADMIT_PER_MINUTE", 0),
     "session_ttl": ("ANTEROOM_SESSION_TTL", 1),
     "grace": ("ANTEROOM_GRACE", 1),
-    "abandon_after": ("ANTEROOM_ABANDON_AFTER", 10),
+    # hidden browser tabs may poll only once a minute (timer throttling)
+    "abandon_after": ("ANTEROOM_ABANDON_AFTER", 90),
+    "session_max": ("ANTEROOM_SESSION_MAX", 60),
 }
+# (name, least value) pairs, flattened: the same rules for operator overrides in Redis
+OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
+    x for name, (_, least) in _QUEUE_ENV.items() for x in (name, least)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,8 @@ class Config:
     refresh_interval: float = 0.25  # seconds between queue-state reads (and advances)
     heartbeat_interval: float = 1.0  # seconds between heartbeat flushes
     workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
+    redis_pool: int = 64  # connections a process's requests share (joins are coalesced)
+    redis_pool_timeout: float = 2.0  # wait for one before answering "busy"; under nginx's 5 s
     demo: bool = False
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
 
@@ -111,6 +121,12 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
             raise ConfigError("ANTEROOM_SECRETS: each secret must be at least 16 characters")
 
     host, port = _listen(env.get("ANTEROOM_LISTEN", "127.0.0.1:8081"))
+    if not _private(host) and not _bool(env, "ANTEROOM_LISTEN_PUBLIC", False):
+        raise ConfigError(
+            f"ANTEROOM_LISTEN: {host} is not a loopback or private address; anyone reaching "
+            "the sidecar can forge what nginx tells it. Set ANTEROOM_LISTEN_PUBLIC=1 if a "
+            "firewall keeps it private."
+        )
     redis_url = env.get("ANTEROOM_REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
@@ -150,6 +166,8 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         refresh_interval=_float(env, "ANTEROOM_REFRESH_INTERVAL", 0.25, 0.02, 5.0),
         heartbeat_interval=_float(env, "ANTEROOM_HEARTBEAT_INTERVAL", 1.0, 0.05, 30.0),
         workers=_workers(env.get("ANTEROOM_WORKERS", "1")),
+        redis_pool=_int("ANTEROOM_REDIS_POOL", env.get("ANTEROOM_REDIS_POOL", "64"), 1, 10_000),
+        redis_pool_timeout=_float(env, "ANTEROOM_REDIS_POOL_TIMEOUT", 2.0, 0.05, 4.0),
         demo=demo,
     )
 
@@ -247,8 +265,10 @@ def _queue_table(doc: object, base: QueueSettings, where: str) -> QueueSettings:
 
 
 def _checked(s: QueueSettings, where: str) -> QueueSettings:
-    if s.abandon_after < 10:
-        raise ConfigError(f"{where}: abandon_after must be at least 10 seconds")
+    if s.session_max < s.session_ttl:
+        raise ConfigError(
+            f"{where}: session_max ({s.session_max}) must be at least session_ttl ({s.session_ttl})"
+        )
     return s
 
 
@@ -256,6 +276,17 @@ def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
     return _int("ANTEROOM_WORKERS", value, 1, 256)
+
+
+def _private(host: str) -> bool:
+    """Loopback or private network: where only nginx (or the operator) can reach it."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name: cannot tell, ask for the explicit setting
+    return ip.is_loopback or (ip.is_private and not ip.is_unspecified)
 
 
 def _listen(value: str) -> tuple[str, int]:

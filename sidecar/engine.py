@@ -1,8 +1,9 @@
 """The queue engine: typed wrappers around one Lua script per operation.
 
 Each public method is one EVALSHA (one round trip); ``tick`` and
-``heartbeat`` batch several queues. Scripts share ``lua/prelude.lua``,
-prepended at load time, and are called by SHA, loaded again on NOSCRIPT.
+``heartbeat`` batch several queues, and concurrent joins are coalesced.
+Scripts share ``lua/prelude.lua``, prepended at load time, and are called by
+SHA, loaded again on NOSCRIPT.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
-from .config import QueueSettings
+from .config import OVERRIDE_MINIMUMS, QueueSettings
 from .keys import (
     ADVANCE_MAX_STEPS,
     ENDED_STREAM_MAXLEN,
+    FIRST_POLL_WINDOW_MS,
     HEARTBEAT_CHUNK,
+    REVOKED_RELOAD_MAX,
     QueueKeys,
     queue_keys,
 )
@@ -59,6 +62,7 @@ class QueueState:
     newly_invited: int = 0
     skipped: int = 0
     ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
+    recalled: int = 0  # waiters back within their second chance, served before the line
 
     @property
     def admissions_per_second(self) -> float:
@@ -67,11 +71,17 @@ class QueueState:
 
 class Claim(enum.Enum):
     ADMITTED = 1
-    NOT_YET = 0
-    MISSED = -1  # the turn passed and there is no room now: join again
+    NOT_YET = 0  # not invited yet, or recalled for the next free slot
+    MISSED = -1  # the turn passed and its second chance too: join again
+
+
+class Busy(Exception):
+    """Every Redis connection of this process stayed in use for the whole wait:
+    load, not an outage. Callers answer "wait" and never fail open on it."""
 
 
 SCRIPTS = ("join", "claim", "leave", "heartbeat", "tick")
+JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a millisecond
 
 # A call of one script: (name, keys, args)
 Call = tuple[str, list[str], list[Any]]
@@ -86,16 +96,44 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def confirm_ms(s: QueueSettings) -> int:
+    """How long a new session holds its slot before its cookie comes back."""
+    return min(s.session_ttl, s.grace) * 1000
+
+
+@dataclass(slots=True)
+class _Joins:
+    settings: QueueSettings
+    sids: list[str] = field(default_factory=list)
+    futures: list[asyncio.Future[tuple[bool, int]]] = field(default_factory=list)
+
+
 class Engine:
     """Works with one Redis (batches are pipelined) or a Redis Cluster (batches run
-    concurrently: EVALSHA cannot be pipelined across slots; each queue is one slot)."""
+    concurrently: EVALSHA cannot be pipelined across slots; each queue is one slot).
 
-    def __init__(self, redis: Redis | RedisCluster, purge_slack_ms: int = 2000) -> None:
+    Request-driven calls share ``pool_size`` connections and wait at most
+    ``pool_timeout`` for one (then :class:`Busy`); the refresher's calls
+    (``urgent``) skip that wait so the line keeps moving under any load."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        purge_slack_ms: int = 2000,
+        pool_size: int = 64,
+        pool_timeout: float = 2.0,
+    ) -> None:
         self.redis = redis
         self.purge_slack_ms = purge_slack_ms
+        self.pool_timeout = pool_timeout
+        self._slots = asyncio.Semaphore(pool_size)
         self._cluster = isinstance(redis, RedisCluster)
         self._sources = {name: _source(name) for name in SCRIPTS}
         self._sha = {n: hashlib.sha1(src.encode()).hexdigest() for n, src in self._sources.items()}
+        self._joins: dict[QueueRef, _Joins] = {}
+        self._joining: set[QueueRef] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
@@ -103,17 +141,30 @@ class Engine:
         for src in self._sources.values():
             await self.redis.script_load(src)
 
-    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
         except NoScriptError:
             await self.load_scripts()
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
 
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """A request's script call: waits its turn for a connection (back-pressure)."""
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Busy(name) from None
+        try:
+            self.calls += 1
+            return await self._evalsha(name, keys, args)
+        finally:
+            self._slots.release()
+
     async def _batch(self, calls: Sequence[Call]) -> list[Any]:
         """Several calls in one round trip (one per shard on a cluster)."""
         if self._cluster:
-            return list(await asyncio.gather(*(self._call(*c) for c in calls)))
+            return list(await asyncio.gather(*(self._evalsha(*c) for c in calls)))
         replies = await self._pipeline(calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self.load_scripts()
@@ -130,40 +181,107 @@ class Engine:
             return list(await pipe.execute(raise_on_error=False))
 
     def _admission(self, s: QueueSettings) -> list[str | int]:
-        """The ARGV tail of the scripts that may admit: the policy to enforce."""
-        return [s.mode, s.capacity, s.admit_per_minute, s.session_ttl * 1000, self.purge_slack_ms]
+        """The ARGV of the scripts that may admit: the policy to enforce."""
+        return [
+            s.mode,
+            s.capacity,
+            s.admit_per_minute,
+            confirm_ms(s),
+            self.purge_slack_ms,
+            s.grace * 1000,
+        ]
+
+    # -- joins, coalesced ----------------------------------------------------
 
     async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
-        """Takes a ticket; returns (admitted at once, ticket)."""
-        admitted, ticket = await self._call("join", q.keys.all(), [sid, *self._admission(s)])
-        return bool(admitted), int(ticket)
+        """Takes a ticket; returns (admitted at once, ticket). Concurrent joins to one
+        queue in this process go to Redis together, in arrival order: one script
+        call per event-loop turn (or per batch in flight), never one per visitor."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[bool, int]] = loop.create_future()
+        joins = self._joins.get(q)
+        if joins is None:
+            joins = self._joins[q] = _Joins(s)
+            if q not in self._joining:
+                loop.call_soon(self._start_joins, q)
+        joins.sids.append(sid)
+        joins.futures.append(fut)
+        return await fut
+
+    def _start_joins(self, q: QueueRef) -> None:
+        if q in self._joining:
+            return  # the batch in flight takes the next one when it is done
+        self._joining.add(q)
+        task = asyncio.create_task(self._run_joins(q))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_joins(self, q: QueueRef) -> None:
+        # one batch in flight per queue: batches reach Redis in arrival order (FIFO)
+        try:
+            while (joins := self._joins.pop(q, None)) is not None:
+                for i in range(0, len(joins.sids), JOIN_BATCH_MAX):
+                    futures = joins.futures[i : i + JOIN_BATCH_MAX]
+                    try:
+                        reply = await self.join_many(
+                            q, joins.sids[i : i + JOIN_BATCH_MAX], joins.settings
+                        )
+                    except Exception as e:
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(e)
+                        continue
+                    except BaseException:  # shutting down: nobody gets an answer
+                        for f in futures:
+                            f.cancel()
+                        raise
+                    for f, result in zip(futures, reply, strict=True):
+                        if not f.done():  # its request may have been cancelled
+                            f.set_result(result)
+        finally:
+            self._joining.discard(q)
+
+    async def join_many(
+        self, q: QueueRef, sids: Sequence[str], s: QueueSettings
+    ) -> list[tuple[bool, int]]:
+        """Tickets for ``sids`` in order: [(admitted at once, ticket)]."""
+        reply = await self._call(
+            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *sids]
+        )
+        return [(bool(reply[i + 1]), int(reply[i])) for i in range(0, len(reply), 2)]
+
+    # -- one visitor ---------------------------------------------------------
 
     async def claim(self, q: QueueRef, ticket: int, sid: str, s: QueueSettings) -> Claim:
         (result,) = await self._call("claim", q.keys.all(), [ticket, sid, *self._admission(s)])
         return Claim(int(result))
 
     async def leave(self, q: QueueRef, ticket: int, sid: str, revoke_until: int) -> bool:
-        """Ends the visitor's place or session; True if it freed capacity."""
+        """Ends the visitor's place or session; True if it freed capacity.
+        ``revoke_until``: when the admitted cookie would expire (0 for a place in line)."""
         freed = await self._call(
             "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN]
         )
         return bool(freed)
 
+    # -- the refresher's batches ----------------------------------------------
+
     async def heartbeat(
-        self, batch: Mapping[QueueRef, tuple[Sequence[str], Sequence[int], int]]
-    ) -> None:
-        """Extends sessions and marks waiters seen: {queue: (sids, tickets, ttl seconds)}."""
+        self, batch: Mapping[QueueRef, tuple[Sequence[str], Sequence[int], QueueSettings]]
+    ) -> int:
+        """Extends sessions and marks waiters seen: {queue: (sids, tickets, settings)}.
+        Returns how many sessions ended because Redis no longer had room for them."""
         if not batch:
-            return
+            return 0
         calls: list[Call] = []
-        for q, (sids, tickets, ttl) in batch.items():
+        for q, (sids, tickets, s) in batch.items():
             # chunks keep each script call short, whatever the crowd
             for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
                 some_sids = sids[i : i + HEARTBEAT_CHUNK]
                 some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
-                args = [ttl * 1000, len(some_sids), *some_sids, *some_tickets]
-                calls.append(("heartbeat", q.keys.all(), args))
-        await self._batch(calls)
+                args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, len(some_sids)]
+                calls.append(("heartbeat", q.keys.all(), [*args, *some_sids, *some_tickets]))
+        return sum(int(r[1]) for r in await self._batch(calls))
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
@@ -184,6 +302,10 @@ class Engine:
                         self.purge_slack_ms,
                         last_ended,
                         ADVANCE_MAX_STEPS,
+                        FIRST_POLL_WINDOW_MS,
+                        REVOKED_RELOAD_MAX,
+                        s.session_max,
+                        *OVERRIDE_MINIMUMS,
                     ],
                 )
                 for q, s, last_ended in queues
@@ -202,6 +324,7 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         abandon_after=int(r[12]),
         mode=_s(r[7]),
         on_redis_error=configured.on_redis_error,
+        session_max=int(r[18]),
     )
     return QueueState(
         tickets=int(r[0]),
@@ -217,6 +340,8 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         newly_invited=int(r[15]),
         skipped=int(r[16]),
         ended=tuple(
-            (_s(ended[i]), _s(ended[i + 1]), int(ended[i + 2])) for i in range(0, len(ended), 3)
+            (_s(ended[i]), _s(ended[i + 1]), int(float(ended[i + 2])))
+            for i in range(0, len(ended), 3)
         ),
+        recalled=int(r[19]),
     )

@@ -17,14 +17,26 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from .config import NAME_RE, Config, QueueSettings, Tenant
-from .engine import Claim, Engine, QueueRef, QueueState
+from .engine import Busy, Claim, Engine, QueueRef, QueueState
 from .refresher import Refresher, TooManyQueues
-from .tokens import ADMITTED, WAITING, Signer, Token, cookie_value, new_session_id
+from .tokens import (
+    ADMITTED,
+    WAITING,
+    Signer,
+    Token,
+    cookie_name,
+    cookie_value,
+    cookie_values,
+    new_session_id,
+)
 
 log = logging.getLogger("sidecar.gate")
 
 WAITING_TOKEN_TTL = 12 * 3600  # a place in line outlives the longest sale
-MAX_RETURN_TO = 2048
+# return_to travels %-escaped in the cookie and again in the Location header;
+# bounded so both fit nginx's default 4 KB header buffer with room to spare.
+MAX_RETURN_TO = 1024
+NO_STORE = "no-store"
 
 
 def safe_path(value: str | None) -> str | None:
@@ -33,14 +45,17 @@ def safe_path(value: str | None) -> str | None:
     Refuses scheme-relative (``//host``), backslash tricks (``/\\host``, which
     browsers read as ``//host``), control characters and spaces (browsers drop
     tabs and newlines, turning ``/\\t/host`` into ``//host``) and non-ASCII.
+    A path too long to carry is cut to its path, or to ``/``.
     """
-    if not value or len(value) > MAX_RETURN_TO or value[0] != "/" or value.startswith("//"):
+    if not value or value[0] != "/" or value.startswith("//"):
         return None
     if "\\" in value or not all(0x21 <= ord(c) <= 0x7E for c in value):
         return None
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return None
+    if len(quote(value, safe="")) > MAX_RETURN_TO:
+        value = parts.path if len(quote(parts.path, safe="")) <= MAX_RETURN_TO else "/"
     return value
 
 
@@ -59,6 +74,7 @@ class Gate:
         self.refresher = refresher
         self.signer = Signer(config.secrets)
         self._last_down_log = 0.0
+        self._warned_http = False
         self._cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
             "; Secure" if config.cookie_secure else ""
         )
@@ -68,47 +84,104 @@ class Gate:
     def tenant(self, request: web.Request) -> Tenant | None:
         return self.config.tenant_for_host(host_name(request.host))
 
-    def token(self, request: web.Request, tenant: Tenant, now: int) -> Token | None:
-        """The visitor's verified token, or None: forged, expired and other-tenant
-        tokens count as no token at all. Revocation is the caller's to check."""
-        raw = cookie_value(request.headers.get("Cookie", ""), self.config.cookie_name)
+    def verify(self, raw: str | None, tenant: Tenant, now: int) -> Token | None:
+        """The token in ``raw`` if valid here and now: forged, malformed, expired,
+        other-tenant and revoked tokens all count as no token at all."""
         if raw is None:
-            auth = request.headers.get("Authorization", "")
-            if not auth.startswith("Bearer "):
-                return None
-            raw = auth[7:].strip()
+            return None
         tok = self.signer.loads(raw)
         if tok is None or tok.tenant != tenant.name or tok.exp <= now:
             return None
+        if tok.admitted and tok.sid in self.refresher.revoked:
+            return None  # ended (left, revoked): the visitor joins again like anyone
         return tok
 
-    def set_cookie(self, resp: web.StreamResponse, tok: Token, now: int) -> None:
+    def token(
+        self, request: web.Request, tenant: Tenant, now: int, queue: str | None
+    ) -> Token | None:
+        """The visitor's token for ``queue`` (None: the one place they hold, waiting
+        ones first), from their cookies or an ``Authorization: Bearer`` header."""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            tok = self.verify(auth[7:].strip(), tenant, now)
+            if tok is not None and (queue is None or tok.queue == queue):
+                return tok
+        header = request.headers.get("Cookie", "")
+        if queue is not None:
+            raw = cookie_value(header, cookie_name(self.config.cookie_name, queue))
+            tok = self.verify(raw, tenant, now)
+            return tok if tok is not None and tok.queue == queue else None
+        best = None
+        for name, raw in cookie_values(header, self.config.cookie_name):
+            tok = self.verify(raw, tenant, now)
+            if tok is not None and tok.queue == name:
+                if not tok.admitted:
+                    return tok
+                best = best or tok
+        return best
+
+    def tokens(self, request: web.Request, tenant: Tenant, now: int) -> list[Token]:
+        """Every valid place or session the visitor holds on this site."""
+        found = []
+        for name, raw in cookie_values(request.headers.get("Cookie", ""), self.config.cookie_name):
+            tok = self.verify(raw, tenant, now)
+            if tok is not None and tok.queue == name:
+                found.append(tok)
+        return found
+
+    def cookie_header(self, tok: Token, now: int) -> str:
         value = self.signer.dumps(tok)
-        resp.headers["Set-Cookie"] = (
-            f"{self.config.cookie_name}={value}; Max-Age={tok.exp - now}{self._cookie_attrs}"
+        name = cookie_name(self.config.cookie_name, tok.queue)
+        return f"{name}={value}; Max-Age={tok.exp - now}{self._cookie_attrs}"
+
+    def set_cookie(self, resp: web.StreamResponse, tok: Token, now: int) -> None:
+        resp.headers["Set-Cookie"] = self.cookie_header(tok, now)
+
+    def clear_cookie(self, resp: web.StreamResponse, queue: str) -> None:
+        name = cookie_name(self.config.cookie_name, queue)
+        resp.headers.add("Set-Cookie", f"{name}=; Max-Age=0{self._cookie_attrs}")
+
+    def waiting_location(self, tenant: Tenant, return_to: str, queue: str) -> str:
+        return f"{tenant.waiting_page}?queue={queue}&return_to={quote(return_to, safe='')}"
+
+    def token_for(
+        self,
+        q: QueueRef,
+        s: QueueSettings,
+        sid: str,
+        ticket: int,
+        admitted: bool,
+        return_to: str,
+        now: int,
+    ) -> Token:
+        if admitted:
+            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, self._expiry(now, now, s))
+        return Token(
+            q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
         )
 
-    def clear_cookie(self, resp: web.StreamResponse) -> None:
-        resp.headers["Set-Cookie"] = f"{self.config.cookie_name}=; Max-Age=0{self._cookie_attrs}"
-
-    def waiting_location(self, tenant: Tenant, return_to: str) -> str:
-        return f"{tenant.waiting_page}?return_to={quote(return_to, safe='')}"
+    @staticmethod
+    def _expiry(admitted_at: int, now: int, s: QueueSettings) -> int:
+        """Sliding idle TTL inside the absolute lifetime."""
+        return min(now + s.session_ttl, admitted_at + s.session_max)
 
     async def join(self, q: QueueRef, s: QueueSettings, return_to: str, now: int) -> Token:
         sid = new_session_id()
         admitted, ticket = await self.engine.join(q, sid, s)
         self.refresher.note_join(q, ticket, admitted)
-        state, ttl = (ADMITTED, s.session_ttl) if admitted else (WAITING, WAITING_TOKEN_TTL)
-        return Token(q.tenant, q.queue, state, ticket, sid, now, now + ttl, return_to)
+        log.debug("joined", extra={"queue": str(q), "ticket": ticket, "admitted": admitted})
+        return self.token_for(q, s, sid, ticket, admitted, return_to, now)
 
     async def claim(self, q: QueueRef, tok: Token, state: QueueState, now: int) -> Token | None:
-        """Claims an invited waiter's place: the admitted token, a new waiting one
-        (turn missed, back of the line), or None (not invited yet)."""
+        """Claims a waiter's place when their turn came: the admitted token, a new
+        waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
         result = await self.engine.claim(q, tok.ticket, tok.sid, s)
         if result is Claim.ADMITTED:
-            log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket})
-            return replace(tok, state=ADMITTED, iat=now, exp=now + s.session_ttl)
+            log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
+            return Token(
+                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, self._expiry(now, now, s)
+            )
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
             return await self.join(q, s, tok.return_to, now)
@@ -117,26 +190,29 @@ class Gate:
     def keep_alive(
         self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse, now: int
     ) -> None:
-        """Counts an admitted request as activity; slides the cookie when half used."""
+        """Counts an admitted request as activity; slides the cookie when half used,
+        never past the session's absolute lifetime."""
         self.refresher.touch_session(q, tok.sid)
-        ttl = state.settings.session_ttl
-        if tok.exp - now <= ttl / 2:
-            self.set_cookie(resp, replace(tok, iat=now, exp=now + ttl), now)
+        s = state.settings
+        if tok.exp - now <= s.session_ttl / 2:
+            exp = self._expiry(tok.iat, now, s)
+            if exp > tok.exp:
+                self.set_cookie(resp, replace(tok, exp=exp), now)
 
     # -- the auth_request endpoint ---------------------------------------
 
     async def auth(self, request: web.Request) -> web.StreamResponse:
         tenant = self.tenant(request)
         if tenant is None:
-            log.warning("unknown host", extra={"host": request.host})
-            return web.Response(status=403)
+            log.warning("unknown host", extra={"host": request.host[:200]})
+            return _answer(403)
         queue = request.headers.get("X-Anteroom-Queue", "")
         if not NAME_RE.match(queue):
             log.error(
                 "bad queue name from nginx: set $anteroom_queue before including gate.conf",
                 extra={"queue": queue[:80], "uri": request.headers.get("X-Original-URI", "")[:200]},
             )
-            return web.Response(status=403)
+            return _answer(403)
         q = QueueRef(tenant.name, queue)
         state = self.refresher.states.get(q)
         try:
@@ -144,22 +220,21 @@ class Gate:
                 state = await self.refresher.state(q, tenant.settings_for(queue))
         except TooManyQueues:
             log.error("too many queues; check the nginx config", extra={"queue": str(q)})
-            return web.Response(status=403)
+            return _answer(403)
         except (RedisError, OSError) as e:
-            return self._redis_down(tenant, tenant.settings_for(queue), e, request)
+            return self._redis_down(tenant, queue, tenant.settings_for(queue), e, request)
         if state.settings.mode == "off":
-            return web.Response(status=204)
+            return _answer(204)
 
         now = int(time.time())
-        tok = self.token(request, tenant, now)
-        if tok is not None and tok.queue != queue:
-            tok = None  # a place in another queue does not count here
-        if tok is not None and tok.sid in self.refresher.revoked:
-            # ended (left, revoked) yet presented again: a replay, refused
-            log.info("revoked session refused", extra={"queue": str(q), "ticket": tok.ticket})
-            return web.Response(status=403)
-        if tok is not None and tok.state == ADMITTED:
-            resp = web.Response(status=204)
+        # the cookie this request got a moment ago, before an internal redirect
+        # (index, try_files, error_page): one visitor, one decision
+        prior = request.headers.get("X-Anteroom-Prior")
+        tok = self.verify(_set_cookie_value(prior, self.config.cookie_name, queue), tenant, now)
+        if tok is None:
+            tok = self.token(request, tenant, now, queue)
+        if tok is not None and tok.admitted:
+            resp = _answer(204)
             self.keep_alive(q, tok, state, resp, now)
             return resp
 
@@ -169,37 +244,58 @@ class Gate:
             if tok is not None:
                 self.refresher.touch_waiter(q, tok.ticket)
                 if tok.ticket > state.serving:
-                    return self._wait(tenant, return_to)
+                    return self._wait(tenant, queue, return_to)
                 new = await self.claim(q, tok, state, now)
                 if new is None:
-                    return self._wait(tenant, return_to)
+                    return self._wait(tenant, queue, return_to)
             else:
+                method = request.headers.get("X-Original-Method", "GET")
+                if method == "OPTIONS":
+                    return _answer(204)  # CORS preflight: no cookies, no place, no slot
+                if method == "HEAD":
+                    return self._wait(tenant, queue, return_to)  # previews take no place
+                self._check_scheme(request)
                 new = await self.join(q, state.settings, return_to, now)
-                log.debug(
-                    "joined",
-                    extra={"queue": str(q), "ticket": new.ticket, "admitted": new.admitted},
-                )
+        except Busy:
+            # load, not an outage: wait and come back, never fail open
+            return self._wait(tenant, queue, return_to, 2)
         except (RedisError, OSError) as e:
             if tok is not None:
-                return self._wait(tenant, return_to)
-            return self._redis_down(tenant, state.settings, e, request)
+                return self._wait(tenant, queue, return_to)
+            return self._redis_down(tenant, queue, state.settings, e, request)
 
         if new.admitted:
-            resp = web.Response(status=204)
+            resp = _answer(204)
             self.set_cookie(resp, new, now)
             return resp
-        resp = self._wait(tenant, return_to)
+        resp = self._wait(tenant, queue, return_to)
         self.set_cookie(resp, new, now)
         return resp
 
-    def _wait(self, tenant: Tenant, return_to: str, retry_after: int = 5) -> web.Response:
-        resp = web.Response(status=401)
-        resp.headers["X-Anteroom-Location"] = self.waiting_location(tenant, return_to)
+    def _wait(
+        self, tenant: Tenant, queue: str, return_to: str, retry_after: int = 5
+    ) -> web.Response:
+        resp = _answer(401)
+        resp.headers["X-Anteroom-Location"] = self.waiting_location(tenant, return_to, queue)
         resp.headers["Retry-After"] = str(retry_after)
         return resp
 
+    def _check_scheme(self, request: web.Request) -> None:
+        if (
+            not self._warned_http
+            and self.config.cookie_secure
+            and request.headers.get("X-Forwarded-Proto") == "http"
+        ):
+            self._warned_http = True
+            log.warning(
+                "site reached over plain HTTP but cookies are Secure: browsers drop them and "
+                "every request takes a new place. Serve HTTPS, or set ANTEROOM_COOKIE_SECURE=0 "
+                "for staging over HTTP",
+                extra={"host": request.host[:200]},
+            )
+
     def _redis_down(
-        self, tenant: Tenant, s: QueueSettings, e: Exception, request: web.Request
+        self, tenant: Tenant, queue: str, s: QueueSettings, e: Exception, request: web.Request
     ) -> web.Response:
         if time.monotonic() - self._last_down_log > 10:  # one line per 10 s, not per visitor
             self._last_down_log = time.monotonic()
@@ -208,5 +304,21 @@ class Gate:
                 extra={"error": str(e), "policy": s.on_redis_error},
             )
         if s.on_redis_error == "open":
-            return web.Response(status=204)
-        return self._wait(tenant, safe_path(request.headers.get("X-Original-URI")) or "/", 10)
+            return _answer(204)
+        return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
+        return self._wait(tenant, queue, return_to, 10)
+
+
+def _answer(status: int) -> web.Response:
+    return web.Response(status=status, headers={"Cache-Control": NO_STORE})
+
+
+def _set_cookie_value(header: str | None, prefix: str, queue: str) -> str | None:
+    """The value of our cookie for ``queue`` in a Set-Cookie header value."""
+    if not header:
+        return None
+    name, sep, rest = header.partition("=")
+    if not sep or name.strip() != cookie_name(prefix, queue):
+        return None
+    value = rest.partition(";")[0].strip()
+    return value or None

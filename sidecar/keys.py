@@ -15,8 +15,17 @@ PREFIX = "aq"
 ENDED_STREAM_MAXLEN = 10_000
 # Sessions (and waiters) per heartbeat script call: one call stays well under a millisecond.
 HEARTBEAT_CHUNK = 500
-# Invitations handed out per advance at most, so one script call stays short.
-ADVANCE_MAX_STEPS = 1_000
+# Tickets one advance may pass at most (invited or skipped), so one script call
+# stays short (about 5 ms) yet 100k abandoned places are passed in a few seconds.
+ADVANCE_MAX_STEPS = 10_000
+# A newcomer who has not polled yet counts as present this long: the time to
+# load the waiting page and send the first status poll (or, without
+# JavaScript, the page's 20 s refresh). Bots that take a place and never come
+# back are dropped from the line after it.
+FIRST_POLL_WINDOW_MS = 30_000
+# Revoked sessions a (new or lagging) replica loads at once; revocations only
+# concern admitted sessions, so this is far above capacity x session churn.
+REVOKED_RELOAD_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,8 @@ class QueueKeys:
     settings: str  # HASH of operator overrides (mode, capacity, ...)
     ended: str  # STREAM of ended session ids, for revocation on every replica
     revoked: str  # ZSET session id -> unix second its cookie expires; heartbeats skip these
+    missed: str  # ZSET ticket -> end of its second chance (ms); negative once used
+    recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
 
     def all(self) -> list[str]:
         return [
@@ -42,6 +53,8 @@ class QueueKeys:
             self.settings,
             self.ended,
             self.revoked,
+            self.missed,
+            self.recall,
         ]
 
 
@@ -57,4 +70,6 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         settings=base + "settings",
         ended=base + "ended",
         revoked=base + "revoked",
+        missed=base + "missed",
+        recall=base + "recall",
     )

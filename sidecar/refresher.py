@@ -11,6 +11,7 @@ sessions and waiters in one round trip.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -24,6 +25,9 @@ from .engine import Engine, QueueRef, QueueState
 log = logging.getLogger("sidecar.refresher")
 
 MAX_QUEUES = 1000  # queue names come from nginx config; a runaway regex should not grow this
+# Revoked admitted sessions kept in memory (about 200 bytes each): admissions are
+# bounded by capacity, so this is only reached if sessions churn very fast.
+MAX_REVOKED = 100_000
 
 
 class TooManyQueues(Exception):
@@ -55,6 +59,17 @@ class Refresher:
 
     def revoke(self, sid: str, until: int) -> None:
         self.revoked[sid] = until
+        if len(self.revoked) > MAX_REVOKED:
+            self._prune_revoked()
+
+    def _prune_revoked(self) -> None:
+        now = int(time.time())
+        self.revoked = {sid: until for sid, until in self.revoked.items() if until > now}
+        if len(self.revoked) > MAX_REVOKED:  # the oldest revocations go first
+            log.warning("revocation list full; dropping the oldest", extra={"size": MAX_REVOKED})
+            excess = len(self.revoked) - MAX_REVOKED
+            for sid in list(itertools.islice(self.revoked, excess)):
+                del self.revoked[sid]
 
     def note_join(self, q: QueueRef, ticket: int, admitted: bool) -> None:
         """Folds a join this process just made into the cached state, so the next
@@ -107,7 +122,22 @@ class Refresher:
 
     # -- background loop ----------------------------------------------------
 
+    async def check_redis(self) -> None:
+        """Warns when Redis may evict keys: an evicted counter breaks the line."""
+        try:
+            policy = await self.engine.redis.config_get("maxmemory-policy")
+        except Exception:  # managed Redis may refuse CONFIG; nothing to check then
+            return
+        value = next(iter(policy.values()), "noeviction") if policy else "noeviction"
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        if value != "noeviction":
+            log.warning(
+                "redis maxmemory-policy is not noeviction: evicted queue keys break the line",
+                extra={"maxmemory_policy": value},
+            )
+
     async def run(self) -> None:
+        await self.check_redis()
         next_flush = time.monotonic() + self.heartbeat_interval
         while True:
             started = time.monotonic()
@@ -131,8 +161,7 @@ class Refresher:
         for (q, _, _), st in zip(queues, states, strict=True):
             self._absorb(q, st)
         if self.revoked and time.monotonic() >= self._next_prune:
-            now = int(time.time())
-            self.revoked = {sid: until for sid, until in self.revoked.items() if until > now}
+            self._prune_revoked()
             self._next_prune = time.monotonic() + 10.0
 
     async def flush(self) -> None:
@@ -143,10 +172,12 @@ class Refresher:
         batch = {}
         for q in sessions.keys() | waiters.keys():
             st = self.states.get(q)
-            ttl = st.settings.session_ttl if st else self._configured[q].session_ttl
-            batch[q] = (sorted(sessions.get(q, ())), sorted(waiters.get(q, ())), ttl)
+            s = st.settings if st else self._configured[q]
+            batch[q] = (sorted(sessions.get(q, ())), sorted(waiters.get(q, ())), s)
         try:
-            await self.engine.heartbeat(batch)
+            ended = await self.engine.heartbeat(batch)
+            if ended:
+                log.info("sessions over capacity ended", extra={"count": ended})
         except (RedisError, OSError) as e:
             self._redis_failed("heartbeat", e)
             # keep the signals for the next flush: nothing is lost while Redis is away
@@ -158,7 +189,8 @@ class Refresher:
     def _absorb(self, q: QueueRef, st: QueueState) -> None:
         self.states[q] = st
         for stream_id, sid, until in st.ended:
-            self.revoked[sid] = until
+            if sid:
+                self.revoke(sid, until)
             self._last_ended[q] = stream_id
         if st.expired or st.lapsed or st.newly_invited or st.skipped:
             log.debug(

@@ -21,7 +21,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from .config import NAME_RE, Tenant
-from .engine import QueueRef, QueueState
+from .engine import Busy, QueueRef, QueueState
 from .gate import Gate, safe_path
 from .refresher import TooManyQueues
 from .tokens import Token
@@ -31,19 +31,29 @@ log = logging.getLogger("sidecar.status")
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json", headers=NO_STORE
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
     )
 
 
-def poll_after(position: int) -> int:
-    """Seconds until the next poll: quick near the front, gentle further back."""
-    if position <= 10:
-        return 3
-    if position <= 200:
-        return 5
-    return 10
+# (position up to, seconds between polls): quick near the front, gentle further
+# back. Every interval is also capped at a third of abandon_after, so a waiter
+# who keeps polling is never taken for gone. See docs/performance.md for what
+# a million waiters cost.
+POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
+POLL_FAR = 45
+
+
+def poll_after(position: int, abandon_after: int) -> int:
+    """Seconds until the next poll (the page adds jitter)."""
+    every = next((secs for upto, secs in POLL_BANDS if position <= upto), POLL_FAR)
+    return max(1, min(every, abandon_after // 3))
 
 
 def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] | None]:
@@ -66,25 +76,55 @@ class Visit:
     state: QueueState | None = None  # None when Redis could not be asked
 
 
+def _queue_param(request: web.Request) -> str | None:
+    queue = request.query.get("queue")
+    return queue if queue and NAME_RE.match(queue) else None
+
+
 class Status:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
 
-    async def _visit(self, request: web.Request) -> Visit:
+    def _tenant(self, request: web.Request) -> Tenant:
         tenant = self.gate.tenant(request)
         if tenant is None:
-            raise web.HTTPForbidden(text="unknown site")
+            raise web.HTTPForbidden(text="unknown site", headers=NO_STORE)
+        return tenant
+
+    async def _state(self, q: QueueRef, tenant: Tenant) -> QueueState | None:
+        with contextlib.suppress(RedisError, OSError, TooManyQueues):
+            return await self.gate.refresher.state(q, tenant.settings_for(q.queue))
+        return None
+
+    async def _visit(self, request: web.Request) -> Visit:
+        tenant = self._tenant(request)
         v = Visit(tenant, int(time.time()))
-        tok = self.gate.token(request, tenant, v.now)
-        if tok is None or tok.sid in self.gate.refresher.revoked or not NAME_RE.match(tok.queue):
+        tok = self.gate.token(request, tenant, v.now, _queue_param(request))
+        if tok is None or not NAME_RE.match(tok.queue):
             return v
         v.tok, v.q = tok, QueueRef(tenant.name, tok.queue)
-        with contextlib.suppress(RedisError, OSError, TooManyQueues):
-            v.state = await self.gate.refresher.state(v.q, tenant.settings_for(tok.queue))
+        v.state = await self._state(v.q, tenant)
         return v
 
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
         return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
+
+    def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
+        position = max(1, tok.ticket - state.serving)
+        eta, eta_range = estimate(position, state)
+        return {
+            "state": "waiting",
+            "queue": tok.queue,
+            "position": position,
+            "ahead": position - 1,
+            "in_line": state.waiting,
+            "eta_seconds": eta,
+            "eta_range": eta_range,
+            "mode": state.settings.mode,
+            "updated": state.redis_time_ms,
+            "poll_after": poll_after(position, state.settings.abandon_after),
+            "redirect": None,
+        }
 
     async def _decide(self, request: web.Request) -> tuple[dict[str, Any], Visit, web.Response]:
         """The visitor's state as JSON-ready data; claims the place when it is their turn.
@@ -99,6 +139,7 @@ class Status:
         if state is None:
             body: dict[str, Any] = {
                 "state": "waiting",
+                "queue": tok.queue,
                 "position": None,
                 "eta_seconds": None,
                 "poll_after": 10,
@@ -108,35 +149,21 @@ class Status:
             return body, v, resp
         if tok.admitted:
             self.gate.keep_alive(q, tok, state, resp, v.now)
-            return {"state": "admitted", "redirect": return_to}, v, resp
+            return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
         self.gate.refresher.touch_waiter(q, tok.ticket)
         if tok.ticket <= state.serving:
             try:
                 new = await self.gate.claim(q, tok, state, v.now)
-            except (RedisError, OSError) as e:
-                log.warning("claim failed", extra={"queue": str(q), "error": str(e)})
+            except (RedisError, OSError, Busy) as e:
+                log.warning("claim failed", extra={"queue": str(q), "error": repr(e)})
                 new = None
             if new is not None:
                 self.gate.set_cookie(resp, new, v.now)
                 v.tok = tok = new
                 if new.admitted:
-                    return {"state": "admitted", "redirect": return_to}, v, resp
-        position = max(1, tok.ticket - state.serving)
-        eta, eta_range = estimate(position, state)
-        body = {
-            "state": "waiting",
-            "position": position,
-            "ahead": position - 1,
-            "in_line": state.waiting,
-            "eta_seconds": eta,
-            "eta_range": eta_range,
-            "mode": state.settings.mode,
-            "updated": state.redis_time_ms,
-            "poll_after": poll_after(position),
-            "redirect": None,
-        }
-        return body, v, resp
+                    return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
+        return self._waiting(tok, state), v, resp
 
     async def status(self, request: web.Request) -> web.Response:
         body, _, resp = await self._decide(request)
@@ -148,37 +175,111 @@ class Status:
         """No-JavaScript path: the waiting page's meta refresh lands here."""
         body, v, resp = await self._decide(request)
         if body["state"] == "waiting" and v.tok is not None:
-            location = self.gate.waiting_location(v.tenant, self._return_to(request, v.tok))
+            return_to = self._return_to(request, v.tok)
+            location = self.gate.waiting_location(v.tenant, return_to, v.tok.queue)
         else:
             location = body["redirect"]
         resp.set_status(303)
         resp.headers["Location"] = location
         return resp
 
+    async def join(self, request: web.Request) -> web.Response:
+        """API clients: a place in a queue as JSON, the token to send as a Bearer."""
+        tenant = self._tenant(request)
+        queue = _queue_param(request)
+        known = queue is not None and (
+            queue in tenant.queues or QueueRef(tenant.name, queue) in self.gate.refresher.states
+        )
+        if queue is None or not known:
+            return _json({"error": "unknown queue", "queue": request.query.get("queue")}, 404)
+        now = int(time.time())
+        q = QueueRef(tenant.name, queue)
+        state = await self._state(q, tenant)
+        if state is None:
+            return _json({"error": "unavailable"}, 503, {"Retry-After": "10"})
+        if state.settings.mode == "off":
+            return _json({"state": "admitted", "queue": queue, "token": None, "poll_after": None})
+        tok = self.gate.token(request, tenant, now, queue)
+        try:
+            if tok is None:
+                tok = await self.gate.join(q, state.settings, "/", now)
+            elif not tok.admitted and tok.ticket <= state.serving:
+                tok = await self.gate.claim(q, tok, state, now) or tok
+        except Busy:
+            return _json({"error": "busy"}, 503, {"Retry-After": "2"})
+        except (RedisError, OSError):
+            return _json({"error": "unavailable"}, 503, {"Retry-After": "10"})
+        if tok.admitted:
+            body: dict[str, Any] = {
+                "state": "admitted",
+                "queue": queue,
+                "position": 0,
+                "eta_seconds": 0,
+                "poll_after": None,
+            }
+        else:
+            self.gate.refresher.touch_waiter(q, tok.ticket)
+            body = self._waiting(tok, self.gate.refresher.states.get(q, state))
+        body["token"] = self.gate.signer.dumps(tok)
+        resp = _json(body)
+        self.gate.set_cookie(resp, tok, now)
+        return resp
+
     async def leave(self, request: web.Request) -> web.Response:
-        v = await self._visit(request)
+        """Ends the place or session in ``?queue=`` (or every one the visitor holds)."""
+        tenant = self._tenant(request)
+        now = int(time.time())
+        queue = _queue_param(request)
+        held = self.gate.tokens(request, tenant, now)
+        bearer = self.gate.token(request, tenant, now, queue)
+        if bearer is not None and bearer not in held:
+            held.append(bearer)
+        if queue is not None:
+            held = [t for t in held if t.queue == queue]
         freed = False
-        if v.tok is not None and v.q is not None:
-            self.gate.refresher.revoke(v.tok.sid, v.tok.exp)
+        for tok in held:
+            q = QueueRef(tenant.name, tok.queue)
+            until = tok.exp if tok.admitted else 0
+            if tok.admitted:
+                self.gate.refresher.revoke(tok.sid, until)
             try:
-                freed = await self.gate.engine.leave(v.q, v.tok.ticket, v.tok.sid, v.tok.exp)
-            except (RedisError, OSError) as e:
+                freed = await self.gate.engine.leave(q, tok.ticket, tok.sid, until) or freed
+            except (RedisError, OSError, Busy) as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
-                log.warning("leave not recorded", extra={"queue": str(v.q), "error": str(e)})
-            log.info("left", extra={"queue": str(v.q), "ticket": v.tok.ticket, "freed": freed})
+                log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
+            log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
         return_to = safe_path(request.query.get("return_to"))
         if return_to is not None:
             resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
             resp = _json({"state": "left", "freed": freed})
-        self.gate.clear_cookie(resp)
+        for tok in held:
+            self.gate.clear_cookie(resp, tok.queue)
         return resp
 
     async def keepalive(self, request: web.Request) -> web.Response:
-        v = await self._visit(request)
-        if v.tok is None or v.q is None or not v.tok.admitted:
+        """The site-page script's "still here", for every session the visitor holds."""
+        tenant = self._tenant(request)
+        now = int(time.time())
+        queue = _queue_param(request)
+        sessions = [t for t in self.gate.tokens(request, tenant, now) if t.admitted]
+        if queue is not None:
+            sessions = [t for t in sessions if t.queue == queue]
+        if not sessions:
             return _json({"state": "none"})
-        resp = _json({"state": "admitted", "expires_in": v.tok.exp - v.now})
-        if v.state is not None:
-            self.gate.keep_alive(v.q, v.tok, v.state, resp, v.now)
+        resp = _json({"state": "admitted", "expires_in": min(t.exp for t in sessions) - now})
+        for tok in sessions:
+            q = QueueRef(tenant.name, tok.queue)
+            state = await self._state(q, tenant)
+            if state is not None:
+                self._keep(q, tok, state, resp, now)
         return resp
+
+    def _keep(
+        self, q: QueueRef, tok: Token, state: QueueState, resp: web.Response, now: int
+    ) -> None:
+        # several sessions may slide at once: each keeps its own Set-Cookie
+        probe = web.Response()
+        self.gate.keep_alive(q, tok, state, probe, now)
+        if "Set-Cookie" in probe.headers:
+            resp.headers.add("Set-Cookie", probe.headers["Set-Cookie"])

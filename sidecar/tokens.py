@@ -19,8 +19,11 @@ from typing import Literal
 from urllib.parse import quote, unquote
 
 VERSION = "1"
-MAX_TOKEN_LENGTH = 4096
-VERIFIED_CACHE_SIZE = 100_000  # about 30 MB at most
+MAX_TOKEN_LENGTH = 2048
+# Admitted tokens only (at most capacity x churn of them are valid at once, and
+# they carry no return_to): under 400 bytes an entry, so at most about 20 MB.
+VERIFIED_CACHE_SIZE = 50_000
+VERIFIED_CACHE_TOKEN = 400  # longer raw tokens are verified each time, not kept
 WAITING: Literal["w"] = "w"
 ADMITTED: Literal["a"] = "a"
 
@@ -32,13 +35,33 @@ class Token:
     state: Literal["w", "a"]
     ticket: int
     sid: str
-    iat: int  # issued at, unix seconds
+    iat: int  # joined (waiting) or admitted at, unix seconds; sliding keeps it
     exp: int  # expires at, unix seconds
-    return_to: str = "/"
+    return_to: str = "/"  # waiting tokens only: where the visitor goes once admitted
 
     @property
     def admitted(self) -> bool:
         return self.state == ADMITTED
+
+
+def cookie_name(prefix: str, queue: str) -> str:
+    """One cookie per queue: a place (or session) in one never costs another."""
+    return f"{prefix}_{queue}"
+
+
+def cookie_values(header: str, prefix: str) -> list[tuple[str, str]]:
+    """Every (queue, value) of this site's cookies in a Cookie header, first ones first."""
+    if prefix not in header:
+        return []
+    start = prefix + "_"
+    found = []
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name.startswith(start) and len(name) > len(start):
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            found.append((name[len(start) :], value))
+    return found
 
 
 def cookie_value(header: str, name: str) -> str | None:
@@ -103,15 +126,12 @@ class Signer:
         cached = self._verified.get(raw)
         if cached is not None:
             return cached
-        if not raw or len(raw) > MAX_TOKEN_LENGTH:
-            return None
+        if not raw or len(raw) > MAX_TOKEN_LENGTH or not raw.isascii():
+            return None  # compare_digest refuses non-ASCII str: never let it see one
         payload, sep, sig = raw.rpartition("|")
         if not sep:
             return None
-        try:
-            data = payload.encode("ascii")
-        except UnicodeEncodeError:
-            return None
+        data = payload.encode("ascii")
         if not any(hmac.compare_digest(self._mac(k, data), sig) for k in self._keys):
             return None
         parts = payload.split("|")
@@ -123,7 +143,8 @@ class Signer:
             return None
         state: Literal["w", "a"] = WAITING if parts[3] == WAITING else ADMITTED
         tok = Token(parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[8]))
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            self._verified.clear()  # crude but O(1) amortised; refills with live cookies
-        self._verified[raw] = tok
+        if state == ADMITTED and len(raw) <= VERIFIED_CACHE_TOKEN:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # crude but O(1) amortised; refills with live cookies
+            self._verified[raw] = tok
         return tok

@@ -31,6 +31,18 @@ async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
     return st
 
 
+async def join(e: Engine, sid: str, s: QueueSettings, q: QueueRef = Q) -> tuple[bool, int]:
+    """A visitor joins and, sent to wait, opens the waiting page (polls once)."""
+    admitted, ticket = await e.join(q, sid, s)
+    if not admitted:
+        await seen(e, s, ticket, q=q)
+    return admitted, ticket
+
+
+async def seen(e: Engine, s: QueueSettings, *tickets: int, q: QueueRef = Q) -> None:
+    await e.heartbeat({q: ([], list(tickets), s)})
+
+
 async def occupancy(redis: Redis, q: QueueRef = Q) -> int:
     return int(await redis.zcard(q.keys.active)) + int(await redis.zcard(q.keys.invited))
 
@@ -38,7 +50,7 @@ async def occupancy(redis: Redis, q: QueueRef = Q) -> int:
 async def test_tickets_in_order_and_immediate_admission(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=2)
-    results = [await e.join(Q, f"s{i}", s) for i in range(5)]
+    results = [await join(e, f"s{i}", s) for i in range(5)]
     assert results == [(True, 1), (True, 2), (False, 3), (False, 4), (False, 5)]
     st = await tick(e, s)
     assert (st.tickets, st.serving, st.active, st.waiting) == (5, 2, 2, 3)
@@ -47,11 +59,11 @@ async def test_tickets_in_order_and_immediate_admission(replicas: list[Engine]) 
 async def test_newcomer_waits_behind_people_in_line(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1)
-    assert await e.join(Q, "a", s) == (True, 1)
-    assert await e.join(Q, "b", s) == (False, 2)
+    assert await join(e, "a", s) == (True, 1)
+    assert await join(e, "b", s) == (False, 2)
     await e.leave(Q, 1, "a", 0)
     # capacity is free, but b is ahead: the newcomer must not jump the line
-    assert await e.join(Q, "c", s) == (False, 3)
+    assert await join(e, "c", s) == (False, 3)
     st = await tick(e, s)
     assert st.serving == 2 and st.invited == 1
     assert await e.claim(Q, 2, "b", s) is Claim.ADMITTED
@@ -75,7 +87,9 @@ async def test_capacity_never_exceeded_with_replicas_racing(
     active = set(admitted_order)
     rng = random.Random(7)
 
+    waiting = [t for admitted, t in joined if not admitted]
     while len(admitted_order) < 200:
+        await seen(replicas[0], s, *waiting)  # everyone waiting keeps polling
         states = await asyncio.gather(*(tick(e, s) for e in replicas))
         assert await occupancy(redis) <= capacity
         serving = max(st.serving for st in states)
@@ -85,6 +99,7 @@ async def test_capacity_never_exceeded_with_replicas_racing(
             assert c is Claim.ADMITTED
             admitted_order.append(t)
             active.add(t)
+            waiting.remove(t)
         assert await occupancy(redis) <= capacity
         leaving = rng.sample(sorted(active), k=min(len(active), rng.randint(1, 4)))
         await asyncio.gather(*(replicas[t % 3].leave(Q, t, sid_of[t], 0) for t in leaving))
@@ -97,7 +112,7 @@ async def test_capacity_never_exceeded_with_replicas_racing(
 async def test_advance_is_idempotent_across_replicas(replicas: list[Engine], redis: Redis) -> None:
     s = QueueSettings(capacity=5)
     for i in range(20):
-        await replicas[0].join(Q, f"s{i}", s)  # 5 admitted at once, 15 wait
+        await join(replicas[0], f"s{i}", s)  # 5 admitted at once, 15 wait
     for i in range(3):
         await replicas[0].leave(Q, i + 1, f"s{i}", 0)  # 3 slots free
     states = await asyncio.gather(*(tick(e, s) for e in replicas), *(tick(e, s) for e in replicas))
@@ -111,7 +126,7 @@ async def test_advance_is_idempotent_across_replicas(replicas: list[Engine], red
 async def test_per_minute_limit(replicas: list[Engine], redis: Redis) -> None:
     """At most M admissions per rolling minute, spread at ceil(M/60) a second."""
     s = QueueSettings(capacity=0, admit_per_minute=3)
-    joined = [await replicas[0].join(Q, f"s{i}", s) for i in range(10)]
+    joined = [await join(replicas[0], f"s{i}", s) for i in range(10)]
     # one a second: a burst of joins gets one in (two if it straddles a second)
     assert 1 <= sum(admitted for admitted, _ in joined) <= 2
     for _ in range(40):  # ~4 seconds of replicas ticking
@@ -126,7 +141,7 @@ async def test_per_minute_limit(replicas: list[Engine], redis: Redis) -> None:
 
 async def test_both_policies_hold_at_once(replicas: list[Engine]) -> None:
     s = QueueSettings(capacity=2, admit_per_minute=600)  # 10 a second, but only 2 at a time
-    joined = [await replicas[0].join(Q, f"s{i}", s) for i in range(6)]
+    joined = [await join(replicas[0], f"s{i}", s) for i in range(6)]
     assert [a for a, _ in joined] == [True, True, False, False, False, False]
     st = await tick(replicas[1], s)
     assert st.invited == 0 and st.active == 2
@@ -135,11 +150,11 @@ async def test_both_policies_hold_at_once(replicas: list[Engine]) -> None:
 async def test_idle_sessions_expire_and_heartbeats_keep_them(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=2, session_ttl=1)
-    await e.join(Q, "idle", s)
-    await e.join(Q, "busy", s)
+    await join(e, "idle", s)
+    await join(e, "busy", s)
     for _ in range(3):
         await asyncio.sleep(0.5)
-        await e.heartbeat({Q: (["busy"], [], s.session_ttl)})
+        await e.heartbeat({Q: (["busy"], [], s)})
     st = await tick(e, s)
     assert st.active == 1 and st.expired == 1
 
@@ -147,26 +162,116 @@ async def test_idle_sessions_expire_and_heartbeats_keep_them(replicas: list[Engi
 async def test_unclaimed_invitation_lapses_and_the_slot_returns(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1, grace=1)
-    await e.join(Q, "a", s)
-    await e.join(Q, "b", s)
-    await e.join(Q, "c", s)
+    await join(e, "a", s)
+    await join(e, "b", s)
+    await join(e, "c", s)
     await e.leave(Q, 1, "a", 0)
     st = await tick(e, s)
     assert st.newly_invited == 1 and st.serving == 2  # b invited
     await asyncio.sleep(1.1)
-    await e.heartbeat({Q: ([], [3], s.session_ttl)})  # c is still polling
+    await seen(e, s, 3)  # c is still polling
     st = await tick(e, s)
     assert st.lapsed == 1 and st.serving == 3 and st.invited == 1  # b's slot went to c
-    # b comes back late: c holds the only slot, so b must join again
-    assert await e.claim(Q, 2, "b", s) is Claim.MISSED
+    # b comes back within one grace period: c holds the only slot, so b is
+    # recalled, first for the next free one (ahead of d, who waits in line)
+    await join(e, "d", s)
+    assert await e.claim(Q, 2, "b", s) is Claim.NOT_YET
     assert await e.claim(Q, 3, "c", s) is Claim.ADMITTED
+    await e.leave(Q, 3, "c", 0)
+    await seen(e, s, 4)
+    st = await tick(e, s)
+    assert st.serving == 3 and st.invited == 1 and st.recalled == 0
+    assert await e.claim(Q, 2, "b", s) is Claim.ADMITTED
+    assert await e.claim(Q, 4, "d", s) is Claim.NOT_YET
+
+
+async def test_a_ticket_admits_once_and_a_second_chance_is_used_once(
+    replicas: list[Engine],
+) -> None:
+    """A waiting cookie kept after its turn (a bot replaying it) is no pass to the
+    front: one second chance within one grace period, then the back of the line."""
+    e = replicas[0]
+    s = QueueSettings(capacity=1, grace=1)
+    await join(e, "holder", s)
+    await join(e, "bot", s)  # ticket 2
+    await join(e, "late", s)  # ticket 3
+    await join(e, "slow", s)  # ticket 4
+    await e.leave(Q, 1, "holder", 0)
+    await tick(e, s)  # bot invited
+    assert await e.claim(Q, 2, "bot", s) is Claim.ADMITTED
+    await e.leave(Q, 2, "bot", 0)  # the session ends...
+    assert await e.claim(Q, 2, "bot", s) is Claim.MISSED  # ...and the ticket is spent
+    # lapsed: the second chance is one grace period long, and used once
+    await tick(e, s)  # late invited
+    await asyncio.sleep(1.1)
+    await tick(e, s)  # lapses; slow is invited (polling)
+    await e.claim(Q, 4, "slow", s)
+    assert await e.claim(Q, 3, "late", s) is Claim.NOT_YET  # recalled: slow holds the slot
+    await e.leave(Q, 4, "slow", 0)
+    await tick(e, s)  # late invited again, from the recall
+    await asyncio.sleep(1.1)
+    await tick(e, s)  # and lapses again: no third chance
+    assert await e.claim(Q, 3, "late", s) is Claim.MISSED
+
+
+async def test_bots_that_never_poll_cost_no_capacity(replicas: list[Engine]) -> None:
+    """Places taken by clients that never open the waiting page are passed over at
+    once, so the first real waiter behind them is invited on the next tick."""
+    e = replicas[0]
+    s = QueueSettings(capacity=1, grace=10)
+    await join(e, "holder", s)
+    for i in range(300):
+        await e.join(Q, f"bot{i}", s)
+    _, real = await join(e, "real", s)
+    await e.leave(Q, 1, "holder", 0)
+    st = await tick(e, s)
+    assert st.serving == real and st.invited == 1 and st.skipped == 300
+    assert await e.claim(Q, real, "real", s) is Claim.ADMITTED
+
+
+async def test_a_visitor_whose_turn_came_before_their_first_poll_gets_it(
+    replicas: list[Engine],
+) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    await join(e, "holder", s)
+    _, t = await e.join(Q, "quick", s)  # still loading the waiting page
+    await e.leave(Q, 1, "holder", 0)
+    await tick(e, s)  # passed over: not seen yet
+    _, after = await join(e, "next", s)
+    await tick(e, s)  # the free slot goes to the next present waiter
+    assert await e.claim(Q, t, "quick", s) is Claim.NOT_YET  # recalled, first in line
+    await e.leave(Q, after, "next", 0)
+    await tick(e, s)
+    assert await e.claim(Q, t, "quick", s) is Claim.ADMITTED
+
+
+async def test_ghosts_are_passed_quickly(replicas: list[Engine], redis: Redis) -> None:
+    """100k places that were never used do not stall the line."""
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    await join(e, "holder", s)
+    # 100k ghosts in a few batched calls (as coalesced joins would send them)
+    for i in range(0, 100_000, 5000):
+        await e.join_many(Q, [f"g{j}" for j in range(i, i + 5000)], s)
+    _, real = await join(e, "real", s)
+    await e.leave(Q, 1, "holder", 0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ticks = 0
+    while (await tick(e, s)).invited == 0:
+        ticks += 1
+        assert ticks < 20
+    elapsed = loop.time() - started
+    print(f"100k ghosts passed in {ticks + 1} ticks, {elapsed:.2f}s")
+    assert await e.claim(Q, real, "real", s) is Claim.ADMITTED
 
 
 async def test_late_claim_with_room_is_admitted(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1, grace=1)
-    await e.join(Q, "a", s)
-    await e.join(Q, "b", s)
+    await join(e, "a", s)
+    await join(e, "b", s)
     await e.leave(Q, 1, "a", 0)
     await tick(e, s)
     await asyncio.sleep(1.1)
@@ -178,12 +283,12 @@ async def test_late_claim_with_room_is_admitted(replicas: list[Engine]) -> None:
 async def test_waiters_who_stop_polling_are_skipped(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1, abandon_after=1)
-    await e.join(Q, "a", s)
-    await e.join(Q, "gone", s)
+    await join(e, "a", s)
+    await e.join(Q, "gone", s)  # never opens the waiting page
     await asyncio.sleep(0.6)
-    await e.join(Q, "here", s)
+    await join(e, "here", s)
     await asyncio.sleep(0.6)
-    await e.heartbeat({Q: ([], [3], s.session_ttl)})
+    await e.heartbeat({Q: ([], [3], s)})
     await e.leave(Q, 1, "a", 0)
     st = await tick(e, s)
     assert st.skipped == 1 and st.newly_invited == 1 and st.serving == 3
@@ -193,22 +298,22 @@ async def test_waiters_who_stop_polling_are_skipped(replicas: list[Engine]) -> N
 async def test_leave_frees_at_once_and_is_published(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1)
-    await e.join(Q, "a", s)
-    await e.join(Q, "b", s)
+    await join(e, "a", s)
+    await join(e, "b", s)
     assert await e.leave(Q, 1, "a", 2_000_000_000) is True
     st = await tick(replicas[1], s)
     assert st.invited == 1  # the slot went to b on the next advance
     assert [(sid, until) for _, sid, until in st.ended] == [("a", 2_000_000_000)]
     # a heartbeat still in some replica's batch must not bring the session back
-    await replicas[2].heartbeat({Q: (["a"], [], s.session_ttl)})
+    await replicas[2].heartbeat({Q: (["a"], [], s)})
     assert (await tick(e, s)).active == 0
 
 
 async def test_operator_overrides_in_redis_win(replicas: list[Engine], redis: Redis) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1)
-    await e.join(Q, "a", s)
-    await e.join(Q, "b", s)
+    await join(e, "a", s)
+    await join(e, "b", s)
     await redis.hset(Q.keys.settings, mapping={"mode": "paused", "capacity": "5"})
     await e.leave(Q, 1, "a", 0)
     st = await tick(e, s)
@@ -226,7 +331,7 @@ async def test_queues_are_independent(replicas: list[Engine]) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1)
     other = QueueRef("acme", "other")
-    assert (await e.join(Q, "a", s))[0] is True
+    assert (await join(e, "a", s))[0] is True
     assert (await e.join(other, "b", s))[0] is True
     assert other.keys.active.startswith("aq:{acme:other}:")
 
@@ -236,9 +341,9 @@ async def test_large_heartbeat_batches_are_applied(replicas: list[Engine]) -> No
     s = QueueSettings(capacity=0, session_ttl=1)
     sids = [f"s{i}" for i in range(1200)]  # more than one chunk
     for sid in sids:
-        await e.join(Q, sid, s)
+        await join(e, sid, s)
     await asyncio.sleep(0.6)
-    await e.heartbeat({Q: (sids[:1100], [], 5)})
+    await e.heartbeat({Q: (sids[:1100], [], s)})
     await asyncio.sleep(0.6)
     st = await tick(e, s)
     assert st.expired == 100 and st.active == 1100
@@ -250,13 +355,13 @@ async def test_claim_racing_the_grace_deadline(replicas: list[Engine], redis: Re
     s = QueueSettings(capacity=1, grace=1)
     for i in range(6):
         q = QueueRef("acme", f"race{i}")
-        await replicas[0].join(q, "holder", s)
-        await replicas[0].join(q, "a", s)  # ticket 2
-        await replicas[0].join(q, "b", s)  # ticket 3
+        await join(replicas[0], "holder", s, q)
+        await join(replicas[0], "a", s, q)  # ticket 2
+        await join(replicas[0], "b", s, q)  # ticket 3
         await replicas[0].leave(q, 1, "holder", 0)
         await tick(replicas[0], s, q)  # a invited, deadline in 1 s
         await asyncio.sleep(0.9 + i * 0.04)  # from well before to just after the deadline
-        await replicas[0].heartbeat({q: ([], [3], s.session_ttl)})  # b still polling
+        await replicas[0].heartbeat({q: ([], [3], s)})  # b still polling
         a_claim, *_ = await asyncio.gather(
             replicas[2].claim(q, 2, "a", s), tick(replicas[0], s, q), tick(replicas[1], s, q)
         )
@@ -271,12 +376,97 @@ async def test_scripts_reload_after_redis_forgets_them(
 ) -> None:
     e = replicas[0]
     s = QueueSettings(capacity=1)
-    await e.join(Q, "a", s)
+    await join(e, "a", s)
     await redis.script_flush()  # as after a restart or failover
     (st,) = await e.tick([(Q, s, "0-0")])  # the pipelined path
     assert st.tickets == 1
     await redis.script_flush()
-    assert await e.join(Q, "b", s) == (False, 2)  # the single-call path
+    assert await join(e, "b", s) == (False, 2)  # the single-call path
     await redis.script_flush()
-    await e.heartbeat({Q: (["a"], [2], s.session_ttl)})
+    await e.heartbeat({Q: (["a"], [2], s)})
     assert (await tick(e, s)).active == 1
+
+
+async def test_concurrent_joins_are_coalesced_in_arrival_order(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    """1,000 joins at once through 3 replicas: a handful of script calls, tickets in
+    each replica's arrival order, capacity held."""
+
+    async def evalsha_calls() -> int:
+        stats = await redis.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    s = QueueSettings(capacity=5)
+    await redis.config_resetstat()
+    before = await evalsha_calls()
+    joined = await asyncio.gather(*(replicas[i % 3].join(Q, f"s{i}", s) for i in range(1000)))
+    calls = await evalsha_calls() - before
+    assert calls <= 30, calls  # one call per replica per event-loop turn, not 1,000
+    tickets = [t for _, t in joined]
+    assert sorted(tickets) == list(range(1, 1001))
+    for r in range(3):  # each replica's joins got tickets in the order they arrived
+        mine = tickets[r::3]
+        assert mine == sorted(mine)
+    assert sum(a for a, _ in joined) == 5
+    admitted = sorted(t for a, t in joined if a)
+    assert admitted == list(range(1, 6))  # the first five in line, nobody else
+    assert await occupancy(redis) == 5
+
+
+async def test_a_new_or_lagging_replica_refuses_every_ended_session(
+    replicas: list[Engine],
+) -> None:
+    """Revocations survive the capped stream: a replica starting after 15,000 leaves
+    (more than the stream keeps) still learns every one in force."""
+    e = replicas[0]
+    s = QueueSettings(capacity=0)
+    until = 2_000_000_000
+    sids = [f"s{i}" for i in range(15_000)]
+    for i in range(0, len(sids), 5000):
+        await e.join_many(Q, sids[i : i + 5000], s)
+    for i in range(0, len(sids), 500):
+        await asyncio.gather(
+            *(e.leave(Q, j + 1, sids[j], until) for j in range(i, min(i + 500, len(sids))))
+        )
+    (fresh,) = await replicas[1].tick([(Q, s, "0-0")])
+    assert {sid for _, sid, _ in fresh.ended} == set(sids)
+    # one that read a little and then fell behind the cap gets them all too
+    (lagging,) = await replicas[2].tick([(Q, s, "1-0")])
+    assert {sid for _, sid, _ in lagging.ended} == set(sids)
+    # and one that is up to date reads only what is new
+    last = fresh.ended[-1][0]
+    await e.leave(Q, 0, "late", until)
+    (current,) = await replicas[1].tick([(Q, s, last)])
+    assert [sid for _, sid, _ in current.ended] == ["late"]
+
+
+async def test_a_place_in_line_that_leaves_costs_no_revocation(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    await join(e, "holder", s)
+    for i in range(100):
+        _, t = await join(e, f"w{i}", s)
+        await e.leave(Q, t, f"w{i}", 0)
+    assert await redis.zcard(Q.keys.revoked) == 0
+    assert not await redis.exists(Q.keys.ended)
+    assert (await tick(e, s)).waiting == 0
+
+
+async def test_sessions_redis_lost_come_back_only_if_there_is_room(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    """After Redis lost its data (restart without persistence), admitted cookies
+    still arrive; heartbeats re-count them up to capacity and end the rest."""
+    e = replicas[0]
+    s = QueueSettings(capacity=2)
+    for sid in ("a", "b", "c"):
+        await redis.zadd(Q.keys.active, {sid: 0})  # placeholders, purged below
+    await redis.delete(Q.keys.active)
+    ended = await e.heartbeat({Q: (["a", "b", "c", "d"], [], s)})
+    assert ended == 2
+    st = await tick(e, s)
+    assert st.active == 2
+    assert {sid for _, sid, _ in st.ended} == {"c", "d"}

@@ -43,7 +43,7 @@ async def test_leave_on_one_replica_refuses_the_cookie_on_all(
     ]
     headers = {
         "Host": "127.0.0.1",
-        "Cookie": f"anteroom={cookie}",
+        "Cookie": f"anteroom_revoke={cookie}",
         "X-Anteroom-Queue": "revoke",
         "X-Original-URI": path,
     }

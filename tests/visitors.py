@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-COOKIE = "anteroom"
+COOKIE = "anteroom"  # prefix: one cookie per queue, "anteroom_<queue>"
 
 
 @dataclass
@@ -33,15 +33,29 @@ class Visitor:
     http: aiohttp.ClientSession
     base: str
     host: str = "127.0.0.1"
-    cookie: str | None = None
+    cookies: dict[str, str] = field(default_factory=dict)  # anteroom_<queue> -> token
+    last: str | None = None  # the cookie name set most recently
     history: list[Reply] = field(default_factory=list)
+
+    @property
+    def cookie(self) -> str | None:
+        """The token most recently given (the only one, for a single-queue visit)."""
+        return self.cookies.get(self.last) if self.last else None
+
+    def hold(self, queue: str, token: str | None) -> None:
+        """Present ``token`` as this visitor's cookie for ``queue`` (a replay, a forgery)."""
+        self.last = f"{COOKIE}_{queue}"
+        if token is None:
+            self.cookies.pop(self.last, None)
+        else:
+            self.cookies[self.last] = token
 
     async def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any
     ) -> Reply:
         h = {"Host": self.host, **(headers or {})}
-        if self.cookie is not None and "Cookie" not in h:
-            h["Cookie"] = f"{COOKIE}={self.cookie}"
+        if self.cookies and "Cookie" not in h:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         async with self.http.request(
             method, self.base + path, headers=h, allow_redirects=False, **kw
         ) as r:
@@ -51,9 +65,13 @@ class Visitor:
         for raw in reply.set_cookies:
             c: SimpleCookie = SimpleCookie()
             c.load(raw)
-            if COOKIE in c:
-                value = c[COOKIE].value
-                self.cookie = value or None
+            for name, morsel in c.items():
+                if name.startswith(COOKIE + "_"):
+                    self.last = name
+                    if morsel.value:
+                        self.cookies[name] = morsel.value
+                    else:
+                        self.cookies.pop(name, None)
         self.history.append(reply)
         return reply
 

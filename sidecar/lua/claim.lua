@@ -1,29 +1,36 @@
 -- Turns an invitation into an active session. Idempotent for a session that
--- is already active (two tabs, a retried request).
--- ARGV: ticket, sid, mode, capacity, admit_per_minute, session_ttl_ms, purge_slack_ms
--- Returns {1} admitted, {0} not invited yet, {-1} turn missed and no room now
+-- is already active (two tabs, a retried request). A ticket admits at most
+-- once: a turn that passed gives one second chance within one grace period,
+-- ahead of the line; after that the visitor joins at the back.
+-- ARGV: ticket, sid, mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms
+-- Returns {1} admitted, {0} not yet (waiting or recalled), {-1} turn missed: join again
 local ticket, sid, mode = ARGV[1], ARGV[2], ARGV[3]
 local capacity, per_minute = tonumber(ARGV[4]), tonumber(ARGV[5])
-local ttl_ms, slack_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
+local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
-purge(slack_ms)
+purge(slack_ms, grace_ms)
 if redis.call('ZSCORE', K_ACTIVE, sid) then
-  redis.call('ZADD', K_ACTIVE, 'GT', now_ms + ttl_ms, sid)
   return {1}
 end
 if redis.call('ZREM', K_INVITED, ticket) == 1 then
   -- the slot was reserved (and counted against the rate) when invited
-  redis.call('ZADD', K_ACTIVE, now_ms + ttl_ms, sid)
+  redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
   return {1}
 end
 if tonumber(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
   return {0}
 end
--- The turn came while the visitor was away (invitation lapsed or skipped).
--- They were ahead of everyone still waiting, so free room is theirs.
-redis.call('ZREM', K_WAITING, ticket)
-if (mode == 'on' or mode == 'queue-all') and free_slots(capacity, per_minute) > 0 then
-  admit(sid, ttl_ms)
-  return {1}
+if redis.call('ZSCORE', K_RECALL, ticket) then
+  return {0}
+end
+if second_chance(ticket, grace_ms) then
+  local open = mode == 'on' or mode == 'queue-all'
+  if open and free_slots(capacity, per_minute) > redis.call('ZCARD', K_RECALL) then
+    admit(sid, confirm_ms)
+    return {1}
+  end
+  -- no room now: first in line for the next free slot (tick.lua)
+  redis.call('ZADD', K_RECALL, ticket, ticket)
+  return {0}
 end
 return {-1}

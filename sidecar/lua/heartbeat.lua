@@ -1,17 +1,33 @@
 -- Applies one replica's batch of "still here" signals. A session that made a
--- request with a valid cookie is in use, so it is (re)counted even if Redis
--- lost or purged it, unless it ended (left, revoked). GT: never shortens one.
--- ARGV: session_ttl_ms, number of session ids, session ids..., waiting tickets...
-local ttl_ms, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-local counted = 0
-for i = 3, 2 + n do
-  if not redis.call('ZSCORE', K_REVOKED, ARGV[i]) then
-    redis.call('ZADD', K_ACTIVE, 'GT', now_ms + ttl_ms, ARGV[i])
-    counted = counted + 1
+-- request with a valid cookie is extended (GT: never shortened). One that
+-- Redis no longer counts (idled out, or lost in a restart) comes back only if
+-- there is room; otherwise it ends like a leave, so every replica refuses the
+-- cookie and the visitor joins the line again: capacity is never exceeded.
+-- ARGV: session_ttl_ms, capacity, ended maxlen, number of session ids, session ids...,
+--       waiting tickets...
+-- Returns {sessions counted, sessions ended}
+local ttl_ms, capacity, maxlen, n =
+  tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local counted, ended = 0, 0
+local until_sec = now_sec + math.ceil(ttl_ms / 1000)
+for i = 5, 4 + n do
+  local sid = ARGV[i]
+  if not redis.call('ZSCORE', K_REVOKED, sid) then
+    if redis.call('ZSCORE', K_ACTIVE, sid) then
+      redis.call('ZADD', K_ACTIVE, 'GT', now_ms + ttl_ms, sid)
+      counted = counted + 1
+    elseif capacity == 0 or redis.call('ZCARD', K_ACTIVE) + redis.call('ZCARD', K_INVITED) < capacity then
+      redis.call('ZADD', K_ACTIVE, now_ms + ttl_ms, sid)
+      counted = counted + 1
+    else
+      redis.call('ZADD', K_REVOKED, until_sec, sid)
+      redis.call('XADD', K_ENDED, 'MAXLEN', '~', maxlen, '*', 'sid', sid, 'until', until_sec)
+      ended = ended + 1
+    end
   end
 end
 -- XX: a waiter who left or was invited is not put back in line
-for i = 3 + n, #ARGV do
+for i = 5 + n, #ARGV do
   redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, ARGV[i])
 end
-return counted
+return {counted, ended}

@@ -1,18 +1,38 @@
--- Takes the next ticket. A newcomer with nobody ahead and free capacity is
--- admitted at once; everyone else waits in line.
--- ARGV: sid, mode, capacity, admit_per_minute, session_ttl_ms, purge_slack_ms
--- Returns {admitted (0/1), ticket}
-local sid, mode = ARGV[1], ARGV[2]
-local capacity, per_minute = tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttl_ms, slack_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Takes the next tickets for a batch of newcomers, in arrival order. While
+-- nobody is ahead and there is free capacity, each is admitted at once; the
+-- rest wait in line, counted as present for a first-poll window only.
+-- ARGV: mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
+--       first_poll_window_ms, sids...
+-- Returns {ticket, admitted (0/1), ticket, admitted, ...}
+local mode = ARGV[1]
+local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
+local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
-purge(slack_ms)
-local ticket = redis.call('INCR', K_TICKETS)
+purge(slack_ms, grace_ms)
+local n = #ARGV - 7
+local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
-if mode == 'on' and serving == ticket - 1 and free_slots(capacity, per_minute) > 0 then
-  redis.call('SET', K_SERVING, ticket)
-  admit(sid, ttl_ms)
-  return {1, ticket}
+local free = 0
+if mode == 'on' and serving == first - 1 then
+  -- people recalled for a second chance come before newcomers
+  free = free_slots(capacity, per_minute) - redis.call('ZCARD', K_RECALL)
 end
-redis.call('ZADD', K_WAITING, now_ms, ticket)
-return {0, ticket}
+local out = {}
+for i = 1, n do
+  local ticket, sid = first + i - 1, ARGV[7 + i]
+  if free > 0 then
+    free = free - 1
+    serving = ticket
+    admit(sid, confirm_ms)
+    out[#out + 1] = ticket
+    out[#out + 1] = 1
+  else
+    free = 0
+    -- negative: joined at this time and not seen since (see tick.lua)
+    redis.call('ZADD', K_WAITING, -now_ms, ticket)
+    out[#out + 1] = ticket
+    out[#out + 1] = 0
+  end
+end
+if serving >= first then redis.call('SET', K_SERVING, serving) end
+return out

@@ -1,10 +1,17 @@
--- Ends a visitor's place, whatever its state, and frees its slot at once. The
--- session id is published so every replica refuses its cookie from now on.
--- ARGV: ticket, sid, revoke_until (unix seconds the cookie could still be valid), maxlen
+-- Ends a visitor's place, whatever its state, and frees its slot at once. An
+-- admitted session's id is published so every replica refuses its cookie from
+-- now on; a place in line needs no revocation (its ticket can never admit once
+-- it is gone from the line: claim.lua).
+-- ARGV: ticket, sid, revoke_until (unix seconds the cookie could still be valid; 0 = a
+--       place in line), maxlen
 -- Returns 1 if an active session or invitation was freed
-local ticket, sid = ARGV[1], ARGV[2]
+local ticket, sid, revoke_until = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local freed = redis.call('ZREM', K_ACTIVE, sid) + redis.call('ZREM', K_INVITED, ticket)
 redis.call('ZREM', K_WAITING, ticket)
-redis.call('ZADD', K_REVOKED, ARGV[3], sid)
-redis.call('XADD', K_ENDED, 'MAXLEN', '~', ARGV[4], '*', 'sid', sid, 'until', ARGV[3])
+redis.call('ZREM', K_MISSED, ticket)
+redis.call('ZREM', K_RECALL, ticket)
+if revoke_until > now_sec then
+  redis.call('ZADD', K_REVOKED, revoke_until, sid)
+  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ARGV[4], '*', 'sid', sid, 'until', revoke_until)
+end
 return math.min(freed, 1)

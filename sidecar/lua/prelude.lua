@@ -1,7 +1,9 @@
 -- Shared helpers, prepended to every script (engine.py does the joining).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
-local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED, K_REVOKED =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
+  K_REVOKED, K_MISSED, K_RECALL =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
+  KEYS[11]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -9,13 +11,25 @@ local now_sec = tonumber(clock[1])
 local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
+-- A used second chance keeps its entry in `missed`, shifted below zero, until a
+-- re-invitation it led to can no longer lapse: a ticket gets one second chance.
+local USED = 1e13
 
 -- Drops idle sessions and lapsed invitations. Sessions get a little slack so a
--- heartbeat still in a replica's batch finds its member.
-local function purge(slack_ms)
+-- heartbeat still in a replica's batch finds its member. A lapsed invitation
+-- leaves a second chance of one grace period (NX: never a second one).
+local function purge(slack_ms, grace_ms)
   local expired = redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
-  local lapsed = redis.call('ZREMRANGEBYSCORE', K_INVITED, '-inf', '(' .. now_ms)
-  return expired, lapsed
+  local lapsed = redis.call('ZRANGEBYSCORE', K_INVITED, '-inf', '(' .. now_ms)
+  if #lapsed > 0 then
+    redis.call('ZREMRANGEBYSCORE', K_INVITED, '-inf', '(' .. now_ms)
+    for _, t in ipairs(lapsed) do
+      redis.call('ZADD', K_MISSED, 'NX', now_ms + grace_ms, t)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', K_MISSED, 0, now_ms)
+  redis.call('ZREMRANGEBYSCORE', K_MISSED, '-inf', now_ms - USED)
+  return expired, #lapsed
 end
 
 -- Admissions in the rolling minute and in the current second; prunes old buckets.
@@ -55,7 +69,19 @@ local function record_admissions(n)
   redis.call('EXPIRE', K_RATE, 120)
 end
 
-local function admit(sid, ttl_ms)
-  redis.call('ZADD', K_ACTIVE, now_ms + ttl_ms, sid)
+-- A new session must be confirmed (its cookie presented again) within
+-- confirm_ms; a heartbeat then extends it to the session TTL. A client that
+-- drops the cookie holds its slot no longer than that.
+local function admit(sid, confirm_ms)
+  redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
   record_admissions(1)
+end
+
+-- Uses a ticket's second chance if it has one (its turn passed within one
+-- grace period): returns true once, then never again for that ticket.
+local function second_chance(ticket, grace_ms)
+  local ends = tonumber(redis.call('ZSCORE', K_MISSED, ticket))
+  if not ends or ends <= now_ms then return false end
+  redis.call('ZADD', K_MISSED, ends + 2 * grace_ms - USED, ticket)
+  return true
 end

@@ -3,46 +3,74 @@
 -- Idempotent and leaderless: two replicas running it together invite each
 -- waiter once, because the script is atomic and reads the stored counters.
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
---       purge_slack_ms, last ended-stream id read, max advance steps
+--       purge_slack_ms, last ended-stream id read, max advance steps,
+--       first_poll_window_ms, revoked reload max, session_max,
+--       then (setting name, least allowed value) pairs for operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
   session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
-  abandon_after = tonumber(ARGV[5]), mode = ARGV[6],
+  abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
 }
--- operator overrides stored in Redis win over the replica's configuration
+local least = {}
+for i = 13, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+-- operator overrides stored in Redis win over the replica's configuration;
+-- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
 for i = 1, #overrides, 2 do
   local name, value = overrides[i], overrides[i + 1]
   if name == 'mode' then
-    -- an unknown mode (a typo) is ignored rather than stopping the line
     if value == 'on' or value == 'queue-all' or value == 'paused' or value == 'off' then
       s.mode = value
     end
-  elseif s[name] ~= nil then
+  elseif least[name] ~= nil then
     local n = tonumber(value)
-    local least = (name == 'capacity' or name == 'admit_per_minute') and 0 or 1
-    if n and n >= least then s[name] = math.floor(n) end
+    if n and n >= least[name] and n <= 1e9 then s[name] = math.floor(n) end
   end
 end
+local grace_ms = s.grace * 1000
 
-local expired, lapsed = purge(tonumber(ARGV[7]))
+local expired, lapsed = purge(tonumber(ARGV[7]), grace_ms)
 redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
+-- Waiters who stopped polling leave the line here, in two calls whatever their
+-- number: seen too long ago (positive scores), or never seen since joining
+-- longer ago than the first-poll window (negative scores, see join.lua).
+redis.call('ZREMRANGEBYSCORE', K_WAITING, 0, '(' .. (now_ms - s.abandon_after * 1000))
+redis.call('ZREMRANGEBYSCORE', K_WAITING, '(' .. -(now_ms - tonumber(ARGV[10])), '(0')
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
 if s.mode == 'on' or s.mode == 'queue-all' then
   local free = free_slots(s.capacity, s.admit_per_minute)
-  local stale_before = now_ms - s.abandon_after * 1000
+  -- second chances first: they were ahead of everyone still in line
+  while free > 0 do
+    local r = redis.call('ZRANGE', K_RECALL, 0, 0)
+    if #r == 0 then break end
+    redis.call('ZREM', K_RECALL, r[1])
+    -- still within the window (see second_chance in prelude.lua)
+    local used = tonumber(redis.call('ZSCORE', K_MISSED, r[1]))
+    if used and used < 0 and used + USED - grace_ms > now_ms then
+      redis.call('ZADD', K_INVITED, now_ms + grace_ms, r[1])
+      free = free - 1
+      invited = invited + 1
+    end
+  end
   local steps, max_steps = 0, tonumber(ARGV[9])
   while free > 0 and serving < tickets and steps < max_steps do
     serving = serving + 1
     steps = steps + 1
-    local seen = redis.call('ZSCORE', K_WAITING, serving)
-    if seen then redis.call('ZREM', K_WAITING, serving) end
-    if seen and tonumber(seen) >= stale_before then
-      redis.call('ZADD', K_INVITED, now_ms + s.grace * 1000, serving)
-      free = free - 1
-      invited = invited + 1
+    local seen = tonumber(redis.call('ZSCORE', K_WAITING, serving))
+    if seen then
+      redis.call('ZREM', K_WAITING, serving)
+      if seen > 0 then
+        redis.call('ZADD', K_INVITED, now_ms + grace_ms, serving)
+        free = free - 1
+        invited = invited + 1
+      else
+        -- joined moments ago, not polled yet: a bot, or a visitor still loading
+        -- the page; the visitor's first poll uses the second chance
+        redis.call('ZADD', K_MISSED, 'NX', now_ms + grace_ms, serving)
+        skipped = skipped + 1
+      end
     else
       -- left the line or stopped polling: skipped without using capacity
       skipped = skipped + 1
@@ -53,17 +81,50 @@ if s.mode == 'on' or s.mode == 'queue-all' then
 end
 local minute = admitted_recently()
 
-local ended = {}
-for _, entry in ipairs(redis.call('XRANGE', K_ENDED, '(' .. ARGV[8], '+', 'COUNT', 1000)) do
-  local f = entry[2]
-  table.insert(ended, entry[1])
-  table.insert(ended, f[2])
-  table.insert(ended, f[4])
+-- Ended sessions since the replica's last read. A new replica, or one that fell
+-- behind the capped stream, gets every revocation still in force instead.
+local ended, last = {}, ARGV[8]
+local function id_lt(a, b)
+  local a1, a2 = string.match(a, '^(%d+)-(%d+)$')
+  local b1, b2 = string.match(b, '^(%d+)-(%d+)$')
+  a1, a2, b1, b2 = tonumber(a1), tonumber(a2), tonumber(b1), tonumber(b2)
+  return a1 < b1 or (a1 == b1 and a2 < b2)
+end
+if redis.call('EXISTS', K_ENDED) == 1 then
+  local info = redis.call('XINFO', 'STREAM', K_ENDED)
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  local newest, oldest = fields['last-generated-id'], fields['recorded-first-entry-id']
+  -- some entries were trimmed, and maybe some this replica had not read yet
+  local behind = tonumber(fields['entries-added']) > tonumber(fields['length'])
+    and id_lt(last, oldest)
+  if last == '0-0' or behind then
+    local all = redis.call('ZRANGEBYSCORE', K_REVOKED, now_sec, '+inf', 'WITHSCORES', 'LIMIT', 0,
+      tonumber(ARGV[11]))
+    for i = 1, #all, 2 do
+      table.insert(ended, newest)
+      table.insert(ended, all[i])
+      table.insert(ended, all[i + 1])
+    end
+    if #all == 0 then
+      -- nothing in force: only move the reader to the end of the stream
+      table.insert(ended, newest)
+      table.insert(ended, '')
+      table.insert(ended, 0)
+    end
+  else
+    for _, entry in ipairs(redis.call('XRANGE', K_ENDED, '(' .. last, '+', 'COUNT', 1000)) do
+      local f = entry[2]
+      table.insert(ended, entry[1])
+      table.insert(ended, f[2])
+      table.insert(ended, f[4])
+    end
+  end
 end
 
 return {
   tickets, serving, redis.call('ZCARD', K_WAITING), redis.call('ZCARD', K_ACTIVE),
   redis.call('ZCARD', K_INVITED), minute, now_ms,
   s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
-  expired, lapsed, invited, skipped, ended,
+  expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
 }
