@@ -73,6 +73,7 @@ def _run(config: Config, worker: int) -> None:
         host=config.listen_host,
         port=config.listen_port,
         reuse_port=config.workers > 1,
+        backlog=4096,  # a launch burst queues in the kernel instead of being refused
         access_log=None,
         print=None,
         handler_cancellation=True,

@@ -46,7 +46,7 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
     "grace": ("ANTEROOM_GRACE", 1),
     # hidden browser tabs may poll only once a minute (timer throttling)
     "abandon_after": ("ANTEROOM_ABANDON_AFTER", 90),
-    "session_max": ("ANTEROOM_SESSION_MAX", 60),
+    "session_max": ("ANTEROOM_SESSION_MAX", 10),
 }
 # (name, least value) pairs, flattened: the same rules for operator overrides in Redis
 OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
