@@ -76,7 +76,7 @@ async def test_a_busy_pool_never_lets_anyone_past_a_full_queue(tmp_path: Path) -
     try:
         _, first = await burst(stack.url, "/q/pool/", 3)
         assert first == [200, 200, 200]
-        crowd, statuses = await burst(stack.url, "/q/pool/", 600)
+        _, statuses = await burst(stack.url, "/q/pool/", 600)
         counts = Counter(statuses)
         print(f"burst of 600 on a full queue with a one-connection pool: {dict(counts)}")
         assert counts[200] == 0, counts  # nobody past the full queue
