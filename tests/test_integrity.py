@@ -115,7 +115,7 @@ async def test_a_cookieless_burst_does_not_delay_an_honest_waiter(
     started = time.monotonic()
 
     async def admitted() -> bool:
-        return (await honest.status())["state"] == "admitted"
+        return bool((await honest.status())["state"] == "admitted")
 
     await eventually(admitted, within=3, interval=0.2)
     waited = time.monotonic() - started
