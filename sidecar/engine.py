@@ -9,8 +9,10 @@ SHA, loaded again on NOSCRIPT.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import hashlib
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,7 +26,9 @@ from .keys import (
     ADVANCE_MAX_STEPS,
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
+    FRONT_WINDOW,
     HEARTBEAT_CHUNK,
+    LIVE_BLOCK,
     REVOKED_RELOAD_MAX,
     QueueKeys,
     queue_keys,
@@ -46,12 +50,58 @@ class QueueRef(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class LiveLine:
+    """Who is still in line, as the tick saw it: exactly for ``front`` (one char per
+    ticket after ``serving``: "1" still in line), then per block of tickets."""
+
+    front: str = ""
+    blocks: tuple[int, ...] = ()  # block numbers, ascending
+    cumulative: tuple[int, ...] = ()  # people in line in blocks[0..i]
+    counts: Mapping[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, front: str, counts: Mapping[int, int]) -> LiveLine:
+        blocks = tuple(sorted(counts))
+        return cls(front, blocks, tuple(itertools.accumulate(counts[b] for b in blocks)), counts)
+
+    def joined(self, ticket: int) -> LiveLine:
+        counts = dict(self.counts)
+        counts[ticket // LIVE_BLOCK] = counts.get(ticket // LIVE_BLOCK, 0) + 1
+        return LiveLine.of(self.front, counts)
+
+    def _in_blocks(self, lo: int, hi: int) -> int:
+        """People in line in blocks lo..hi-1."""
+        i, j = bisect.bisect_left(self.blocks, lo), bisect.bisect_left(self.blocks, hi)
+        if j <= i:
+            return 0
+        return self.cumulative[j - 1] - (self.cumulative[i - 1] if i else 0)
+
+    def ahead(self, ticket: int, serving: int) -> int:
+        """How many people still in line are ahead of ``ticket``: exact in the front
+        window, at most LIVE_BLOCK - 1 too many beyond it."""
+        if ticket <= serving:
+            return 0
+        offset = ticket - serving - 1
+        if offset < len(self.front):
+            return self.front.count("1", 0, offset)
+        window_end = serving + len(self.front)  # last ticket the front covers
+        mine = ticket // LIVE_BLOCK
+        ahead = self.front.count("1")
+        ahead += self._in_blocks(window_end // LIVE_BLOCK + 1, mine)
+        # the visitor's block may start inside the window
+        lo = mine * LIVE_BLOCK if mine > window_end // LIVE_BLOCK else window_end + 1
+        # others of the visitor's own block, at most those numbered before them
+        ahead += max(0, min(self.counts.get(mine, 0) - 1, ticket - lo))
+        return ahead
+
+
+@dataclass(frozen=True, slots=True)
 class QueueState:
     """A queue as one tick saw it; shared by every request in the process."""
 
     tickets: int  # last ticket handed out
     serving: int  # tickets up to this one have been invited (or skipped)
-    waiting: int  # people in line (including some who stopped polling)
+    waiting: int  # people in line (polled lately, or joined in the last few seconds)
     active: int  # admitted sessions
     invited: int  # invitations not yet claimed
     admitted_last_minute: int
@@ -63,6 +113,11 @@ class QueueState:
     skipped: int = 0
     ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
     recalled: int = 0  # waiters back within their second chance, served before the line
+    live: LiveLine = field(default_factory=LiveLine)
+
+    def position(self, ticket: int) -> int:
+        """1 for the next in line; counts only people still in line ahead."""
+        return 1 + self.recalled + self.live.ahead(ticket, self.serving)
 
     @property
     def admissions_per_second(self) -> float:
@@ -305,6 +360,7 @@ class Engine:
                         FIRST_POLL_WINDOW_MS,
                         REVOKED_RELOAD_MAX,
                         s.session_max,
+                        FRONT_WINDOW,
                         *OVERRIDE_MINIMUMS,
                     ],
                 )
@@ -344,4 +400,7 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
             for i in range(0, len(ended), 3)
         ),
         recalled=int(r[19]),
+        live=LiveLine.of(
+            _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
+        ),
     )

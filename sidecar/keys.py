@@ -26,6 +26,13 @@ FIRST_POLL_WINDOW_MS = 30_000
 # Revoked sessions a (new or lagging) replica loads at once; revocations only
 # concern admitted sessions, so this is far above capacity x session churn.
 REVOKED_RELOAD_MAX = 100_000
+# Live positions: the tick reports exactly who is still in line among the next
+# FRONT_WINDOW tickets (rounded up to whole blocks), and beyond that how many
+# are in line per block of LIVE_BLOCK tickets, so every process answers status
+# polls without a Redis call. Past the window a position is at most
+# LIVE_BLOCK - 1 too high (the visitor's own block is counted as a bound).
+FRONT_WINDOW = 1_000
+LIVE_BLOCK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,7 @@ class QueueKeys:
     revoked: str  # ZSET session id -> unix second its cookie expires; heartbeats skip these
     missed: str  # ZSET ticket -> end of its second chance (ms); negative once used
     recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
+    live: str  # HASH ticket // LIVE_BLOCK -> how many of that block are still in line
 
     def all(self) -> list[str]:
         return [
@@ -55,6 +63,7 @@ class QueueKeys:
             self.revoked,
             self.missed,
             self.recall,
+            self.live,
         ]
 
 
@@ -72,4 +81,5 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         revoked=base + "revoked",
         missed=base + "missed",
         recall=base + "recall",
+        live=base + "live",
     )

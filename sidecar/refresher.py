@@ -85,7 +85,12 @@ class Refresher:
                 active=st.active + 1,
             )
         else:
-            st = replace(st, tickets=max(st.tickets, ticket), waiting=st.waiting + 1)
+            st = replace(
+                st,
+                tickets=max(st.tickets, ticket),
+                waiting=st.waiting + 1,
+                live=st.live.joined(ticket),
+            )
         self.states[q] = st
 
     # -- first sight of a queue --------------------------------------------

@@ -110,11 +110,12 @@ class Status:
         return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
 
     def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
-        position = max(1, tok.ticket - state.serving)
+        position = state.position(tok.ticket)
         eta, eta_range = estimate(position, state)
         return {
             "state": "waiting",
             "queue": tok.queue,
+            "ticket": tok.ticket,
             "position": position,
             "ahead": position - 1,
             "in_line": state.waiting,

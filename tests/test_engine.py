@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
 from sidecar.engine import Claim, Engine, QueueRef, QueueState
+from sidecar.keys import LIVE_BLOCK
 from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")
@@ -470,3 +471,49 @@ async def test_sessions_redis_lost_come_back_only_if_there_is_room(
     st = await tick(e, s)
     assert st.active == 2
     assert {sid for _, sid, _ in st.ended} == {"c", "d"}
+
+
+async def test_live_position_counts_only_people_still_in_line(replicas: list[Engine]) -> None:
+    """10 waiters; 4 leave and 2 stop polling: the last one is 4th, not 10th."""
+    e = replicas[0]
+    s = QueueSettings(capacity=1, abandon_after=1)
+    await join(e, "holder", s)
+    tickets = [(await join(e, f"w{i}", s))[1] for i in range(10)]
+    for t in tickets[1:5]:
+        await e.leave(Q, t, f"w{t}", 0)
+    await asyncio.sleep(1.2)  # two stop polling; the other four keep going
+    await seen(e, s, tickets[0], *tickets[7:])
+    st = await tick(e, s)
+    assert st.waiting == 4
+    assert [st.position(t) for t in (tickets[0], *tickets[7:])] == [1, 2, 3, 4]
+
+
+async def test_live_positions_far_back_are_close_and_never_go_up(
+    replicas: list[Engine],
+) -> None:
+    """Beyond the exact front window, positions are at most LIVE_BLOCK - 1 too high,
+    and they only go down while the line moves and people leave."""
+    e = replicas[0]
+    s = QueueSettings(capacity=5)
+    rng = random.Random(3)
+    joined = await e.join_many(Q, [f"s{i}" for i in range(5000)], s)
+    line = [t for admitted, t in joined if not admitted]
+    await seen(e, s, *line)
+    watched = line[2000::300]
+    last = {t: 10**9 for t in watched}
+    worst = 0
+    for _ in range(8):
+        for t in rng.sample([t for t in line if t not in watched], 300):
+            await e.leave(Q, t, f"s{t - 1}", 0)
+            line.remove(t)
+        await e.join_many(Q, [f"n{rng.random()}" for _ in range(100)], s)  # more behind
+        await seen(e, s, *line)
+        st = await tick(e, s)
+        for t in watched:
+            true = sum(1 for x in line if st.serving < x < t) + 1
+            got = st.position(t)
+            assert true <= got <= true + LIVE_BLOCK - 1, (t, true, got)
+            assert got <= last[t]
+            last[t] = got
+            worst = max(worst, got - true)
+    print(f"far-back positions at most {worst} too high (bound {LIVE_BLOCK - 1})")

@@ -30,6 +30,7 @@ for i = 1, n do
     free = 0
     -- negative: joined at this time and not seen since (see tick.lua)
     redis.call('ZADD', K_WAITING, -now_ms, ticket)
+    count_in_line(ticket, 1)
     out[#out + 1] = ticket
     out[#out + 1] = 0
   end

@@ -1,9 +1,9 @@
 -- Shared helpers, prepended to every script (engine.py does the joining).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
-  K_REVOKED, K_MISSED, K_RECALL =
+  K_REVOKED, K_MISSED, K_RECALL, K_LIVE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11]
+  KEYS[11], KEYS[12]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -11,6 +11,27 @@ local now_sec = tonumber(clock[1])
 local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
+local LIVE_BLOCK = 100  -- keys.LIVE_BLOCK
+
+-- People in line per block of tickets (live positions): +n or -n for ticket t.
+local function count_in_line(t, n)
+  local block = math.floor(tonumber(t) / LIVE_BLOCK)
+  if redis.call('HINCRBY', K_LIVE, block, n) <= 0 then redis.call('HDEL', K_LIVE, block) end
+end
+
+-- Takes tickets out of the line in bulk (scores lo..hi), keeping the block counts.
+local function leave_line_by_score(lo, hi)
+  local gone = redis.call('ZRANGEBYSCORE', K_WAITING, lo, hi)
+  if #gone == 0 then return 0 end
+  local per_block = {}
+  for _, t in ipairs(gone) do
+    local block = math.floor(tonumber(t) / LIVE_BLOCK)
+    per_block[block] = (per_block[block] or 0) + 1
+  end
+  for block, n in pairs(per_block) do count_in_line(block * LIVE_BLOCK, -n) end
+  redis.call('ZREMRANGEBYSCORE', K_WAITING, lo, hi)
+  return #gone
+end
 -- A used second chance keeps its entry in `missed`, shifted below zero, until a
 -- re-invitation it led to can no longer lapse: a ticket gets one second chance.
 local USED = 1e13

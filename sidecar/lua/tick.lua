@@ -4,7 +4,7 @@
 -- waiter once, because the script is atomic and reads the stored counters.
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
 --       purge_slack_ms, last ended-stream id read, max advance steps,
---       first_poll_window_ms, revoked reload max, session_max,
+--       first_poll_window_ms, revoked reload max, session_max, front window,
 --       then (setting name, least allowed value) pairs for operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
@@ -12,7 +12,7 @@ local s = {
   abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
 }
 local least = {}
-for i = 13, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 14, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
@@ -34,8 +34,8 @@ redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
 -- Waiters who stopped polling leave the line here, in two calls whatever their
 -- number: seen too long ago (positive scores), or never seen since joining
 -- longer ago than the first-poll window (negative scores, see join.lua).
-redis.call('ZREMRANGEBYSCORE', K_WAITING, 0, '(' .. (now_ms - s.abandon_after * 1000))
-redis.call('ZREMRANGEBYSCORE', K_WAITING, '(' .. -(now_ms - tonumber(ARGV[10])), '(0')
+leave_line_by_score(0, '(' .. (now_ms - s.abandon_after * 1000))
+leave_line_by_score('(' .. -(now_ms - tonumber(ARGV[10])), '(0')
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
@@ -61,6 +61,7 @@ if s.mode == 'on' or s.mode == 'queue-all' then
     local seen = tonumber(redis.call('ZSCORE', K_WAITING, serving))
     if seen then
       redis.call('ZREM', K_WAITING, serving)
+      count_in_line(serving, -1)
       if seen > 0 then
         redis.call('ZADD', K_INVITED, now_ms + grace_ms, serving)
         free = free - 1
@@ -80,6 +81,23 @@ if s.mode == 'on' or s.mode == 'queue-all' then
   if invited > 0 then record_admissions(invited) end
 end
 local minute = admitted_recently()
+
+-- Live positions (see keys.FRONT_WINDOW): who is still in line among the next
+-- tickets, as a string of 0/1, up to a block boundary; beyond, counts per block.
+local front = ''
+local window_end = math.min(tickets,
+  (math.floor((serving + tonumber(ARGV[13])) / LIVE_BLOCK) + 1) * LIVE_BLOCK - 1)
+if window_end > serving then
+  local members = {}
+  for t = serving + 1, window_end do members[#members + 1] = t end
+  local bits = {}
+  for i, score in ipairs(redis.call('ZMSCORE', K_WAITING, unpack(members))) do
+    bits[i] = score and '1' or '0'
+  end
+  front = table.concat(bits)
+end
+local blocks = {}
+if tickets > window_end then blocks = redis.call('HGETALL', K_LIVE) end
 
 -- Ended sessions since the replica's last read. A new replica, or one that fell
 -- behind the capped stream, gets every revocation still in force instead.
@@ -127,4 +145,5 @@ return {
   redis.call('ZCARD', K_INVITED), minute, now_ms,
   s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
   expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
+  front, blocks,
 }

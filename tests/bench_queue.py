@@ -1,0 +1,278 @@
+"""Queue-side figures measured in one run (``make bench`` runs it after ``tests.bench``).
+
+1. Joins: newcomers per second through the sidecar's ``/_anteroom/auth``
+   (coalesced: one script call per batch) vs an aiohttp handler that runs one
+   EVALSHA per newcomer against the same Redis, both driven by wrk.
+2. Status polls: ``/_anteroom/status`` of a waiter vs a trivial 204 handler.
+3. Bursts: N simultaneous newcomers through nginx (1 and 2 sidecar processes):
+   answers by status, 5xx, admitted without a valid cookie, tickets minted vs
+   newcomers, p50/p99 time to answer.
+4. Redis bytes per waiter with 100k and 1M people in line.
+
+Only ratios (and per-waiter bytes) are meaningful: everything shares two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+from redis.asyncio import Redis
+
+from sidecar.config import QueueSettings
+from sidecar.engine import Engine, QueueRef
+from sidecar.stack import Stack, free_port, wait_for_port
+from tests.bench import CONNECTIONS, DURATION, ROUNDS
+
+ONE_CALL_JOIN = """
+local t = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], -1, t)
+return t
+"""
+
+
+def one_evalsha_per_join(port: int, redis_url: str) -> None:
+    """The ceiling coalescing removes: a handler that takes a ticket with one
+    EVALSHA per request (what each join cost before)."""
+    import uvloop
+    from aiohttp import web
+
+    async def make() -> web.Application:
+        redis = Redis.from_url(redis_url, max_connections=72)
+        script = redis.register_script(ONE_CALL_JOIN)
+        keys = ["aq:{bench:single}:tickets", "aq:{bench:single}:waiting"]
+
+        async def handle(request: web.Request) -> web.Response:
+            await script(keys=keys)
+            return web.Response(status=401)
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handle)
+        return app
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(make(), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def wrk_any(url: str, headers: dict[str, str]) -> float:
+    """wrk's requests/s; non-2xx answers (401 "wait") are what is measured here."""
+    import re
+
+    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None or "Socket errors" in out:
+        raise RuntimeError(f"wrk run failed or saw errors:\n{out}")
+    return float(m.group(1))
+
+
+async def burst(url: str, n: int) -> dict[str, object]:
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timings: list[float] = []
+    statuses: list[int] = []
+    cookies: list[str | None] = []
+
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(60)
+    ) as http:
+
+        async def one() -> None:
+            t = time.monotonic()
+            try:
+                async with http.get(url + "/shop/", allow_redirects=False) as r:
+                    await r.read()
+                    statuses.append(r.status)
+                    cookies.append(r.headers.get("Set-Cookie"))
+            except aiohttp.ClientError:
+                statuses.append(0)
+                cookies.append(None)
+            timings.append(time.monotonic() - t)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    counts = Counter(statuses)
+    tickets = {c.split("|")[4] for c in cookies if c}
+    no_cookie_admitted = sum(
+        1 for s, c in zip(statuses, cookies, strict=True) if s == 200 and not c
+    )
+    timings.sort()
+    return {
+        "answers": dict(sorted(counts.items())),
+        "5xx": sum(v for k, v in counts.items() if k >= 500 or k == 0),
+        "admitted_without_cookie": no_cookie_admitted,
+        "tickets": len(tickets),
+        "p50": statistics.median(timings),
+        "p99": timings[int(len(timings) * 0.99) - 1],
+    }
+
+
+async def bytes_per_waiter(redis_url: str, n: int) -> float:
+    redis = Redis.from_url(redis_url)
+    engine = Engine(redis)
+    q = QueueRef("bench", f"mem{n}")
+    s = QueueSettings(capacity=1)
+    await engine.join_many(q, ["holder"], s)
+    before = int((await redis.info("memory"))["used_memory"])
+    for i in range(0, n, 5000):
+        await engine.join_many(q, [f"s{j}" for j in range(i, min(n, i + 5000))], s)
+    after = int((await redis.info("memory"))["used_memory"])
+    await redis.flushall()
+    await redis.aclose()
+    return (after - before) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", nargs="?", default="all")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--redis")
+    args = parser.parse_args()
+    if args.what == "single":
+        one_evalsha_per_join(args.port, args.redis)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk not found; apt-get install -y wrk")
+    work = Path(tempfile.mkdtemp(prefix="anteroom-bench-queue-"))
+    env = {
+        "ANTEROOM_CAPACITY": "3",
+        "ANTEROOM_SESSION_TTL": "600",
+        "ANTEROOM_LOG_LEVEL": "warning",
+    }
+    rows: list[tuple[str, str, str]] = []
+    bursts: list[tuple[int, int, dict[str, object]]] = []
+    stack = Stack(workdir=work, env=env, inherit_env=False).start()
+    port = free_port()
+    single = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench_queue",
+            "single",
+            "--port",
+            str(port),
+            "--redis",
+            stack.redis_url,
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    trivial_port = free_port()
+    trivial = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench", "trivial", "--port", str(trivial_port)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    try:
+        wait_for_port(port, single, "one-EVALSHA handler", work / "none.log")
+        wait_for_port(trivial_port, trivial, "trivial handler", work / "none.log")
+        join_headers = {"X-Anteroom-Queue": "bench", "X-Original-URI": "/shop/"}
+        auth = f"http://127.0.0.1:{stack.sidecar_port}/_anteroom/auth"
+        # a waiter's cookie for the status polls
+        r = subprocess.run(
+            ["curl", "-s", "-D", "-", "-o", "/dev/null", stack.url + "/shop/"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for _ in range(4):  # fill the capacity: the next is a waiter
+            r = subprocess.run(
+                ["curl", "-s", "-D", "-", "-o", "/dev/null", stack.url + "/shop/"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        cookie = next(
+            line.split(":", 1)[1].strip().split(";")[0]
+            for line in r.stdout.splitlines()
+            if line.lower().startswith("set-cookie:")
+        )
+        runs = {
+            "joins": (auth, join_headers),
+            "single": (f"http://127.0.0.1:{port}/", {}),
+            "status": (stack.url + "/_anteroom/status?queue=shop", {"Cookie": cookie}),
+            "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
+        }
+        best: dict[str, float] = {}
+        for _ in range(ROUNDS):
+            for name, (url, headers) in runs.items():
+                best[name] = max(best.get(name, 0.0), wrk_any(url, headers))
+        rows += [
+            ("one EVALSHA per newcomer (aiohttp handler)", f"{best['single']:,.0f}", "1.00"),
+            (
+                "coalesced joins, sidecar `/_anteroom/auth`",
+                f"{best['joins']:,.0f}",
+                f"{best['joins'] / best['single']:.2f}",
+            ),
+            ("trivial aiohttp 204 handler", f"{best['plain']:,.0f}", "1.00"),
+            (
+                "status poll of a waiter, through nginx",
+                f"{best['status']:,.0f}",
+                f"{best['status'] / best['plain']:.2f}",
+            ),
+        ]
+    finally:
+        single.terminate()
+        trivial.terminate()
+        single.wait()
+        trivial.wait()
+        stack.stop()
+
+    for workers in (1, 2):
+        for n in (1_000, 5_000, 10_000):
+            d = work / f"burst-{workers}-{n}"
+            s = Stack(
+                workdir=d,
+                env={**env, "ANTEROOM_WORKERS": str(workers)},
+                inherit_env=False,
+                nginx_workers=2,
+            ).start()
+            try:
+                time.sleep(0.5)
+                bursts.append((workers, n, asyncio.run(burst(s.url, n))))
+            finally:
+                s.stop()
+
+    mem = Stack(workdir=work / "mem", inherit_env=False)
+    mem.workdir.mkdir(parents=True, exist_ok=True)
+    mem.start_redis()
+    try:
+        per_waiter = {
+            n: asyncio.run(bytes_per_waiter(mem.redis_url, n)) for n in (100_000, 1_000_000)
+        }
+    finally:
+        mem.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s, {os.cpu_count()} cores, best of {ROUNDS}\n")
+    print("| what | requests/s | ratio |")
+    print("|---|---:|---:|")
+    for label, rps, ratio in rows:
+        print(f"| {label} | {rps} | {ratio} |")
+    print(
+        "\n| sidecar processes | newcomers at once | answers | 5xx | admitted without cookie"
+        " | tickets minted | p50 | p99 |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for workers, n, b in bursts:
+        answers = ", ".join(f"{k}: {v}" for k, v in b["answers"].items())  # type: ignore[attr-defined]
+        print(
+            f"| {workers} | {n:,} | {answers} | {b['5xx']} | {b['admitted_without_cookie']} |"
+            f" {b['tickets']:,} | {b['p50']:.2f} s | {b['p99']:.2f} s |"
+        )
+    print("\n| people in line | Redis bytes per waiter |")
+    print("|---:|---:|")
+    for n, size in per_waiter.items():
+        print(f"| {n:,} | {size:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
