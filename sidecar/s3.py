@@ -8,6 +8,7 @@ publisher puts a few dozen small files: boto3's weight buys nothing here.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -168,6 +169,12 @@ class S3:
         status, headers, _ = self._send("HEAD", key)
         if status == 404:
             return None
+        if status == 403:
+            raise S3Error(
+                f"HEAD {self._path(key)}: access denied (HTTP 403): check the credentials "
+                "(ANTEROOM_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID), ANTEROOM_S3_REGION and "
+                "that they may read and write the bucket"
+            )
         if status != 200:
             raise S3Error(f"HEAD {self._path(key)}: HTTP {status}")
         return ObjectInfo(
@@ -201,8 +208,6 @@ class S3:
 
 
 def _md5_b64(body: bytes) -> str:
-    import base64
-
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
