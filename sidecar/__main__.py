@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     pages = sub.add_parser("pages", help="build or publish the waiting pages")
     pages_sub = pages.add_subparsers(dest="pages_command", required=True)
     pbuild = pages_sub.add_parser("build", help="render to a folder (same as build-pages)")
-    pbuild.add_argument("--out", required=True, help="output folder (served as /_anteroom/waiting/)")
+    pbuild.add_argument("--out", required=True, help="output folder, as for build-pages")
     publish = pages_sub.add_parser(
         "publish", help="upload to the S3 bucket named by ANTEROOM_S3_* (changed objects only)"
     )

@@ -20,7 +20,8 @@ ON_REDIS_ERROR = ("wait", "open")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
-HOST_RE = re.compile(r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 DEMO_SECRET = "anteroom-demo-secret-not-for-production"
 

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.message import Message
 from urllib.parse import quote, urlsplit
 
 from .config import ConfigError
@@ -147,7 +148,7 @@ class S3:
 
     def _send(
         self, method: str, key: str, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> tuple[int, Message[str, str], bytes]:
         path = self._path(key)
         signed = sign(self.s, method, path, headers or {}, hashlib.sha256(body).hexdigest())
         req = urllib.request.Request(

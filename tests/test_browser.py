@@ -168,9 +168,10 @@ async def test_second_tenant_themed_page_walks_through_to_admission(
             await laptop.goto(site + "/_anteroom/waiting/concerts/?return_to=/q/concert/")
             await laptop.wait_for("document.getElementById('position').textContent === '3'")
             assert await laptop.evaluate("document.documentElement.lang") == "de"
-            assert await laptop.evaluate(
-                "document.getElementById('ahead').textContent"
-            ) == "2 Personen vor Ihnen"
+            assert (
+                await laptop.evaluate("document.getElementById('ahead').textContent")
+                == "2 Personen vor Ihnen"
+            )
             await laptop.screenshot(shots / "waiting-tickets-laptop-de.png")
             await laptop.close()
 

@@ -112,7 +112,10 @@ hosts = ["beta.test"]
         ("[tenants.acme]\nhosts = ['shop.example:8080']", "tenants.acme.hosts"),
         ("[tenants.acme]\nhosts = ['https://shop.example']", "tenants.acme.hosts"),
         ("[tenants.acme]\nhosts = ['shop.*.example']", "tenants.acme.hosts"),
-        ("[tenants.a]\nhosts = ['*.x.example']\n[tenants.b]\nhosts = ['*.X.example']", "tenants.b.hosts"),
+        (
+            "[tenants.a]\nhosts = ['*.x.example']\n[tenants.b]\nhosts = ['*.X.example']",
+            "tenants.b.hosts",
+        ),
         ("[tenants.acme]\nhosts = ['a']\nlanguage = 'French'", "tenants.acme.language"),
     ],
 )

@@ -101,9 +101,7 @@ def test_second_publish_uploads_nothing(site: Stack, s3: S3Server) -> None:
     assert len(done.unchanged) >= 12
 
 
-def test_theme_change_uploads_only_what_changed(
-    site: Stack, s3: S3Server, tmp_path: Path
-) -> None:
+def test_theme_change_uploads_only_what_changed(site: Stack, s3: S3Server, tmp_path: Path) -> None:
     themes = tmp_path / "themes"
     shutil.copytree(Path(__file__).resolve().parent.parent / "theme_assets", themes)
     settings = S3Settings.from_env(s3.env("changing"))
