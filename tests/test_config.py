@@ -207,3 +207,25 @@ def test_a_tenant_language_the_theme_lacks_is_named(tmp_path: Path) -> None:
     c = load(toml(tmp_path, "[tenants.acme]\nhosts = ['a']\nlanguage = 'de'"), serving=False)
     with pytest.raises(ConfigError, match=r"tenants\.acme\.language: .*'de'.*en, fr"):
         build_pages(c, tmp_path / "out")
+
+
+def test_pages_build_is_build_pages_and_publish_names_missing_settings(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "pages", "build", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "_anteroom" / "waiting" / "default" / "index.fr.html").is_file()
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "pages", "publish"],
+        env={**env, "ANTEROOM_S3_ENDPOINT": "https://s3.example", "ANTEROOM_S3_BUCKET": "b"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "ANTEROOM_S3_BUCKET" in r.stderr

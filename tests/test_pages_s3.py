@@ -161,6 +161,14 @@ async def test_a_waiter_lands_on_the_page_from_the_bucket(site: Stack) -> None:
             assert '<h1 id="heading">You&#39;re in line</h1>' in await r.text()
 
 
+def test_a_wrong_secret_is_refused_with_a_clear_message(site: Stack, s3: S3Server) -> None:
+    from sidecar.s3 import S3Error
+
+    env = {**s3.env("site"), "ANTEROOM_S3_SECRET_ACCESS_KEY": "not-the-secret"}
+    with pytest.raises(S3Error, match="access denied"):
+        publish(config_of(site), S3Settings.from_env(env))
+
+
 async def test_cached_page_is_served_while_the_bucket_is_down(site: Stack, s3: S3Server) -> None:
     """Runs last in this module: it stops the S3 server."""
     page = site.url + "/_anteroom/waiting/gigs/"
