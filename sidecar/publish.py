@@ -2,8 +2,9 @@
 
 Renders what ``build-pages`` writes and uploads only what changed: an object
 is put again when its MD5 (the ETag of a single PUT), Content-Type or
-Cache-Control differ from what the bucket holds. Within a tenant, assets go
-up before the pages that link them, so a page never names a missing file.
+Cache-Control differ from what the bucket holds (one HEAD each). Within a
+tenant, assets go up before the pages that link them, so a page never names
+a missing file.
 Old fingerprinted assets stay (a cached old page may still ask for them);
 a bucket lifecycle rule can expire them.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path, PurePosixPath
 
 from .config import Config
-from .s3 import S3, S3Settings
+from .s3 import S3, ObjectInfo, S3Settings
 from .themes import FIXED_NAMES, HASHED_RE, render_tenant
 
 CONTENT_TYPES = {
@@ -38,6 +41,7 @@ CONTENT_TYPES = {
 IMMUTABLE = "public, max-age=31536000, immutable"
 # pages and keepalive.js keep their names: browsers revalidate every time
 REVALIDATE = "no-cache"
+PARALLEL = 8  # requests in flight
 
 
 def content_type(name: str) -> str:
@@ -68,21 +72,35 @@ def publish(
     if create_bucket and not dry_run:
         client.create_bucket()
     done = Published()
-    for tenant in config.tenants:
-        for name, data in render_tenant(tenant, root).items():
-            key = f"{settings.prefix}_anteroom/waiting/{tenant.name}/{name}"
-            ctype, cache = content_type(name), cache_control(name)
-            have = client.head(key)
-            if (
-                have is not None
-                and have.etag == hashlib.md5(data).hexdigest()
-                and have.content_type == ctype
-                and have.cache_control == cache
+    # a few requests in flight: a deployment of many tenants publishes in seconds
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for tenant in config.tenants:
+            base = f"{settings.prefix}_anteroom/waiting/{tenant.name}/"
+            files = {base + name: data for name, data in render_tenant(tenant, root).items()}
+            held = dict(zip(files, pool.map(client.head, files), strict=True))
+            changed = [key for key, data in files.items() if not _same(held[key], key, data)]
+            done.unchanged += [key for key in files if key not in changed]
+            # assets first, then the pages that link them
+            for batch in (
+                [k for k in changed if not k.endswith(".html")],
+                [k for k in changed if k.endswith(".html")],
             ):
-                done.unchanged.append(key)
-                continue
-            if not dry_run:
-                client.put(key, data, ctype, cache)
-            done.uploaded.append(key)
-            say(f"{'would upload' if dry_run else 'uploaded'} {key}")
+                if not dry_run:
+                    list(pool.map(_put, repeat(client), batch, [files[k] for k in batch]))
+                for key in batch:
+                    done.uploaded.append(key)
+                    say(f"{'would upload' if dry_run else 'uploaded'} {key}")
     return done
+
+
+def _same(have: ObjectInfo | None, key: str, data: bytes) -> bool:
+    return (
+        have is not None
+        and have.etag == hashlib.md5(data).hexdigest()
+        and have.content_type == content_type(key)
+        and have.cache_control == cache_control(key)
+    )
+
+
+def _put(client: S3, key: str, data: bytes) -> None:
+    client.put(key, data, content_type(key), cache_control(key))
