@@ -111,7 +111,9 @@ def test_theme_change_uploads_only_what_changed(site: Stack, s3: S3Server, tmp_p
 
     css = themes / "tickets" / "waiting.css.j2"
     css.write_text(css.read_text().replace("#c2185b", "#00796b"))
+    dry = publish(config, settings, root=themes, dry_run=True)
     second = publish(config, settings, root=themes)
+    assert dry.uploaded == second.uploaded  # the dry run said so, and put nothing
     gigs = "changing/_anteroom/waiting/gigs/"
     changed = sorted(k.removeprefix(gigs) for k in second.uploaded)
     # the new stylesheet under a new name, and the pages that link it; nothing else
