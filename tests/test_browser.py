@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.stack import Stack
 from tests.browser import Browser, chromium_path
-from tests.conftest import eventually, make_stack
+from tests.conftest import FAST, QUEUE_LOCATIONS, eventually, make_stack
 from tests.visitors import Visitor
 
 pytestmark = [
@@ -60,7 +60,7 @@ async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Pa
             png = await page.screenshot(shots / "waiting-phone.png")
             assert png.stat().st_size > 10_000
 
-            laptop = await browser.page(1366, 768)
+            laptop = await browser.page(1366, 900)
             await laptop.goto(one_seat.url + "/_anteroom/waiting/acme/?return_to=/q/browser/")
             # a second visitor: sent to the page without a place, it takes one (5th)
             await laptop.wait_for("document.getElementById('position').textContent === '5'")
@@ -104,3 +104,83 @@ async def test_keepalive_script_holds_the_session_while_the_page_is_open(
             return bool((await waiter.status())["state"] == "admitted")
 
         await eventually(admitted, within=10)
+
+
+CONCERTS_TOML = """
+[tenants.main]
+hosts = ["*"]
+title = "Demo shop"
+
+[tenants.concerts]
+hosts = ["concerts.localhost", "*.concerts.localhost"]
+title = "Concert Hall"
+theme = "tickets"
+"""
+
+
+@pytest.fixture(scope="module")
+def concerts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("concerts")
+    (work / "anteroom.toml").write_text(CONCERTS_TOML)
+    s = Stack(
+        workdir=work,
+        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml"), "ANTEROOM_CAPACITY": "1"},
+        extra_locations=QUEUE_LOCATIONS,
+        inherit_env=False,
+    ).start()
+    yield s
+    s.stop()
+
+
+async def test_second_tenant_themed_page_walks_through_to_admission(
+    concerts: Stack, tmp_path: Path
+) -> None:
+    """The concerts tenant, on its own host name, shows the tickets theme in the
+    browser's language and lets the visitor in when their turn comes."""
+    host = f"concerts.localhost:{concerts.site_port}"
+    site = f"http://{host}"
+    path = "/q/concert/seats"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        holder = Visitor(http, concerts.url, host)
+        assert (await holder.get(path)).status == 200
+        ahead = [Visitor(http, concerts.url, host) for _ in range(2)]
+        for v in ahead:
+            assert (await v.get(path)).status == 302
+
+        async with Browser() as browser:
+            shots = shots_dir(tmp_path)
+            page = await browser.page(390, 844, mobile=True)
+            await page.goto(site + path)  # Chromium resolves *.localhost to loopback
+            await page.wait_for("location.pathname === '/_anteroom/waiting/concerts/'")
+            await page.wait_for("document.getElementById('position').textContent === '3'")
+            heading = await page.evaluate("document.getElementById('heading').textContent")
+            assert heading == "You're in the ticket queue"
+            assert await page.evaluate(
+                "document.querySelector('img.logo').naturalWidth > 0"
+                " && getComputedStyle(document.body).backgroundColor === 'rgb(26, 16, 51)'"
+            )
+            await page.screenshot(shots / "waiting-tickets-phone.png")
+
+            # a German browser gets the German page of the same theme
+            laptop = await browser.page(1366, 900)
+            await laptop.send(
+                "Emulation.setUserAgentOverride", userAgent="Mozilla/5.0", acceptLanguage="de-DE"
+            )
+            await laptop.goto(site + "/_anteroom/waiting/concerts/?return_to=/q/concert/")
+            await laptop.wait_for("document.getElementById('position').textContent === '3'")
+            assert await laptop.evaluate("document.documentElement.lang") == "de"
+            assert (
+                await laptop.evaluate("document.getElementById('ahead').textContent")
+                == "2 Personen vor Ihnen"
+            )
+            await laptop.screenshot(shots / "waiting-tickets-laptop-de.png")
+            await laptop.close()
+
+            await holder.post("/_anteroom/leave")
+            for v in ahead:
+                await v.post("/_anteroom/leave")
+            await page.wait_for(f"location.pathname === '{path}'", within=30)
+            await page.wait_for("document.body && document.body.dataset.origin === 'demo'")
+            assert await page.evaluate("location.host") == host
+            png = await page.screenshot(shots / "admitted-tickets-phone.png")
+            assert png.stat().st_size > 5_000

@@ -109,6 +109,14 @@ hosts = ["beta.test"]
         ),
         ("[tenants.a]\nhosts = ['x']\n[tenants.b]\nhosts = ['x']", "tenants.b.hosts"),
         ("[tenants.acme\nhosts = ['a']", "ANTEROOM_CONFIG"),
+        ("[tenants.acme]\nhosts = ['shop.example:8080']", "tenants.acme.hosts"),
+        ("[tenants.acme]\nhosts = ['https://shop.example']", "tenants.acme.hosts"),
+        ("[tenants.acme]\nhosts = ['shop.*.example']", "tenants.acme.hosts"),
+        (
+            "[tenants.a]\nhosts = ['*.x.example']\n[tenants.b]\nhosts = ['*.X.example']",
+            "tenants.b.hosts",
+        ),
+        ("[tenants.acme]\nhosts = ['a']\nlanguage = 'French'", "tenants.acme.language"),
     ],
 )
 def test_invalid_toml_is_named(tmp_path: Path, text: str, named: str) -> None:
@@ -146,3 +154,78 @@ def test_from_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ANTEROOM_SECRETS", "x" * 16)
     monkeypatch.setenv("ANTEROOM_COOKIE_NAME", "queue_pass")
     assert Config.from_env().cookie_name == "queue_pass"
+
+
+def test_hosts_most_specific_first(tmp_path: Path) -> None:
+    c = load(
+        toml(
+            tmp_path,
+            """
+[tenants.any]
+hosts = ["*"]
+[tenants.tix]
+hosts = ["tickets.example", "*.tickets.example"]
+[tenants.vip]
+hosts = ["vip.tickets.example"]
+[tenants.eu]
+hosts = ["*.eu.tickets.example"]
+[tenants.v6]
+hosts = ["[::1]", "127.0.0.1"]
+""",
+        )
+    )
+    expect = {
+        "tickets.example": "tix",
+        "a.tickets.example": "tix",
+        "a.b.tickets.example": "tix",
+        "vip.tickets.example": "vip",  # an exact name beats any wildcard
+        "eu.tickets.example": "tix",  # *.eu.… is for subdomains of eu only
+        "fr.eu.tickets.example": "eu",  # the nearer wildcard wins
+        "x.fr.eu.tickets.example": "eu",
+        "tickets.example.org": "any",
+        "xtickets.example": "any",
+        "[::1]": "v6",
+        "127.0.0.1": "v6",
+        "": "any",
+    }
+    for host, name in expect.items():
+        tenant = c.tenant_for_host(host)
+        assert tenant is not None and tenant.name == name, host
+
+
+def test_no_catch_all_means_unknown_hosts_have_no_tenant(tmp_path: Path) -> None:
+    c = load(toml(tmp_path, "[tenants.tix]\nhosts = ['*.tickets.example']"))
+    assert c.tenant_for_host("tickets.example") is None
+    assert c.tenant_for_host("evil.example") is None
+    tenant = c.tenant_for_host("a.tickets.example")
+    assert tenant is not None and tenant.name == "tix"
+
+
+def test_a_tenant_language_the_theme_lacks_is_named(tmp_path: Path) -> None:
+    from sidecar.themes import build_pages
+
+    c = load(toml(tmp_path, "[tenants.acme]\nhosts = ['a']\nlanguage = 'de'"), serving=False)
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.language: .*'de'.*en, fr"):
+        build_pages(c, tmp_path / "out")
+
+
+def test_pages_build_is_build_pages_and_publish_names_missing_settings(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "pages", "build", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "_anteroom" / "waiting" / "default" / "index.fr.html").is_file()
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "pages", "publish"],
+        env={**env, "ANTEROOM_S3_ENDPOINT": "https://s3.example", "ANTEROOM_S3_BUCKET": "b"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "ANTEROOM_S3_BUCKET" in r.stderr

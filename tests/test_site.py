@@ -4,6 +4,7 @@ Redis and an origin, as a visitor's browser (or an API client) sees them."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from urllib.parse import parse_qs, quote, urlsplit
@@ -258,16 +259,22 @@ async def test_no_javascript_path_by_redirects(visitor) -> None:
 
 async def test_waiting_page_assets(visitor) -> None:
     v = visitor()
-    for name, ctype in [
-        ("", "text/html"),
-        ("waiting.css", "text/css"),
-        ("waiting.js", "application/javascript"),
-        ("keepalive.js", "application/javascript"),
+    page = await v.get(WAITING_PAGE)
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "Acme Tickets" in page.text
+    css = re.search(r'href="(waiting\.[0-9a-f]{10}\.css)"', page.text)
+    js = re.search(r'src="(waiting\.[0-9a-f]{10}\.js)"', page.text)
+    assert css and js, page.text
+    for name, ctype, cache in [
+        (css.group(1), "text/css", "immutable"),
+        (js.group(1), "application/javascript", "immutable"),
+        ("keepalive.js", "application/javascript", "no-cache"),
     ]:
         r = await v.get(WAITING_PAGE + name)
         assert r.status == 200, name
         assert r.headers["Content-Type"].startswith(ctype), (name, r.headers["Content-Type"])
-    assert "Acme Tickets" in (await v.get(WAITING_PAGE)).text
+        assert cache in r.headers["Cache-Control"], (name, r.headers["Cache-Control"])
+    assert page.headers["Cache-Control"] == "no-cache"
 
 
 async def test_many_simultaneous_newcomers(visitor) -> None:
