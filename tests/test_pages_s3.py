@@ -157,7 +157,7 @@ async def test_a_waiter_lands_on_the_page_from_the_bucket(site: Stack) -> None:
         async with http.get(site.url + "/q/s3gate/", allow_redirects=False) as r:
             assert r.status == 302
             location = r.headers["Location"]
-        assert location.startswith("/_anteroom/waiting/acme/?return_to=")
+        assert location.startswith("/_anteroom/waiting/acme/?queue=s3gate&return_to=")
         async with http.get(site.url + location) as r:
             assert r.status == 200 and "X-Anteroom-Cache" in r.headers
             assert '<h1 id="heading">You&#39;re in line</h1>' in await r.text()

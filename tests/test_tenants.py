@@ -103,15 +103,15 @@ async def test_keys_settings_and_cookies_stay_per_tenant(sites: Stack, http) -> 
     # a shop cookie that admits on shop does not admit on tix (same queue name)
     admitted_shop_cookie = shop[0].cookie
     assert (await shop[0].get(path)).status == 200
-    replay = Visitor(http, sites.url, "a.tickets.localhost", cookie=admitted_shop_cookie)
+    replay = Visitor(http, sites.url, "a.tickets.localhost", cookies=dict(shop[0].cookies))
     r = await replay.get(path)
     assert r.status == 302  # treated as no cookie: joins tix's line, which is full
     assert replay.cookie != admitted_shop_cookie and tenant_of(replay) == "tix"
     # and a tix cookie does not admit on vip, though vip is a subdomain of tickets
-    replay_vip = Visitor(http, sites.url, "vip.tickets.localhost", cookie=tix[0].cookie)
+    replay_vip = Visitor(http, sites.url, "vip.tickets.localhost", cookies=dict(tix[0].cookies))
     assert (await replay_vip.get(path)).status == 200  # joined vip's own empty line
     assert tenant_of(replay_vip) == "vip"
-    status = await Visitor(http, sites.url, "shop.localhost", cookie=tix[1].cookie).status()
+    status = await Visitor(http, sites.url, "shop.localhost", cookies=dict(tix[1].cookies)).status()
     assert status["state"] == "none"  # a tix place means nothing on shop
 
     # one keyspace per tenant in Redis
