@@ -8,8 +8,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 from aiohttp import web
 
@@ -33,13 +35,15 @@ def serve(config: Config) -> None:
         pass
     parent = os.getpid()
     children = []
+    # workers hand their metrics to worker 0 (which serves /metrics) through this folder
+    metrics_dir = tempfile.mkdtemp(prefix="anteroom-metrics-") if config.workers > 1 else None
     for worker in range(1, config.workers):
         pid = os.fork()  # before any loop or connection exists
         if pid == 0:
             code = 1
             try:
                 _die_with(parent)
-                _run(config, worker)
+                _run(config, worker, metrics_dir)
                 code = 0
             except BaseException:
                 log.exception("worker failed", extra={"worker": worker})
@@ -47,7 +51,7 @@ def serve(config: Config) -> None:
                 os._exit(code)  # never run the parent's cleanup in a child
         children.append(pid)
     try:
-        _run(config, 0)
+        _run(config, 0, metrics_dir)
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -55,9 +59,11 @@ def serve(config: Config) -> None:
         for pid in children:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run(config: Config, worker: int) -> None:
+def _run(config: Config, worker: int, metrics_dir: str | None = None) -> None:
     log.info(
         "starting",
         extra={
@@ -69,7 +75,7 @@ def _run(config: Config, worker: int) -> None:
         },
     )
     web.run_app(
-        create_app(config),
+        create_app(config, worker, metrics_dir),
         host=config.listen_host,
         port=config.listen_port,
         reuse_port=config.workers > 1,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .config import QueueSettings
 from .keys import (
@@ -26,6 +27,7 @@ from .keys import (
     QueueKeys,
     queue_keys,
 )
+from .metrics import Metrics
 
 
 class QueueRef(NamedTuple):
@@ -90,8 +92,14 @@ class Engine:
     """Works with one Redis (batches are pipelined) or a Redis Cluster (batches run
     concurrently: EVALSHA cannot be pipelined across slots; each queue is one slot)."""
 
-    def __init__(self, redis: Redis | RedisCluster, purge_slack_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        purge_slack_ms: int = 2000,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.redis = redis
+        self.metrics = metrics or Metrics()
         self.purge_slack_ms = purge_slack_ms
         self._cluster = isinstance(redis, RedisCluster)
         self._sources = {name: _source(name) for name in SCRIPTS}
@@ -104,16 +112,32 @@ class Engine:
             await self.redis.script_load(src)
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        started = time.perf_counter()  # metrics: latency and errors by operation
         try:
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
         except NoScriptError:
             await self.load_scripts()
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        except (RedisError, OSError):
+            self.metrics.redis_error(name)
+            raise
+        finally:
+            self.metrics.redis_call(name, time.perf_counter() - started)
 
     async def _batch(self, calls: Sequence[Call]) -> list[Any]:
         """Several calls in one round trip (one per shard on a cluster)."""
         if self._cluster:
             return list(await asyncio.gather(*(self._call(*c) for c in calls)))
+        started = time.perf_counter()  # metrics: latency and errors by operation
+        try:
+            return await self._batch_pipelined(calls)
+        except (RedisError, OSError):
+            self.metrics.redis_error(calls[0][0])
+            raise
+        finally:
+            self.metrics.redis_call(calls[0][0], time.perf_counter() - started)
+
+    async def _batch_pipelined(self, calls: Sequence[Call]) -> list[Any]:
         replies = await self._pipeline(calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self.load_scripts()
@@ -163,6 +187,7 @@ class Engine:
                 some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
                 args = [ttl * 1000, len(some_sids), *some_sids, *some_tickets]
                 calls.append(("heartbeat", q.keys.all(), args))
+        self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
         await self._batch(calls)
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:

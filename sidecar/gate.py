@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from .config import NAME_RE, Config, QueueSettings, Tenant
 from .engine import Claim, Engine, QueueRef, QueueState
+from .metrics import Metrics
 from .refresher import Refresher, TooManyQueues
 from .tokens import ADMITTED, WAITING, Signer, Token, cookie_value, new_session_id
 
@@ -25,6 +26,7 @@ log = logging.getLogger("sidecar.gate")
 
 WAITING_TOKEN_TTL = 12 * 3600  # a place in line outlives the longest sale
 MAX_RETURN_TO = 2048
+NO_QUEUE = ("", "")  # metrics label for requests no queue can be named for
 
 
 def safe_path(value: str | None) -> str | None:
@@ -56,6 +58,7 @@ class Gate:
     def __init__(self, config: Config, engine: Engine, refresher: Refresher) -> None:
         self.config = config
         self.engine = engine
+        self.metrics: Metrics = engine.metrics
         self.refresher = refresher
         self.signer = Signer(config.secrets)
         self._last_down_log = 0.0
@@ -129,6 +132,7 @@ class Gate:
         tenant = self.tenant(request)
         if tenant is None:
             log.warning("unknown host", extra={"host": request.host})
+            self.metrics.decision(NO_QUEUE, "refused")
             return web.Response(status=403)
         queue = request.headers.get("X-Anteroom-Queue", "")
         if not NAME_RE.match(queue):
@@ -136,6 +140,7 @@ class Gate:
                 "bad queue name from nginx: set $anteroom_queue before including gate.conf",
                 extra={"queue": queue[:80], "uri": request.headers.get("X-Original-URI", "")[:200]},
             )
+            self.metrics.decision((tenant.name, ""), "refused")
             return web.Response(status=403)
         q = QueueRef(tenant.name, queue)
         state = self.refresher.states.get(q)
@@ -144,10 +149,13 @@ class Gate:
                 state = await self.refresher.state(q, tenant.settings_for(queue))
         except TooManyQueues:
             log.error("too many queues; check the nginx config", extra={"queue": str(q)})
+            self.metrics.decision(q, "refused")
             return web.Response(status=403)
         except (RedisError, OSError) as e:
+            self.metrics.decision(q, "redis_error")
             return self._redis_down(tenant, tenant.settings_for(queue), e, request)
         if state.settings.mode == "off":
+            self.metrics.decision(q, "off")
             return web.Response(status=204)
 
         now = int(time.time())
@@ -157,10 +165,12 @@ class Gate:
         if tok is not None and tok.sid in self.refresher.revoked:
             # ended (left, revoked) yet presented again: a replay, refused
             log.info("revoked session refused", extra={"queue": str(q), "ticket": tok.ticket})
+            self.metrics.decision(q, "refused")
             return web.Response(status=403)
         if tok is not None and tok.state == ADMITTED:
             resp = web.Response(status=204)
             self.keep_alive(q, tok, state, resp, now)
+            self.metrics.decision(q, "admitted")
             return resp
 
         # where this request wanted to go: the waiting page sends them back there
@@ -169,9 +179,11 @@ class Gate:
             if tok is not None:
                 self.refresher.touch_waiter(q, tok.ticket)
                 if tok.ticket > state.serving:
+                    self.metrics.decision(q, "waiting")
                     return self._wait(tenant, return_to)
                 new = await self.claim(q, tok, state, now)
                 if new is None:
+                    self.metrics.decision(q, "waiting")
                     return self._wait(tenant, return_to)
             else:
                 new = await self.join(q, state.settings, return_to, now)
@@ -181,15 +193,19 @@ class Gate:
                 )
         except (RedisError, OSError) as e:
             if tok is not None:
+                self.metrics.decision(q, "waiting")
                 return self._wait(tenant, return_to)
+            self.metrics.decision(q, "redis_error")
             return self._redis_down(tenant, state.settings, e, request)
 
         if new.admitted:
             resp = web.Response(status=204)
             self.set_cookie(resp, new, now)
+            self.metrics.decision(q, "entered")
             return resp
         resp = self._wait(tenant, return_to)
         self.set_cookie(resp, new, now)
+        self.metrics.decision(q, "waiting")
         return resp
 
     def _wait(self, tenant: Tenant, return_to: str, retry_after: int = 5) -> web.Response:

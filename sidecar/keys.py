@@ -17,6 +17,15 @@ ENDED_STREAM_MAXLEN = 10_000
 HEARTBEAT_CHUNK = 500
 # Invitations handed out per advance at most, so one script call stays short.
 ADVANCE_MAX_STEPS = 1_000
+# Operator changes, newest first; a list capped at this length (LTRIM).
+AUDIT_KEY = PREFIX + ":admin:audit"
+AUDIT_MAXLEN = 1_000
+# Dashboard history: one point per queue every HISTORY_STEP seconds, an hour kept.
+HISTORY_STEP = 5
+HISTORY_SECONDS = 3_600
+# Queues found in Redis by the admin (SCAN for their ticket counters), at most.
+SCAN_MAX_QUEUES = 1_000
+TICKETS_PATTERN = PREFIX + ":{*}:tickets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,7 @@ class QueueKeys:
     settings: str  # HASH of operator overrides (mode, capacity, ...)
     ended: str  # STREAM of ended session ids, for revocation on every replica
     revoked: str  # ZSET session id -> unix second its cookie expires; heartbeats skip these
+    history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
 
     def all(self) -> list[str]:
         return [
@@ -57,4 +67,14 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         settings=base + "settings",
         ended=base + "ended",
         revoked=base + "revoked",
+        history=base + "history",
     )
+
+
+def queue_of_tickets_key(key: str) -> tuple[str, str] | None:
+    """(tenant, queue) of a key ``aq:{tenant:queue}:tickets``, else None."""
+    head, tail = f"{PREFIX}:{{", "}:tickets"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    tenant, sep, queue = key[len(head) : -len(tail)].partition(":")
+    return (tenant, queue) if sep else None
