@@ -130,6 +130,7 @@ class Stack:
     workdir: Path
     site_port: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)  # the first sidecar's admin listener
     replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
     redis_cluster: bool = False  # three Redis Cluster primaries instead of one server
     cluster_ports: list[int] = field(default_factory=list)  # the primaries after the first
@@ -148,6 +149,10 @@ class Stack:
         return f"http://127.0.0.1:{self.site_port}"
 
     @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
@@ -158,6 +163,9 @@ class Stack:
         }
         env.update(self.env)
         env["ANTEROOM_LISTEN"] = f"127.0.0.1:{port or self.sidecar_port}"
+        # one admin listener, on the first sidecar; replicas on this host have none
+        first = port in (None, self.sidecar_port)
+        env["ANTEROOM_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}" if first else "off"
         env["ANTEROOM_REDIS_URL"] = self.redis_url
         if self.redis_cluster:
             env["ANTEROOM_REDIS_CLUSTER"] = "1"
