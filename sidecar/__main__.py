@@ -1,4 +1,5 @@
-"""``python -m sidecar`` serves; ``python -m sidecar build-pages --out DIR`` renders themes."""
+"""``python -m sidecar`` serves; ``python -m sidecar build-pages --out DIR`` renders themes;
+``python -m sidecar queues …`` steers running queues through the admin API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tempfile
 
 from aiohttp import web
 
-from . import logs
+from . import control, logs
 from .app import create_app
 from .config import Config, ConfigError
 
@@ -100,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the sidecar (default)")
     build = sub.add_parser("build-pages", help="render every tenant's waiting page")
     build.add_argument("--out", required=True, help="output folder (served as /_anteroom/waiting/)")
+    control.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "queues":  # a client of the admin API: needs no sidecar settings
+        return control.run(args)
     try:
         config = Config.from_env(serving=args.command != "build-pages")
         logs.setup(config.log_level, config.log_format, os.environ)

@@ -315,7 +315,9 @@ class Admin:
     # -- changes (shared by the API, the dashboard and the CLI) ----------------
 
     async def audit(self, who: str, action: str, q: QueueRef | None, **detail: Any) -> None:
-        entry = {"at": time.time(), "by": who, "action": action, **detail}
+        now = time.time()
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        entry = {"at": now, "when": when, "by": who, "action": action, **detail}
         if q is not None:
             entry.update(tenant=q.tenant, queue=q.queue)
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -55,8 +55,11 @@ def origin_page(path: str) -> tuple[int, str]:
             'data-interval="20"></script>'
         )
         return 200, PAGE.format(title="Shop", head=head, body=body)
-    body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
-    return 200, PAGE.format(title="Page", head="", body=body)
+    if path.startswith("/q/"):  # the test suite's queued locations, one queue per name
+        body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
+        return 200, PAGE.format(title="Page", head="", body=body)
+    # like any site: no page, an ordinary 404 (nothing of the admin listener is here)
+    return 404, PAGE.format(title="Not found", head="", body="<p>No such page.</p>")
 
 
 def run_origin(port: int, host: str = "127.0.0.1") -> None:

@@ -249,8 +249,11 @@ class Stack:
     def start_sidecar(self) -> None:
         for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
             name = "sidecar" if i == 0 else f"sidecar{i}"
-            self._spawn(name, [sys.executable, "-m", "sidecar"], env=self.sidecar_env(port))
+            env = self.sidecar_env(port)
+            self._spawn(name, [sys.executable, "-m", "sidecar"], env=env)
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
+            if env["ANTEROOM_ADMIN_LISTEN"] != "off":  # another worker may listen first
+                wait_for_port(self.admin_port, self.procs[name], name, self.workdir / f"{name}.log")
 
     def start_origin(self) -> None:
         argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
