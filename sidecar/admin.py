@@ -47,6 +47,13 @@ SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
+FIELD_LABELS = {
+    "capacity": "Capacity",
+    "admit_per_minute": "Admit per minute",
+    "session_ttl": "Session TTL (s)",
+    "grace": "Grace (s)",
+    "abandon_after": "Abandon after (s)",
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -493,6 +500,7 @@ class Admin:
             csrf=request["csrf"],
             errors=errors or {},
             settings_fields=[k for k in OVERRIDABLE if k != "mode"],
+            labels=FIELD_LABELS,
         )
 
     async def ui_data(self, request: web.Request) -> web.Response:

@@ -1,7 +1,7 @@
 // Refreshes the figures and draws the last hour, every few seconds. No library.
 (function () {
   "use strict";
-  var EVERY = 3000, HOUR = 3600, W = 300, H = 80, SVG = "http://www.w3.org/2000/svg";
+  var EVERY = 3000, HOUR = 3600, SVG = "http://www.w3.org/2000/svg";
 
   function text(el, value) { if (el && el.textContent !== String(value)) el.textContent = value; }
 
@@ -10,30 +10,40 @@
     return Math.floor(seconds / 60) + " min " + Math.floor(seconds % 60) + " s";
   }
 
+  function el(name, attrs) {
+    var e = document.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    return e;
+  }
+
+  // One series over the last hour, in the chart's own pixels (no stretching).
   function draw(svg, points, field, now) {
+    var W = svg.clientWidth || 300, H = svg.clientHeight || 80, top = 8, bottom = 16;
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     var max = 1;
     points.forEach(function (p) { if (p[field] > max) max = p[field]; });
-    var coords = points.map(function (p) {
-      var x = Math.max(0, (p.at - (now - HOUR)) / HOUR * W);
-      var y = H - 4 - (p[field] / max) * (H - 16);
-      return x.toFixed(1) + "," + y.toFixed(1);
+    var xy = points.map(function (p) {
+      return [Math.max(0, (p.at - (now - HOUR)) / HOUR * W),
+              H - bottom - (p[field] / max) * (H - top - bottom)];
     });
-    var label = document.createElementNS(SVG, "text");
-    label.setAttribute("x", "4"); label.setAttribute("y", "11");
-    label.textContent = "max " + max;
-    if (coords.length) {
-      var area = document.createElementNS(SVG, "polygon");
-      var first = coords[0].split(",")[0], last = coords[coords.length - 1].split(",")[0];
-      area.setAttribute("points", first + "," + H + " " + coords.join(" ") + " " + last + "," + H);
-      svg.appendChild(area);
-      var line = document.createElementNS(SVG, "polyline");
-      line.setAttribute("points", coords.join(" "));
-      svg.appendChild(line);
+    svg.appendChild(el("line", { x1: 0, x2: W, y1: H - bottom, y2: H - bottom, "class": "axis" }));
+    if (xy.length) {
+      var pts = xy.map(function (c) { return c[0].toFixed(1) + "," + c[1].toFixed(1); }).join(" ");
+      svg.appendChild(el("polygon", {
+        points: xy[0][0].toFixed(1) + "," + (H - bottom) + " " + pts + " " +
+                xy[xy.length - 1][0].toFixed(1) + "," + (H - bottom) }));
+      svg.appendChild(el("polyline", { points: pts }));
+      var last = xy[xy.length - 1];
+      svg.appendChild(el("circle", { cx: last[0], cy: last[1], r: 3 }));
     }
-    svg.appendChild(label);
+    var left = el("text", { x: 2, y: H - 3 }); left.textContent = "−60 min";
+    var right = el("text", { x: W - 2, y: H - 3, "text-anchor": "end" }); right.textContent = "now";
+    svg.appendChild(left); svg.appendChild(right);
     var latest = points.length ? points[points.length - 1][field] : 0;
-    svg.setAttribute("aria-label", svg.getAttribute("aria-label").split(":")[0] + ": now " + latest + ", highest " + max);
+    var caption = svg.parentNode.querySelector(".peak");
+    text(caption, "peak " + max);
+    svg.setAttribute("aria-label", svg.getAttribute("aria-label").split(":")[0] + ": now " + latest + ", peak " + max);
   }
 
   function update(data) {
