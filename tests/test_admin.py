@@ -111,7 +111,7 @@ async def test_patch_reaches_both_processes_within_a_second(
     assert view["overrides"] == {"capacity": 3} and view["configured"]["capacity"] == 2
 
     async def third_admitted() -> bool:
-        return (await third.status())["state"] == "admitted"
+        return bool((await third.status())["state"] == "admitted")
 
     await eventually(third_admitted, within=1.0, interval=0.05)
 
@@ -214,7 +214,7 @@ async def test_drain_admits_nobody_new_while_sessions_go_on(
     assert not view["draining"]
 
     async def newcomer_in() -> bool:
-        return (await newcomer.status())["state"] == "admitted"
+        return bool((await newcomer.status())["state"] == "admitted")
 
     await eventually(newcomer_in, within=2.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.stack import Stack
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack
 from tests.visitors import Visitor
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +26,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.stop()
 
 
-async def scrape(http: aiohttp.ClientSession, stack: Stack) -> dict[tuple[str, frozenset], float]:
+async def scrape(http: aiohttp.ClientSession, stack: Stack) -> dict[Sample, float]:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with http.get(stack.admin_url + "/metrics", headers=headers) as r:
         assert r.status == 200
@@ -41,7 +44,7 @@ async def test_counters_follow_traffic_through_nginx_over_both_workers(
 ) -> None:
     queue = "counted"
 
-    def decided(outcome: str) -> tuple[str, frozenset]:
+    def decided(outcome: str) -> Sample:
         labels = {("tenant", "acme"), ("queue", queue), ("outcome", outcome)}
         return ("anteroom_decisions_total", frozenset(labels))
 
@@ -54,17 +57,17 @@ async def test_counters_follow_traffic_through_nginx_over_both_workers(
             assert (await v.get(f"/q/{queue}/")).status == 200
     # new connections each time: the kernel spreads them over both workers
 
-    async def counted() -> dict | None:
+    async def counted() -> dict[Sample, Any] | None:
         m = await scrape(http, workers)
         got = {o: m.get(decided(o), 0) for o in ("entered", "waiting", "admitted")}
         return m if got == {"entered": 2, "waiting": 2, "admitted": 6} else None
 
     m = await eventually(counted, within=3.0, interval=0.2)
-    h = ("anteroom_decision_duration_seconds_count", frozenset())
+    h: Sample = ("anteroom_decision_duration_seconds_count", frozenset())
     assert m[h] - before.get(h, 0) >= 10
-    inf = ("anteroom_decision_duration_seconds_bucket", frozenset({("le", "+Inf")}))
+    inf: Sample = ("anteroom_decision_duration_seconds_bucket", frozenset({("le", "+Inf")}))
     assert m[inf] == m[h]  # a histogram's +Inf bucket is its count
-    hb = ("anteroom_heartbeat_batch_size_count", frozenset())
+    hb: Sample = ("anteroom_heartbeat_batch_size_count", frozenset())
 
     async def flushed() -> bool:  # admitted sessions were written as heartbeats
         return (await scrape(http, workers)).get(hb, 0) >= 1
