@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import html
 import os
+import secrets
 import signal
 import sys
 import time
@@ -76,7 +77,7 @@ def run_origin(port: int, host: str = "127.0.0.1") -> None:
 
 # -- make demo -----------------------------------------------------------------
 
-DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390}
+DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390, "admin": 9091}
 DEMO_TOML = """\
 [tenants.default]
 hosts = ["*"]
@@ -114,6 +115,10 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
             "Stop whatever listens there (another demo?) and retry."
         )
     env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
+    # the control room's token: the operator's own, or one made up for this run
+    env["ANTEROOM_ADMIN_TOKEN"] = os.environ.get("ANTEROOM_ADMIN_TOKEN") or secrets.token_urlsafe(
+        18
+    )
     if "ANTEROOM_CONFIG" not in os.environ:
         # one tenant for every host, with a name on its waiting page
         workdir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,7 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         sidecar_port=DEMO_PORTS["sidecar"],
         origin_port=DEMO_PORTS["origin"],
         redis_port=DEMO_PORTS["redis"],
+        admin_port=DEMO_PORTS["admin"],
         env=env,
         nginx_workers=2,
         access_log=True,
@@ -154,6 +160,8 @@ def run_demo() -> None:
         env = stack.sidecar_env()
         cap, ttl = env["ANTEROOM_CAPACITY"], env["ANTEROOM_SESSION_TTL"]
         grace, rate = env["ANTEROOM_GRACE"], env.get("ANTEROOM_ADMIT_PER_MINUTE", "0")
+        token = admin_token(env["ANTEROOM_ADMIN_TOKEN"])
+        made_up = "" if os.environ.get("ANTEROOM_ADMIN_TOKEN") else "  (made up for this run)"
         print(
             f"""
   Anteroom demo is running.
@@ -162,6 +170,11 @@ def run_demo() -> None:
     Queued shop           {stack.url}/shop/
     Waiting page          {stack.url}/_anteroom/waiting/default/
     Status JSON           {stack.url}/_anteroom/status
+
+    Control room          {stack.admin_url}/
+    Admin token           {token}{made_up}
+    Metrics               curl -H 'Authorization: Bearer {token}' {stack.admin_url}/metrics
+    CLI                   ANTEROOM_ADMIN_TOKEN={token} {sys.executable} -m sidecar queues list
 
   Capacity {cap} active sessions, session TTL {ttl}s, grace {grace}s,
   admissions per minute {rate} (0 = no limit).
@@ -177,6 +190,13 @@ def run_demo() -> None:
                     stopping = True
             time.sleep(0.3)
         print("\n  Stopping…", flush=True)
+
+
+def admin_token(raw: str) -> str:
+    """The first token of ANTEROOM_ADMIN_TOKEN, without its name."""
+    from .config import admin_tokens_from
+
+    return admin_tokens_from(raw)[0][1]
 
 
 def main() -> None:

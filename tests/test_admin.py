@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -289,3 +291,44 @@ async def test_cli_round_trips_a_setting(admin_stack: Stack, http: aiohttp.Clien
     assert view["settings"]["capacity"] == 2
     audit = cli(admin_stack, "audit", "--limit", "5")
     assert "new  set acme/cli  capacity 2 -> 9" in audit.stdout
+
+
+GRAFANA = ROOT / "deploy" / "grafana" / "anteroom.json"
+
+
+def queried_names(dashboard: dict[str, Any]) -> set[str]:
+    """Every anteroom_* name in the dashboard's queries (panels and variables)."""
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("expr", "query", "definition") and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dashboard)
+    return {name for e in exprs for name in re.findall(r"\banteroom_[a-z_]+\b", e)}
+
+
+async def test_grafana_dashboard_queries_only_exported_names(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    dashboard = json.loads(GRAFANA.read_text())
+    assert dashboard["uid"] == "anteroom" and dashboard["panels"]
+    names = queried_names(dashboard)
+    assert len(names) >= 10
+    await Visitor(http, admin_stack.url).get("/q/grafana/")  # a queue, so gauges have samples
+    status, text = await api(http, admin_stack, "GET", "/metrics")
+    assert status == 200
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    exported |= {f.name for f in text_string_to_metric_families(text)}
+    for family in text_string_to_metric_families(text):  # histograms: their series names
+        if family.type == "histogram":
+            exported |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+        if family.type == "counter":
+            exported.add(family.name + "_total")
+    assert names <= exported, names - exported

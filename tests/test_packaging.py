@@ -56,7 +56,7 @@ def test_compose_site_is_valid_nginx(tmp_path: Path) -> None:
 def test_compose_file_references_what_exists() -> None:
     compose = (ROOT / "compose.yaml").read_text()
     services = set(re.findall(r"^  ([a-z][a-z0-9_-]*):\s*$", compose, re.M))
-    assert {"redis", "sidecar", "nginx", "origin", "pages"} <= services
+    assert {"redis", "sidecar", "nginx", "origin", "pages", "prometheus", "grafana"} <= services
     for mount in re.findall(r"- \./([^:]+):", compose):
         assert (ROOT / mount).exists(), mount
     upstreams = re.findall(r"server (\w+):\d+;", (ROOT / "nginx" / "compose.conf").read_text())
