@@ -492,8 +492,10 @@ class Admin:
         self, request: web.Request, errors: Mapping[str, Any] | None = None
     ) -> web.Response:
         views = await self.views()
+        recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
         return self._page(
             "dashboard.html",
+            recent=recent,
             status=400 if errors else 200,
             queues=views,
             who=request["admin"],

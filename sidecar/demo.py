@@ -116,8 +116,8 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         )
     env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
     # the control room's token: the operator's own, or one made up for this run
-    env["ANTEROOM_ADMIN_TOKEN"] = os.environ.get("ANTEROOM_ADMIN_TOKEN") or secrets.token_urlsafe(
-        18
+    env["ANTEROOM_ADMIN_TOKEN"] = os.environ.get("ANTEROOM_ADMIN_TOKEN") or (
+        "demo:" + secrets.token_urlsafe(18)
     )
     if "ANTEROOM_CONFIG" not in os.environ:
         # one tenant for every host, with a name on its waiting page

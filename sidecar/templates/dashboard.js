@@ -23,8 +23,11 @@
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     var max = 1;
     points.forEach(function (p) { if (p[field] > max) max = p[field]; });
+    // the last hour, or less while there is less history (at least ten minutes)
+    var span = points.length ? Math.min(HOUR, Math.max(600, now - points[0].at)) : HOUR;
+    span = Math.ceil(span / 300) * 300;
     var xy = points.map(function (p) {
-      return [Math.max(0, (p.at - (now - HOUR)) / HOUR * W),
+      return [Math.max(0, (p.at - (now - span)) / span * W),
               H - bottom - (p[field] / max) * (H - top - bottom)];
     });
     svg.appendChild(el("line", { x1: 0, x2: W, y1: H - bottom, y2: H - bottom, "class": "axis" }));
@@ -37,7 +40,7 @@
       var last = xy[xy.length - 1];
       svg.appendChild(el("circle", { cx: last[0], cy: last[1], r: 3 }));
     }
-    var left = el("text", { x: 2, y: H - 3 }); left.textContent = "−60 min";
+    var left = el("text", { x: 2, y: H - 3 }); left.textContent = "−" + Math.round(span / 60) + " min";
     var right = el("text", { x: W - 2, y: H - 3, "text-anchor": "end" }); right.textContent = "now";
     svg.appendChild(left); svg.appendChild(right);
     var latest = points.length ? points[points.length - 1][field] : 0;
