@@ -13,6 +13,7 @@ SCAN, refreshed every few seconds) whose tenant is configured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -43,6 +44,7 @@ log = logging.getLogger("sidecar.admin")
 
 SESSION_COOKIE = "anteroom_admin"
 SESSION_TTL = 12 * 3600  # a dashboard sign-in lasts a working day
+FAILED_SIGN_IN_DELAY = 0.5  # seconds
 SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -472,6 +474,8 @@ class Admin:
         form = await request.post()
         name = self.tokens.name_of(str(form.get("token", "")).strip())
         if name is None:
+            log.warning("admin sign-in refused", extra={"remote": request.remote})
+            await asyncio.sleep(FAILED_SIGN_IN_DELAY)  # slows guessing; tokens are long anyway
             return self._page("login.html", status=401, error="That token is not valid.")
         resp = web.HTTPSeeOther("/")
         resp.headers["Set-Cookie"] = (
