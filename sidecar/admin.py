@@ -512,12 +512,9 @@ class Admin:
     async def ui_data(self, request: web.Request) -> web.Response:
         views = await self.views()
         now = int(time.time())
-        charts = {
-            v.key: [
-                asdict(p) for p in await history.read(self.redis, QueueRef(v.tenant, v.queue), now)
-            ]
-            for v in views
-        }
+        refs = [QueueRef(v.tenant, v.queue) for v in views]
+        points = await history.read_many(self.redis, refs, now)
+        charts = {v.key: [asdict(p) for p in ps] for v, ps in zip(views, points, strict=True)}
         return web.json_response(
             {"queues": [asdict(v) for v in views], "history": charts, "now": now},
             headers={"Cache-Control": "no-store"},

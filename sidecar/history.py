@@ -74,7 +74,24 @@ class History:
 
 async def read(redis: Redis | RedisCluster, q: QueueRef, now: int) -> list[Point]:
     """The last hour of ``q``, oldest first."""
-    raw = await redis.hgetall(q.keys.history)
+    (points,) = await read_many(redis, [q], now)
+    return points
+
+
+async def read_many(
+    redis: Redis | RedisCluster, queues: list[QueueRef], now: int
+) -> list[list[Point]]:
+    """The last hour of each queue, in one round trip (one per shard on a cluster)."""
+    if not queues:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for q in queues:
+            pipe.hgetall(q.keys.history)
+        replies = await pipe.execute()
+    return [_points(raw, now) for raw in replies]
+
+
+def _points(raw: Mapping[bytes | str, bytes | str], now: int) -> list[Point]:
     points = []
     for at, value in raw.items():
         try:
