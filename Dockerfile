@@ -16,7 +16,7 @@ COPY theme_assets ./theme_assets
 COPY nginx ./nginx
 
 USER anteroom
-EXPOSE 8081
+EXPOSE 8081 9091
 HEALTHCHECK --interval=10s --timeout=3s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2)"
 # `python -m sidecar build-pages --out DIR` renders the waiting pages

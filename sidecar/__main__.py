@@ -1,5 +1,6 @@
 """``python -m sidecar`` serves; ``pages build --out DIR`` (or ``build-pages``) renders
-the waiting pages to a folder; ``pages publish`` uploads them to an S3 bucket."""
+the waiting pages to a folder; ``pages publish`` uploads them to an S3 bucket;
+``queues …`` steers running queues through the admin API."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 from aiohttp import web
 
-from . import logs
+from . import control, logs
 from .app import create_app
 from .config import Config, ConfigError
 
@@ -34,13 +37,15 @@ def serve(config: Config) -> None:
         pass
     parent = os.getpid()
     children = []
+    # workers hand their metrics to worker 0 (which serves /metrics) through this folder
+    metrics_dir = tempfile.mkdtemp(prefix="anteroom-metrics-") if config.workers > 1 else None
     for worker in range(1, config.workers):
         pid = os.fork()  # before any loop or connection exists
         if pid == 0:
             code = 1
             try:
                 _die_with(parent)
-                _run(config, worker)
+                _run(config, worker, metrics_dir)
                 code = 0
             except BaseException:
                 log.exception("worker failed", extra={"worker": worker})
@@ -48,7 +53,7 @@ def serve(config: Config) -> None:
                 os._exit(code)  # never run the parent's cleanup in a child
         children.append(pid)
     try:
-        _run(config, 0)
+        _run(config, 0, metrics_dir)
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -56,9 +61,11 @@ def serve(config: Config) -> None:
         for pid in children:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run(config: Config, worker: int) -> None:
+def _run(config: Config, worker: int, metrics_dir: str | None = None) -> None:
     log.info(
         "starting",
         extra={
@@ -70,7 +77,7 @@ def _run(config: Config, worker: int) -> None:
         },
     )
     web.run_app(
-        create_app(config),
+        create_app(config, worker, metrics_dir),
         host=config.listen_host,
         port=config.listen_port,
         reuse_port=config.workers > 1,
@@ -105,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     publish.add_argument("--create-bucket", action="store_true", help="create the bucket first")
     publish.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
+    control.add_parser(sub)
     args = parser.parse_args(argv)
     command = args.command
     if command == "pages":
         command = "build-pages" if args.pages_command == "build" else "publish"
+    if command == "queues":  # a client of the admin API: needs no sidecar settings
+        return control.run(args)
     try:
         config = Config.from_env(serving=command not in ("build-pages", "publish"))
         logs.setup(config.log_level, config.log_format, os.environ)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -14,6 +15,8 @@ from redis.asyncio import Redis, RedisCluster
 from .config import Config
 from .engine import Engine
 from .gate import Gate
+from .history import History
+from .metrics import Metrics
 from .refresher import Refresher
 from .status import Status
 
@@ -48,12 +51,28 @@ def guarded(handler: Handler) -> Handler:
     return wrapper
 
 
+def timed(handler: Handler, observe: Callable[[float], None]) -> Handler:
+    """Records how long ``handler`` took (metrics), whatever its outcome."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            observe(time.perf_counter() - started)
+
+    return wrapper
+
+
 async def healthz(request: web.Request) -> web.Response:
     ok = request.app[REFRESHER].redis_ok
     return web.json_response({"redis": ok}, status=200 if ok else 503)
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) -> web.Application:
+    """The gate's app. Worker 0 also runs the admin listener (if configured), in this
+    process and on its own address; ``metrics_dir`` is where workers share figures."""
     app = web.Application(handler_args=HANDLER_ARGS)
     # the client connects lazily, inside the running loop
     redis: Redis | RedisCluster
@@ -75,20 +94,24 @@ def create_app(config: Config) -> web.Application:
             health_check_interval=30,
             max_connections=connections,
         )
+    # purge slack covers heartbeats still waiting in a replica's batch
+    metrics = Metrics(metrics_dir, worker)
     engine = Engine(
         redis,
-        # purge slack covers heartbeats still waiting in a replica's batch
         purge_slack_ms=int(config.heartbeat_interval * 1000) + 1000,
         pool_size=config.redis_pool,
         pool_timeout=config.redis_pool_timeout,
+        metrics=metrics,
     )
-    refresher = Refresher(engine, config.refresh_interval, config.heartbeat_interval)
+    refresher = Refresher(
+        engine, config.refresh_interval, config.heartbeat_interval, History(redis).record
+    )
     gate = Gate(config, engine, refresher)
     status = Status(gate)
     app[CONFIG], app[REFRESHER], app[GATE] = config, refresher, gate
 
-    app.router.add_get("/_anteroom/auth", gate.auth)
-    app.router.add_get("/_anteroom/status", guarded(status.status))
+    app.router.add_get("/_anteroom/auth", timed(gate.auth, metrics.decision_time))
+    app.router.add_get("/_anteroom/status", timed(guarded(status.status), metrics.status_time))
     app.router.add_get("/_anteroom/continue", guarded(status.resume))
     app.router.add_post("/_anteroom/join", guarded(status.join))
     app.router.add_post("/_anteroom/leave", guarded(status.leave))
@@ -96,14 +119,49 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(refresher.run(), name="anteroom-refresher")
+        tasks = [asyncio.create_task(refresher.run(), name="anteroom-refresher")]
+        admin_runner = None
+        if worker == 0 and config.admin_port:
+            admin_runner = await start_admin(config, engine, refresher, metrics)
+        elif metrics_dir:
+            tasks.append(asyncio.create_task(share_metrics(metrics), name="anteroom-metrics"))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         with contextlib.suppress(Exception):
             await refresher.flush()  # hand the last heartbeats over before leaving
         await redis.aclose()
 
     app.cleanup_ctx.append(background)
     return app
+
+
+async def start_admin(
+    config: Config, engine: Engine, refresher: Refresher, metrics: Metrics
+) -> web.AppRunner:
+    from .admin import Admin
+
+    runner = web.AppRunner(Admin(config, engine, refresher, metrics).app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.admin_host, config.admin_port).start()
+    log.info("admin listening", extra={"listen": f"{config.admin_host}:{config.admin_port}"})
+    if config.admin_token_generated:
+        log.warning(
+            "demo admin token (set ANTEROOM_ADMIN_TOKEN to choose it)",
+            extra={"token": config.admin_tokens[0][1]},
+        )
+    return runner
+
+
+async def share_metrics(metrics: Metrics, every: float = 1.0) -> None:
+    """A worker other than 0 hands its figures to worker 0, which serves /metrics."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(metrics.write_snapshot)
+        except OSError as e:
+            log.warning("metrics not shared", extra={"error": str(e)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets as random_tokens
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +58,17 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
 OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
     x for name, (_, least) in _QUEUE_ENV.items() for x in (name, least)
 )
+# what an operator may change on a running queue (admin API, CLI, dashboard)
+OVERRIDABLE = (
+    "capacity",
+    "admit_per_minute",
+    "session_ttl",
+    "grace",
+    "abandon_after",
+    "session_max",
+    "mode",
+)
+ADMIN_TOKEN_MIN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +108,10 @@ class Config:
     redis_pool: int = 64  # connections a process's requests share (joins are coalesced)
     redis_pool_timeout: float = 2.0  # wait for one before answering "busy"; under nginx's 5 s
     demo: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9091  # 0: no admin listener (ANTEROOM_ADMIN_LISTEN=off)
+    admin_tokens: tuple[tuple[str, str], ...] = ()  # (name for the audit log, token)
+    admin_token_generated: bool = False  # demo without ANTEROOM_ADMIN_TOKEN
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
     # "tickets.example" -> the tenant of "*.tickets.example"
     wildcard_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
@@ -174,6 +190,18 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
     if not tenants:
         tenants = (Tenant(name="default", hosts=("*",), queue_defaults=defaults),)
 
+    admin_host, admin_port = _admin_listen(env.get("ANTEROOM_ADMIN_LISTEN", "127.0.0.1:9091"))
+    admin_tokens = admin_tokens_from(env.get("ANTEROOM_ADMIN_TOKEN", ""))
+    generated = False
+    if serving and admin_port and not admin_tokens:
+        if not demo:
+            raise ConfigError(
+                "ANTEROOM_ADMIN_TOKEN: required for the admin listener "
+                "(comma-separated tokens, optionally name:token; "
+                "or ANTEROOM_ADMIN_LISTEN=off for none)"
+            )
+        admin_tokens, generated = (("demo", random_tokens.token_urlsafe(24)),), True
+
     return Config(
         secrets=secrets,
         tenants=tenants,
@@ -191,20 +219,82 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         redis_pool=_int("ANTEROOM_REDIS_POOL", env.get("ANTEROOM_REDIS_POOL", "64"), 1, 10_000),
         redis_pool_timeout=_float(env, "ANTEROOM_REDIS_POOL_TIMEOUT", 2.0, 0.05, 4.0),
         demo=demo,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        admin_tokens=admin_tokens,
+        admin_token_generated=generated,
     )
+
+
+def admin_tokens_from(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name:token`` or bare ``token`` items, comma-separated. The name is what the
+    audit log shows; a bare token is called ``token1``, ``token2``… by position."""
+    tokens: list[tuple[str, str]] = []
+    for i, item in enumerate((t.strip() for t in raw.split(",") if t.strip()), start=1):
+        name, sep, token = item.partition(":")
+        if not sep or not NAME_RE.match(name):
+            name, token = f"token{i}", item
+        if len(token) < ADMIN_TOKEN_MIN:
+            raise ConfigError(
+                f"ANTEROOM_ADMIN_TOKEN: {name}: each token must be at least "
+                f"{ADMIN_TOKEN_MIN} characters"
+            )
+        if any(n == name for n, _ in tokens):
+            raise ConfigError(f"ANTEROOM_ADMIN_TOKEN: the name {name!r} is used twice")
+        tokens.append((name, token))
+    return tuple(tokens)
+
+
+def queue_setting(name: str, key: str, value: object) -> int | str:
+    """One queue setting by the rules every source shares (TOML, environment, the
+    admin API and CLI); ``name`` is how a ConfigError refers to it."""
+    if key == "mode":
+        return _choice(name, value, MODES)
+    if key == "on_redis_error":
+        return _choice(name, value, ON_REDIS_ERROR)
+    if key in _QUEUE_ENV:
+        return _int(name, value, _QUEUE_ENV[key][1])
+    raise ConfigError(f"{name}: unknown setting")
+
+
+def queue_overrides(changes: Mapping[str, object], base: QueueSettings) -> dict[str, int | str]:
+    """Operator changes to a running queue, checked whole: the cleaned values, or a
+    :class:`OverrideErrors` with one message per bad field (nothing is half valid)."""
+    cleaned: dict[str, int | str] = {}
+    errors: dict[str, str] = {}
+    for key, value in changes.items():
+        if key not in OVERRIDABLE:
+            errors[key] = f"{key}: not a setting that can be changed ({', '.join(OVERRIDABLE)})"
+            continue
+        try:
+            cleaned[key] = queue_setting(key, key, value)
+        except ConfigError as e:
+            errors[key] = str(e)
+    if not errors:
+        try:
+            _checked(replace(base, **cleaned), "settings")  # type: ignore[arg-type]
+        except ConfigError as e:
+            errors["settings"] = str(e)
+    if errors:
+        raise OverrideErrors(errors)
+    return cleaned
+
+
+class OverrideErrors(ConfigError):
+    """Several bad fields at once: ``errors`` maps each to its message."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = dict(errors)
 
 
 def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
     values: dict[str, Any] = {}
-    for name, (var, minimum) in _QUEUE_ENV.items():
+    variables = {name: var for name, (var, _) in _QUEUE_ENV.items()}
+    variables.update(mode="ANTEROOM_MODE", on_redis_error="ANTEROOM_ON_REDIS_ERROR")
+    for name, var in variables.items():
         if var in env:
-            values[name] = _int(var, env[var], minimum)
-    if "ANTEROOM_MODE" in env:
-        values["mode"] = _choice("ANTEROOM_MODE", env["ANTEROOM_MODE"], MODES)
-    if "ANTEROOM_ON_REDIS_ERROR" in env:
-        values["on_redis_error"] = _choice(
-            "ANTEROOM_ON_REDIS_ERROR", env["ANTEROOM_ON_REDIS_ERROR"], ON_REDIS_ERROR
-        )
+            values[name] = queue_setting(var, name, env[var])
     return _checked(QueueSettings(**values), "ANTEROOM_*")
 
 
@@ -293,12 +383,7 @@ def _queue_table(doc: object, base: QueueSettings, where: str) -> QueueSettings:
     for key, value in doc.items():
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown setting")
-        if key == "mode":
-            values[key] = _choice(f"{where}.mode", value, MODES)
-        elif key == "on_redis_error":
-            values[key] = _choice(f"{where}.on_redis_error", value, ON_REDIS_ERROR)
-        else:
-            values[key] = _int(f"{where}.{key}", value, _QUEUE_ENV[key][1])
+        values[key] = queue_setting(f"{where}.{key}", key, value)
     return _checked(replace(base, **values), where)
 
 
@@ -325,6 +410,15 @@ def _private(host: str) -> bool:
     except ValueError:
         return False  # a host name: cannot tell, ask for the explicit setting
     return ip.is_loopback or (ip.is_private and not ip.is_unspecified)
+
+
+def _admin_listen(value: str) -> tuple[str, int]:
+    if value.strip().lower() in ("", "off", "0", "no", "false"):
+        return "", 0
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"ANTEROOM_ADMIN_LISTEN: expected HOST:PORT or off, got {value!r}")
+    return host.strip("[]"), _int("ANTEROOM_ADMIN_LISTEN", port, 1, 65535)
 
 
 def _listen(value: str) -> tuple[str, int]:

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import html
 import os
+import secrets
 import signal
 import sys
 import time
@@ -55,8 +56,11 @@ def origin_page(path: str) -> tuple[int, str]:
             'data-interval="20"></script>'
         )
         return 200, PAGE.format(title="Shop", head=head, body=body)
-    body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
-    return 200, PAGE.format(title="Page", head="", body=body)
+    if path.startswith("/q/"):  # the test suite's queued locations, one queue per name
+        body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
+        return 200, PAGE.format(title="Page", head="", body=body)
+    # like any site: no page, an ordinary 404 (nothing of the admin listener is here)
+    return 404, PAGE.format(title="Not found", head="", body="<p>No such page.</p>")
 
 
 def run_origin(port: int, host: str = "127.0.0.1") -> None:
@@ -73,7 +77,7 @@ def run_origin(port: int, host: str = "127.0.0.1") -> None:
 
 # -- make demo -----------------------------------------------------------------
 
-DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390}
+DEMO_PORTS = {"site": 8080, "sidecar": 8081, "origin": 8082, "redis": 6390, "admin": 9091}
 DEMO_S3_PORT = 8083  # ANTEROOM_DEMO_S3=1: the local S3 server
 # three sites on one deployment; *.localhost resolves to 127.0.0.1 in browsers
 DEMO_TOML = """\
@@ -128,6 +132,10 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
             "Stop whatever listens there (another demo?) and retry."
         )
     env = {k: os.environ.get(k, v) for k, v in DEMO_DEFAULTS.items()}
+    # the control room's token: the operator's own, or one made up for this run
+    env["ANTEROOM_ADMIN_TOKEN"] = os.environ.get("ANTEROOM_ADMIN_TOKEN") or (
+        "demo:" + secrets.token_urlsafe(18)
+    )
     if "ANTEROOM_CONFIG" not in os.environ:
         # one tenant for every host, with a name on its waiting page
         workdir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +150,7 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         sidecar_port=DEMO_PORTS["sidecar"],
         origin_port=DEMO_PORTS["origin"],
         redis_port=DEMO_PORTS["redis"],
+        admin_port=DEMO_PORTS["admin"],
         env=env,
         nginx_workers=2,
         access_log=True,
@@ -180,6 +189,8 @@ def run_demo() -> None:
             )
         else:
             pages = f"{workdir}/pages/, served through nginx/anteroom/pages-local.conf"
+        token = admin_token(env["ANTEROOM_ADMIN_TOKEN"])
+        made_up = "" if os.environ.get("ANTEROOM_ADMIN_TOKEN") else "  (made up for this run)"
         print(
             f"""
   Anteroom demo is running.
@@ -188,6 +199,11 @@ def run_demo() -> None:
     Queued shop           {stack.url}/shop/
     Waiting page          {stack.url}/_anteroom/waiting/default/
     Status JSON           {stack.url}/_anteroom/status
+
+    Control room          {stack.admin_url}/
+    Admin token           {token}{made_up}
+    Metrics               curl -H 'Authorization: Bearer {token}' {stack.admin_url}/metrics
+    CLI                   ANTEROOM_ADMIN_TOKEN={token} {sys.executable} -m sidecar queues list
 
     Two more sites, same paths, own queues, cookies and themes:
       http://shop.localhost:{stack.site_port}/shop/       (tenant "shop", default theme)
@@ -208,6 +224,13 @@ def run_demo() -> None:
                     stopping = True
             time.sleep(0.3)
         print("\n  Stopping…", flush=True)
+
+
+def admin_token(raw: str) -> str:
+    """The first token of ANTEROOM_ADMIN_TOKEN, without its name."""
+    from .config import admin_tokens_from
+
+    return admin_tokens_from(raw)[0][1]
 
 
 def main() -> None:

@@ -13,13 +13,14 @@ import bisect
 import enum
 import hashlib
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .config import OVERRIDE_MINIMUMS, QueueSettings
 from .keys import (
@@ -33,6 +34,7 @@ from .keys import (
     QueueKeys,
     queue_keys,
 )
+from .metrics import Metrics
 
 
 class QueueRef(NamedTuple):
@@ -168,8 +170,8 @@ class Engine:
     concurrently: EVALSHA cannot be pipelined across slots; each queue is one slot).
 
     Request-driven calls share ``pool_size`` connections and wait at most
-    ``pool_timeout`` for one (then :class:`Busy`); the refresher's calls
-    (``urgent``) skip that wait so the line keeps moving under any load."""
+    ``pool_timeout`` for one (then :class:`Busy`); the refresher's batches skip
+    that wait so the line keeps moving under any load."""
 
     def __init__(
         self,
@@ -177,8 +179,10 @@ class Engine:
         purge_slack_ms: int = 2000,
         pool_size: int = 64,
         pool_timeout: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
+        self.metrics = metrics or Metrics()
         self.purge_slack_ms = purge_slack_ms
         self.pool_timeout = pool_timeout
         self._slots = asyncio.Semaphore(pool_size)
@@ -197,11 +201,17 @@ class Engine:
             await self.redis.script_load(src)
 
     async def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        started = time.perf_counter()  # metrics: latency and errors by operation
         try:
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
         except NoScriptError:
             await self.load_scripts()
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        except (RedisError, OSError):
+            self.metrics.redis_error(name)
+            raise
+        finally:
+            self.metrics.redis_call(name, time.perf_counter() - started)
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """A request's script call: waits its turn for a connection (back-pressure)."""
@@ -220,6 +230,16 @@ class Engine:
         """Several calls in one round trip (one per shard on a cluster)."""
         if self._cluster:
             return list(await asyncio.gather(*(self._evalsha(*c) for c in calls)))
+        started = time.perf_counter()  # metrics: latency and errors by operation
+        try:
+            return await self._batch_pipelined(calls)
+        except (RedisError, OSError):
+            self.metrics.redis_error(calls[0][0])
+            raise
+        finally:
+            self.metrics.redis_call(calls[0][0], time.perf_counter() - started)
+
+    async def _batch_pipelined(self, calls: Sequence[Call]) -> list[Any]:
         replies = await self._pipeline(calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self.load_scripts()
@@ -336,6 +356,7 @@ class Engine:
                 some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
                 args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, len(some_sids)]
                 calls.append(("heartbeat", q.keys.all(), [*args, *some_sids, *some_tickets]))
+        self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
         return sum(int(r[1]) for r in await self._batch(calls))
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from .config import NAME_RE, Config, QueueSettings, Tenant
 from .engine import Busy, Claim, Engine, QueueRef, QueueState
+from .metrics import Metrics
 from .refresher import Refresher, TooManyQueues
 from .tokens import (
     ADMITTED,
@@ -37,6 +38,7 @@ WAITING_TOKEN_TTL = 12 * 3600  # a place in line outlives the longest sale
 # bounded so both fit nginx's default 4 KB header buffer with room to spare.
 MAX_RETURN_TO = 1024
 NO_STORE = "no-store"
+NO_QUEUE = ("", "")  # metrics label for requests no queue can be named for
 
 
 def safe_path(value: str | None) -> str | None:
@@ -71,6 +73,7 @@ class Gate:
     def __init__(self, config: Config, engine: Engine, refresher: Refresher) -> None:
         self.config = config
         self.engine = engine
+        self.metrics: Metrics = engine.metrics
         self.refresher = refresher
         self.signer = Signer(config.secrets)
         self._last_down_log = 0.0
@@ -202,17 +205,23 @@ class Gate:
     # -- the auth_request endpoint ---------------------------------------
 
     async def auth(self, request: web.Request) -> web.StreamResponse:
+        labels, outcome, resp = await self._auth(request)
+        self.metrics.decision(labels, outcome)
+        return resp
+
+    async def _auth(self, request: web.Request) -> tuple[tuple[str, str], str, web.Response]:
+        """The decision: (tenant and queue for metrics, outcome, the answer)."""
         tenant = self.tenant(request)
         if tenant is None:
             log.warning("unknown host", extra={"host": request.host[:200]})
-            return _answer(403)
+            return NO_QUEUE, "refused", _answer(403)
         queue = request.headers.get("X-Anteroom-Queue", "")
         if not NAME_RE.match(queue):
             log.error(
                 "bad queue name from nginx: set $anteroom_queue before including gate.conf",
                 extra={"queue": queue[:80], "uri": request.headers.get("X-Original-URI", "")[:200]},
             )
-            return _answer(403)
+            return (tenant.name, ""), "refused", _answer(403)
         q = QueueRef(tenant.name, queue)
         state = self.refresher.states.get(q)
         try:
@@ -220,11 +229,12 @@ class Gate:
                 state = await self.refresher.state(q, tenant.settings_for(queue))
         except TooManyQueues:
             log.error("too many queues; check the nginx config", extra={"queue": str(q)})
-            return _answer(403)
+            return q, "refused", _answer(403)
         except (RedisError, OSError) as e:
-            return self._redis_down(tenant, queue, tenant.settings_for(queue), e, request)
+            resp = self._redis_down(tenant, queue, tenant.settings_for(queue), e, request)
+            return q, "redis_error", resp
         if state.settings.mode == "off":
-            return _answer(204)
+            return q, "off", _answer(204)
 
         now = int(time.time())
         # the cookie this request got a moment ago, before an internal redirect
@@ -236,7 +246,7 @@ class Gate:
         if tok is not None and tok.admitted:
             resp = _answer(204)
             self.keep_alive(q, tok, state, resp, now)
-            return resp
+            return q, "admitted", resp
 
         # where this request wanted to go: the waiting page sends them back there
         return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
@@ -244,33 +254,33 @@ class Gate:
             if tok is not None:
                 self.refresher.touch_waiter(q, tok.ticket)
                 if tok.ticket > state.serving:
-                    return self._wait(tenant, queue, return_to)
+                    return q, "waiting", self._wait(tenant, queue, return_to)
                 new = await self.claim(q, tok, state, now)
                 if new is None:
-                    return self._wait(tenant, queue, return_to)
+                    return q, "waiting", self._wait(tenant, queue, return_to)
             else:
                 method = request.headers.get("X-Original-Method", "GET")
-                if method == "OPTIONS":
-                    return _answer(204)  # CORS preflight: no cookies, no place, no slot
-                if method == "HEAD":
-                    return self._wait(tenant, queue, return_to)  # previews take no place
+                if method == "OPTIONS":  # CORS preflight: no cookies, no place, no slot
+                    return q, "off", _answer(204)
+                if method == "HEAD":  # link previews and checks take no place
+                    return q, "waiting", self._wait(tenant, queue, return_to)
                 self._check_scheme(request)
                 new = await self.join(q, state.settings, return_to, now)
         except Busy:
             # load, not an outage: wait and come back, never fail open
-            return self._wait(tenant, queue, return_to, 2)
+            return q, "waiting", self._wait(tenant, queue, return_to, 2)
         except (RedisError, OSError) as e:
             if tok is not None:
-                return self._wait(tenant, queue, return_to)
-            return self._redis_down(tenant, queue, state.settings, e, request)
+                return q, "waiting", self._wait(tenant, queue, return_to)
+            return q, "redis_error", self._redis_down(tenant, queue, state.settings, e, request)
 
         if new.admitted:
             resp = _answer(204)
             self.set_cookie(resp, new, now)
-            return resp
+            return q, "entered", resp
         resp = self._wait(tenant, queue, return_to)
         self.set_cookie(resp, new, now)
-        return resp
+        return q, "waiting", resp
 
     def _wait(
         self, tenant: Tenant, queue: str, return_to: str, retry_after: int = 5

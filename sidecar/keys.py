@@ -33,6 +33,15 @@ REVOKED_RELOAD_MAX = 100_000
 # LIVE_BLOCK - 1 too high (the visitor's own block is counted as a bound).
 FRONT_WINDOW = 1_000
 LIVE_BLOCK = 100
+# Operator changes, newest first; a list capped at this length (LTRIM).
+AUDIT_KEY = PREFIX + ":admin:audit"
+AUDIT_MAXLEN = 1_000
+# Dashboard history: one point per queue every HISTORY_STEP seconds, an hour kept.
+HISTORY_STEP = 5
+HISTORY_SECONDS = 3_600
+# Queues found in Redis by the admin (SCAN for their ticket counters), at most.
+SCAN_MAX_QUEUES = 1_000
+TICKETS_PATTERN = PREFIX + ":{*}:tickets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,7 @@ class QueueKeys:
     missed: str  # ZSET ticket -> end of its second chance (ms); negative once used
     recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
     live: str  # HASH ticket // LIVE_BLOCK -> how many of that block are still in line
+    history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
 
     def all(self) -> list[str]:
         return [
@@ -82,4 +92,14 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         missed=base + "missed",
         recall=base + "recall",
         live=base + "live",
+        history=base + "history",
     )
+
+
+def queue_of_tickets_key(key: str) -> tuple[str, str] | None:
+    """(tenant, queue) of a key ``aq:{tenant:queue}:tickets``, else None."""
+    head, tail = f"{PREFIX}:{{", "}:tickets"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    tenant, sep, queue = key[len(head) : -len(tail)].partition(":")
+    return (tenant, queue) if sep else None

@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from redis.exceptions import RedisError
@@ -35,8 +36,15 @@ class TooManyQueues(Exception):
 
 
 class Refresher:
-    def __init__(self, engine: Engine, refresh_interval: float, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        refresh_interval: float,
+        heartbeat_interval: float,
+        on_tick: Callable[[Mapping[QueueRef, QueueState]], Awaitable[None]] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_tick = on_tick  # after each tick (the dashboard's history)
         self.refresh_interval = refresh_interval
         self.heartbeat_interval = heartbeat_interval
         self.states: dict[QueueRef, QueueState] = {}
@@ -165,6 +173,8 @@ class Refresher:
         self._redis_recovered()
         for (q, _, _), st in zip(queues, states, strict=True):
             self._absorb(q, st)
+        if self.on_tick is not None:
+            await self.on_tick(self.states)
         if self.revoked and time.monotonic() >= self._next_prune:
             self._prune_revoked()
             self._next_prune = time.monotonic() + 10.0

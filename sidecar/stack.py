@@ -141,6 +141,7 @@ class Stack:
     workdir: Path
     site_port: int = field(default_factory=free_port)
     sidecar_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)  # the first sidecar's admin listener
     replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
     redis_cluster: bool = False  # three Redis Cluster primaries instead of one server
     cluster_ports: list[int] = field(default_factory=list)  # the primaries after the first
@@ -163,6 +164,10 @@ class Stack:
         return f"http://127.0.0.1:{self.site_port}"
 
     @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
@@ -173,6 +178,9 @@ class Stack:
         }
         env.update(self.env)
         env["ANTEROOM_LISTEN"] = f"127.0.0.1:{port or self.sidecar_port}"
+        # one admin listener, on the first sidecar; replicas on this host have none
+        first = port in (None, self.sidecar_port)
+        env["ANTEROOM_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}" if first else "off"
         env["ANTEROOM_REDIS_URL"] = self.redis_url
         if self.redis_cluster:
             env["ANTEROOM_REDIS_CLUSTER"] = "1"
@@ -272,8 +280,11 @@ class Stack:
     def start_sidecar(self) -> None:
         for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
             name = "sidecar" if i == 0 else f"sidecar{i}"
-            self._spawn(name, [sys.executable, "-m", "sidecar"], env=self.sidecar_env(port))
+            env = self.sidecar_env(port)
+            self._spawn(name, [sys.executable, "-m", "sidecar"], env=env)
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
+            if env["ANTEROOM_ADMIN_LISTEN"] != "off":  # another worker may listen first
+                wait_for_port(self.admin_port, self.procs[name], name, self.workdir / f"{name}.log")
 
     def start_origin(self) -> None:
         argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]

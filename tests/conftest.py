@@ -15,6 +15,7 @@ from sidecar.stack import Stack, free_port
 from tests.visitors import Visitor
 
 SECRET = "test-secret-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 # Test queues are named by the URL, so each test gets a fresh queue on one stack.
 QUEUE_LOCATIONS = """
@@ -39,6 +40,7 @@ language = "fr"
 # Short times so expiry is observable in a test; the refresher runs fast too.
 FAST = {
     "ANTEROOM_SECRETS": SECRET,
+    "ANTEROOM_ADMIN_TOKEN": f"ops:{ADMIN_TOKEN}",
     "ANTEROOM_DEMO": "0",
     "ANTEROOM_COOKIE_SECURE": "0",
     "ANTEROOM_CAPACITY": "2",

@@ -92,3 +92,31 @@ async def test_the_site_works_on_a_cluster(
 
     await eventually(in_, within=3)
     assert (await w.get(path)).status == 200
+
+
+async def test_admin_on_a_cluster_finds_changes_and_audits_queues(
+    cluster_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    from tests.conftest import ADMIN_TOKEN
+
+    names = [f"admin{i}" for i in range(6)]  # spread over the shards
+    for name in names:
+        await Visitor(http, cluster_stack.url).get(f"/q/{name}/")
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    base = cluster_stack.admin_url
+    async with http.patch(
+        f"{base}/api/queues/acme/admin0", json={"mode": "paused"}, headers=headers
+    ) as r:
+        assert r.status == 200 and (await r.json())["mode"] == "paused"
+    async with http.post(f"{base}/api/queues/acme/admin1/drain", headers=headers) as r:
+        assert r.status == 200 and (await r.json())["draining"]
+    async with http.get(f"{base}/api/queues", headers=headers) as r:
+        queues = {q["queue"]: q for q in (await r.json())["queues"]}
+    assert set(names) <= set(queues)  # found by SCAN on every primary
+    assert queues["admin0"]["mode"] == "paused" and queues["admin2"]["tickets"] == 1
+    async with http.get(f"{base}/api/audit", headers=headers) as r:
+        assert [e["action"] for e in (await r.json())["entries"]][:2] == ["drain", "set"]
+    async with http.get(f"{base}/metrics", headers=headers) as r:
+        assert r.status == 200 and 'anteroom_queue_tickets{queue="admin5",tenant="acme"} 1.0' in (
+            await r.text()
+        )

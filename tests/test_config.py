@@ -8,7 +8,7 @@ import pytest
 
 from sidecar.config import Config, ConfigError, load
 
-SECRET = {"ANTEROOM_SECRETS": "s" * 20}
+SECRET = {"ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_ADMIN_TOKEN": "ops:" + "t" * 20}
 
 
 def test_defaults_and_environment_overrides() -> None:
@@ -30,7 +30,7 @@ def test_defaults_and_environment_overrides() -> None:
 
 
 def test_several_secrets_for_rotation() -> None:
-    c = load({"ANTEROOM_SECRETS": "new-secret-0123456789, old-secret-0123456789"})
+    c = load({**SECRET, "ANTEROOM_SECRETS": "new-secret-0123456789, old-secret-0123456789"})
     assert c.secrets == (b"new-secret-0123456789", b"old-secret-0123456789")
 
 
@@ -58,11 +58,41 @@ def test_demo_mode_needs_no_secret_and_allows_http() -> None:
         ({**SECRET, "ANTEROOM_WORKERS": "0"}, "ANTEROOM_WORKERS"),
         ({**SECRET, "ANTEROOM_WORKERS": "many"}, "ANTEROOM_WORKERS"),
         ({**SECRET, "ANTEROOM_CONFIG": "/nonexistent.toml"}, "ANTEROOM_CONFIG"),
+        ({"ANTEROOM_SECRETS": "s" * 20}, "ANTEROOM_ADMIN_TOKEN"),
+        ({**SECRET, "ANTEROOM_ADMIN_TOKEN": "ops:short"}, "ANTEROOM_ADMIN_TOKEN"),
+        ({**SECRET, "ANTEROOM_ADMIN_TOKEN": f"a:{'x' * 16},a:{'y' * 16}"}, "ANTEROOM_ADMIN_TOKEN"),
+        ({**SECRET, "ANTEROOM_ADMIN_LISTEN": "9091"}, "ANTEROOM_ADMIN_LISTEN"),
     ],
 )
 def test_invalid_settings_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load(env)
+
+
+def test_admin_tokens_named_for_the_audit_log() -> None:
+    c = load({**SECRET, "ANTEROOM_ADMIN_TOKEN": f"alice:{'a' * 16}, {'b' * 16}"})
+    assert c.admin_tokens == (("alice", "a" * 16), ("token2", "b" * 16))
+    assert (c.admin_host, c.admin_port) == ("127.0.0.1", 9091)
+    off = load({"ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_ADMIN_LISTEN": "off"})
+    assert off.admin_port == 0 and off.admin_tokens == ()
+    demo = load({"ANTEROOM_DEMO": "1"})
+    assert demo.admin_token_generated and len(demo.admin_tokens[0][1]) >= 16
+
+
+def test_operator_overrides_follow_the_same_rules() -> None:
+    from sidecar.config import OverrideErrors, QueueSettings, queue_overrides
+
+    base = QueueSettings()
+    assert queue_overrides({"capacity": "5", "mode": "paused"}, base) == {
+        "capacity": 5,
+        "mode": "paused",
+    }
+    with pytest.raises(OverrideErrors) as e:
+        queue_overrides({"capacity": 5, "abandon_after": 9, "mode": "x", "colour": 1}, base)
+    assert set(e.value.errors) == {"abandon_after", "mode", "colour"}
+    assert (
+        "at least 10" in e.value.errors["abandon_after"] or "10" in e.value.errors["abandon_after"]
+    )
 
 
 def toml(tmp_path: Path, text: str) -> dict[str, str]:
@@ -152,6 +182,7 @@ def test_building_pages_needs_no_secret(tmp_path: Path) -> None:
 
 def test_from_env_reads_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTEROOM_SECRETS", "x" * 16)
+    monkeypatch.setenv("ANTEROOM_ADMIN_TOKEN", "y" * 16)
     monkeypatch.setenv("ANTEROOM_COOKIE_NAME", "queue_pass")
     assert Config.from_env().cookie_name == "queue_pass"
 

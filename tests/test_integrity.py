@@ -229,9 +229,18 @@ async def test_joins_and_leaves_with_long_urls_keep_memory_bounded(
             kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         return kb / 1024
 
-    holder = Visitor(http, stack.url)
-    await holder.get(f"/q/{queue}/")
-    await Visitor(http, stack.url).get(f"/q/{queue}/")  # full
+    holders = [Visitor(http, stack.url) for _ in range(2)]
+    for h in holders:  # the queue is full...
+        assert (await h.get(f"/q/{queue}/")).status == 200
+    done = asyncio.Event()
+
+    async def keep_shopping() -> None:  # ...for the whole flood
+        while not done.is_set():
+            for h in holders:
+                await h.get(f"/q/{queue}/")
+            await asyncio.sleep(0.5)
+
+    shopping = asyncio.create_task(keep_shopping())
     before = rss_mb()
     sem = asyncio.Semaphore(50)
     long_path = f"/q/{queue}/" + "x" * 1000 + "?q=" + "y" * 900
@@ -244,6 +253,8 @@ async def test_joins_and_leaves_with_long_urls_keep_memory_bounded(
             assert (await v.post(f"/_anteroom/leave?queue={queue}")).status == 200
 
     await asyncio.gather(*(pair() for _ in range(3000)))
+    done.set()
+    await shopping
     grown = rss_mb() - before
     print(f"sidecar RSS grew {grown:.1f} MB over 3,000 join+leave pairs with long URLs")
     assert grown < 25

@@ -56,7 +56,7 @@ def test_compose_site_is_valid_nginx(tmp_path: Path) -> None:
 def test_compose_file_references_what_exists() -> None:
     compose = (ROOT / "compose.yaml").read_text()
     services = set(re.findall(r"^  ([a-z][a-z0-9_-]*):\s*$", compose, re.M))
-    assert {"redis", "sidecar", "nginx", "origin", "pages"} <= services
+    assert {"redis", "sidecar", "nginx", "origin", "pages", "prometheus", "grafana"} <= services
     for mount in re.findall(r"- \./([^:]+):", compose):
         assert (ROOT / mount).exists(), mount
     upstreams = re.findall(r"server (\w+):\d+;", (ROOT / "nginx" / "compose.conf").read_text())
@@ -73,7 +73,7 @@ def test_dockerfile_copies_what_exists() -> None:
     assert re.search(r'^CMD \["python", "-m", "sidecar"\]$', dockerfile, re.M)
 
 
-def test_wheel_carries_the_lua_scripts(tmp_path: Path) -> None:
+def test_wheel_carries_the_lua_scripts_and_templates(tmp_path: Path) -> None:
     """The image installs the package (not editable): scripts must be package data."""
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
@@ -85,3 +85,6 @@ def test_wheel_carries_the_lua_scripts(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     lua = {Path(scripts).name for scripts in (ROOT / "sidecar" / "lua").glob("*.lua")}
     assert lua and {f"sidecar/lua/{name}" for name in lua} <= set(names)
+    templates = {p.name for p in (ROOT / "sidecar" / "templates").iterdir() if p.is_file()}
+    assert {"dashboard.html", "login.html", "dashboard.js", "dashboard.css"} <= templates
+    assert {f"sidecar/templates/{name}" for name in templates} <= set(names)

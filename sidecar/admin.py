@@ -1,0 +1,580 @@
+"""The operators' control room, on its own listener (``ANTEROOM_ADMIN_LISTEN``).
+
+JSON API under ``/api/`` and ``/metrics`` take ``Authorization: Bearer TOKEN``;
+the dashboard at ``/`` signs in once with a token and then carries an HttpOnly,
+SameSite=Strict cookie, and its forms a CSRF token. Changes are operator
+overrides in each queue's Redis settings hash, which every replica's tick reads,
+so they take effect everywhere within a second; each one is audited in Redis.
+
+Known queues: every queue named in the tenants' configuration, every queue this
+process serves, and queues found in Redis by their ticket counters (a bounded
+SCAN, refreshed every few seconds) whose tenant is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from . import history
+from .config import NAME_RE as NAME
+from .config import OVERRIDABLE, Config, ConfigError, OverrideErrors, QueueSettings, queue_overrides
+from .engine import Engine, QueueRef, QueueState
+from .gate import WAITING_TOKEN_TTL
+from .keys import AUDIT_KEY, AUDIT_MAXLEN, SCAN_MAX_QUEUES, TICKETS_PATTERN, queue_of_tickets_key
+from .metrics import CONTENT_TYPE, Metrics, QueueFigures
+from .refresher import Refresher, TooManyQueues
+
+log = logging.getLogger("sidecar.admin")
+
+SESSION_COOKIE = "anteroom_admin"
+SESSION_TTL = 12 * 3600  # a dashboard sign-in lasts a working day
+FAILED_SIGN_IN_DELAY = 0.5  # seconds
+SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
+DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
+SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
+FIELD_LABELS = {
+    "capacity": "Capacity",
+    "admit_per_minute": "Admit per minute",
+    "session_ttl": "Session TTL (s)",
+    "grace": "Grace (s)",
+    "abandon_after": "Abandon after (s)",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminError(Exception):
+    """A request the API refuses: the status and a JSON body saying why."""
+
+    def __init__(self, status: int, body: Mapping[str, Any]) -> None:
+        super().__init__(str(body))
+        self.status = status
+        self.body = dict(body)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    tenant: str
+    queue: str
+    mode: str
+    draining: bool
+    waiting: int
+    active: int
+    invited: int
+    admitted_last_minute: int
+    serving: int
+    tickets: int
+    eta_seconds: float | None  # estimated wait for someone joining now
+    settings: dict[str, int | str]  # effective
+    configured: dict[str, int | str]
+    overrides: dict[str, int | str]
+    updated_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.queue}"
+
+
+def _settings_dict(s: QueueSettings) -> dict[str, int | str]:
+    return {k: v for k, v in asdict(s).items() if k in OVERRIDABLE}
+
+
+class Tokens:
+    """The admin tokens: Bearer checks, and the dashboard's signed session cookie."""
+
+    def __init__(self, tokens: tuple[tuple[str, str], ...]) -> None:
+        self._tokens = [(name, token.encode()) for name, token in tokens]
+
+    def name_of(self, presented: str) -> str | None:
+        """The name of the token presented, comparing with every token in constant time."""
+        raw = presented.encode()
+        found = None
+        for name, token in self._tokens:
+            if hmac.compare_digest(raw, token) and found is None:
+                found = name
+        return found
+
+    def _sign(self, name: str, purpose: str, exp: int) -> str | None:
+        for n, token in self._tokens:
+            if n == name:
+                return hmac.new(
+                    token, f"{purpose}|{name}|{exp}".encode(), hashlib.sha256
+                ).hexdigest()
+        return None
+
+    def session(self, name: str, now: int) -> str:
+        exp = now + SESSION_TTL
+        return f"{name}|{exp}|{self._sign(name, 'session', exp)}"
+
+    def session_name(self, cookie: str | None, now: int) -> str | None:
+        """The token name a session cookie was signed for, if still valid. Removing a
+        token from ANTEROOM_ADMIN_TOKEN ends the sessions it opened."""
+        if not cookie:
+            return None
+        name, _, rest = cookie.partition("|")
+        exp_s, _, sig = rest.partition("|")
+        if not exp_s.isdigit() or int(exp_s) <= now:
+            return None
+        good = self._sign(name, "session", int(exp_s))
+        return name if good is not None and hmac.compare_digest(good, sig) else None
+
+    def csrf(self, cookie: str) -> str:
+        name, _, rest = cookie.partition("|")
+        exp_s = rest.partition("|")[0]
+        return self._sign(name, "csrf", int(exp_s) if exp_s.isdigit() else 0) or ""
+
+
+class Admin:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        refresher: Refresher,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.redis: Redis | RedisCluster = engine.redis
+        self.refresher = refresher
+        self.metrics = metrics
+        self.tokens = Tokens(config.admin_tokens)
+        self.tenants = {t.name: t for t in config.tenants}
+        self._seen: set[QueueRef] = set()
+        self._next_scan = 0.0
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("sidecar", "templates"),
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    # -- the application -----------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        r = app.router
+        r.add_get("/api/queues", self.api_queues)
+        r.add_get("/api/queues/{tenant}/{queue}", self.api_queue)
+        r.add_patch("/api/queues/{tenant}/{queue}", self.api_patch)
+        r.add_delete("/api/queues/{tenant}/{queue}", self.api_reset)
+        r.add_post("/api/queues/{tenant}/{queue}/drain", self.api_drain)
+        r.add_get("/api/queues/{tenant}/{queue}/sessions", self.api_sessions)
+        r.add_delete("/api/queues/{tenant}/{queue}/sessions/{sid}", self.api_revoke)
+        r.add_get("/api/audit", self.api_audit)
+        r.add_get("/metrics", self.metrics_text)
+        r.add_get("/login", self.login_form)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
+        r.add_get("/", self.dashboard)
+        r.add_get("/ui/data", self.ui_data)
+        r.add_post("/ui/queues/{tenant}/{queue}", self.ui_change)
+        r.add_get("/static/{name}", self.static)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except AdminError as e:
+            return web.json_response(e.body, status=e.status)
+        except web.HTTPException:
+            raise
+        except (RedisError, OSError) as e:
+            log.warning("admin request failed: redis", extra={"error": str(e)})
+            return web.json_response({"error": "redis unavailable"}, status=503)
+        except Exception:
+            log.exception("admin request failed", extra={"path": request.path})
+            return web.json_response({"error": "internal error"}, status=503)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/api/") or path == "/metrics":
+            auth = request.headers.get("Authorization", "")
+            scheme, _, presented = auth.partition(" ")
+            name = self.tokens.name_of(presented.strip()) if scheme.lower() == "bearer" else None
+            if name is None:
+                return web.json_response(
+                    {"error": "a valid admin token is required (Authorization: Bearer …)"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="anteroom-admin"'},
+                )
+            request["admin"] = name
+            return await handler(request)
+        if path in ("/login", "/static/dashboard.css"):
+            return await handler(request)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        name = self.tokens.session_name(cookie, int(time.time()))
+        if name is None or cookie is None:
+            if request.method == "GET" and path == "/":
+                raise web.HTTPSeeOther("/login")
+            return web.json_response({"error": "sign in first"}, status=401)
+        if request.method == "POST":
+            form = await request.post()
+            if not hmac.compare_digest(str(form.get("csrf", "")), self.tokens.csrf(cookie)):
+                return web.json_response({"error": "stale form: reload the page"}, status=403)
+        request["admin"] = name
+        request["csrf"] = self.tokens.csrf(cookie)
+        return await handler(request)
+
+    # -- queues and their figures ---------------------------------------------
+
+    def _ref(self, request: web.Request) -> QueueRef:
+        tenant, queue = request.match_info["tenant"], request.match_info["queue"]
+        if tenant not in self.tenants:
+            raise AdminError(404, {"error": f"unknown tenant {tenant!r}"})
+        if not NAME.match(queue):
+            raise AdminError(404, {"error": "queue names are letters, digits, '_' or '-'"})
+        return QueueRef(tenant, queue)
+
+    async def known_queues(self) -> list[QueueRef]:
+        refs = {QueueRef(t.name, q) for t in self.config.tenants for q in t.queues}
+        refs |= set(self.refresher.states)
+        if time.monotonic() >= self._next_scan:
+            found: set[QueueRef] = set()
+            async for key in self.redis.scan_iter(match=TICKETS_PATTERN, count=500):
+                tq = queue_of_tickets_key(key.decode() if isinstance(key, bytes) else key)
+                if tq and tq[0] in self.tenants and NAME.match(tq[1]):
+                    found.add(QueueRef(*tq))
+                if len(found) >= SCAN_MAX_QUEUES:
+                    break
+            self._seen = found
+            self._next_scan = time.monotonic() + SCAN_EVERY
+        return sorted(refs | self._seen)
+
+    def configured(self, q: QueueRef) -> QueueSettings:
+        return self.tenants[q.tenant].settings_for(q.queue)
+
+    async def _state(self, q: QueueRef) -> QueueState | None:
+        st = self.refresher.states.get(q)
+        if st is None:
+            try:  # from now on this process ticks it too (and records its history)
+                st = await self.refresher.state(q, self.configured(q))
+            except TooManyQueues:
+                return None
+        return st
+
+    async def _overrides(self, qs: list[QueueRef]) -> list[dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in qs:
+                pipe.hgetall(q.keys.settings)
+            raw = await pipe.execute()
+        return [{_s(k): _s(v) for k, v in r.items()} for r in raw]
+
+    def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
+        configured = self.configured(q)
+        overrides: dict[str, int | str] = {}
+        for key in OVERRIDABLE:
+            if key in stored:
+                # what the tick would apply; anything else is ignored there too
+                with contextlib.suppress(ConfigError):
+                    overrides[key] = queue_overrides({key: stored[key]}, configured)[key]
+        settings = {**_settings_dict(configured), **overrides}
+        mode = str(settings["mode"])
+        tickets = st.tickets if st else 0
+        serving = st.serving if st else 0
+        rate = st.admissions_per_second if st else 0.0
+        newcomer = max(tickets - serving, 0) + 1
+        eta = round(newcomer / rate, 1) if rate > 0 and mode in ("on", "queue-all") else None
+        return QueueView(
+            tenant=q.tenant,
+            queue=q.queue,
+            mode=mode,
+            draining=DRAIN in stored and mode == "paused",
+            waiting=st.waiting if st else 0,
+            active=st.active if st else 0,
+            invited=st.invited if st else 0,
+            admitted_last_minute=st.admitted_last_minute if st else 0,
+            serving=serving,
+            tickets=tickets,
+            eta_seconds=eta,
+            settings=settings,
+            configured=_settings_dict(configured),
+            overrides=overrides,
+            updated_ms=st.redis_time_ms if st else 0,
+        )
+
+    async def views(self, qs: list[QueueRef] | None = None) -> list[QueueView]:
+        qs = await self.known_queues() if qs is None else qs
+        states = [await self._state(q) for q in qs]
+        stored = await self._overrides(qs) if qs else []
+        return [self._view(q, st, o) for q, st, o in zip(qs, states, stored, strict=True)]
+
+    async def view(self, q: QueueRef) -> QueueView:
+        (v,) = await self.views([q])
+        return v
+
+    # -- changes (shared by the API, the dashboard and the CLI) ----------------
+
+    async def audit(self, who: str, action: str, q: QueueRef | None, **detail: Any) -> None:
+        now = time.time()
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        entry = {"at": now, "when": when, "by": who, "action": action, **detail}
+        if q is not None:
+            entry.update(tenant=q.tenant, queue=q.queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(AUDIT_KEY, json.dumps(entry))
+            pipe.ltrim(AUDIT_KEY, 0, AUDIT_MAXLEN - 1)
+            await pipe.execute()
+        log.info("admin change", extra={k: v for k, v in entry.items() if k != "at"})
+
+    async def change(self, who: str, q: QueueRef, changes: Mapping[str, object]) -> QueueView:
+        """Validates ``changes`` whole (OverrideErrors lists every bad field) and stores them."""
+        before = await self.view(q)
+        base = QueueSettings(**{**asdict(self.configured(q)), **before.settings})
+        cleaned = queue_overrides(changes, base)
+        diff = {k: [before.settings.get(k), v] for k, v in cleaned.items()}
+        if cleaned:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(q.keys.settings, mapping=cleaned)  # type: ignore[arg-type]
+                if cleaned.get("mode", "paused") != "paused":
+                    pipe.hdel(q.keys.settings, DRAIN)  # resuming ends a drain
+                await pipe.execute()
+            await self.audit(who, "set", q, changes=diff)
+        return await self.view(q)
+
+    async def reset(self, who: str, q: QueueRef, names: list[str]) -> QueueView:
+        bad = [n for n in names if n not in OVERRIDABLE]
+        if bad:
+            raise OverrideErrors({n: f"{n}: not a setting ({', '.join(OVERRIDABLE)})" for n in bad})
+        before = await self.view(q)
+        names = names or list(OVERRIDABLE)
+        removed = {
+            n: [before.overrides[n], before.configured[n]] for n in names if n in before.overrides
+        }
+        fields = [*names, DRAIN] if "mode" in names else names
+        await self.redis.hdel(q.keys.settings, *fields)
+        if removed:
+            await self.audit(who, "reset", q, changes=removed)
+        return await self.view(q)
+
+    async def drain(self, who: str, q: QueueRef) -> QueueView:
+        before = await self.view(q)
+        await self.redis.hset(
+            q.keys.settings, mapping={"mode": "paused", DRAIN: str(int(time.time()))}
+        )
+        await self.audit(who, "drain", q, changes={"mode": [before.mode, "paused"]})
+        return await self.view(q)
+
+    async def revoke(self, who: str, q: QueueRef, sid: str) -> bool:
+        if not SID_RE.match(sid):
+            raise AdminError(400, {"error": "session ids are letters, digits, '_' or '-'"})
+        # as long as any cookie of it could be presented (a place in line lasts longest)
+        until = int(time.time()) + max(WAITING_TOKEN_TTL, self.configured(q).session_ttl)
+        self.refresher.revoke(sid, until)  # this process refuses it at once
+        freed = await self.engine.leave(q, 0, sid, until)  # the ticket is unknown: 0
+        await self.audit(who, "revoke", q, session=sid, freed=freed)
+        return freed
+
+    # -- JSON API -------------------------------------------------------------
+
+    async def api_queues(self, request: web.Request) -> web.Response:
+        return web.json_response({"queues": [asdict(v) for v in await self.views()]})
+
+    async def api_queue(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(await self.view(self._ref(request))))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise AdminError(400, {"error": "the body must be a JSON object"}) from None
+        if not isinstance(body, dict):
+            raise AdminError(400, {"error": "the body must be a JSON object"})
+        return body
+
+    async def api_patch(self, request: web.Request) -> web.Response:
+        q = self._ref(request)
+        body = await self._body(request)
+        try:
+            view = await self.change(request["admin"], q, body)
+        except OverrideErrors as e:
+            raise AdminError(400, {"error": "nothing was changed", "fields": e.errors}) from None
+        return web.json_response(asdict(view))
+
+    async def api_reset(self, request: web.Request) -> web.Response:
+        q = self._ref(request)
+        names = [n for n in request.query.get("keys", "").split(",") if n]
+        try:
+            view = await self.reset(request["admin"], q, names)
+        except OverrideErrors as e:
+            raise AdminError(400, {"error": "nothing was changed", "fields": e.errors}) from None
+        return web.json_response(asdict(view))
+
+    async def api_drain(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(await self.drain(request["admin"], self._ref(request))))
+
+    async def api_sessions(self, request: web.Request) -> web.Response:
+        q = self._ref(request)
+        now_ms = int(time.time() * 1000)
+        rows: list[tuple[bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
+            q.keys.active, 0, 199, withscores=True
+        )
+        sessions = [
+            {"session": _s(sid), "expires_in": round((score - now_ms) / 1000, 1)}
+            for sid, score in rows
+        ]
+        return web.json_response({"sessions": sessions})
+
+    async def api_revoke(self, request: web.Request) -> web.Response:
+        q = self._ref(request)
+        sid = request.match_info["sid"]
+        freed = await self.revoke(request["admin"], q, sid)
+        return web.json_response({"revoked": sid, "freed": freed})
+
+    async def api_audit(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", "100")), 1), AUDIT_LIMIT)
+        except ValueError:
+            raise AdminError(400, {"error": "limit: a whole number"}) from None
+        raw = await self.redis.lrange(AUDIT_KEY, 0, limit - 1)
+        return web.json_response({"entries": [json.loads(e) for e in raw]})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.metrics.queues = [_figures(v) for v in await self.views()]
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    # -- dashboard ------------------------------------------------------------
+
+    def _page(self, name: str, status: int = 200, **context: Any) -> web.Response:
+        html = self.templates.get_template(name).render(**context)
+        return web.Response(
+            text=html,
+            status=status,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._page("login.html", error=None)
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        name = self.tokens.name_of(str(form.get("token", "")).strip())
+        if name is None:
+            log.warning("admin sign-in refused", extra={"remote": request.remote})
+            await asyncio.sleep(FAILED_SIGN_IN_DELAY)  # slows guessing; tokens are long anyway
+            return self._page("login.html", status=401, error="That token is not valid.")
+        resp = web.HTTPSeeOther("/")
+        resp.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}={self.tokens.session(name, int(time.time()))}; "
+            f"Max-Age={SESSION_TTL}; Path=/; HttpOnly; SameSite=Strict"
+        )
+        await self.audit(name, "sign-in", None)
+        return resp
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        resp = web.HTTPSeeOther("/login")
+        resp.headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+        )
+        return resp
+
+    async def dashboard(
+        self, request: web.Request, errors: Mapping[str, Any] | None = None
+    ) -> web.Response:
+        views = await self.views()
+        recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
+        return self._page(
+            "dashboard.html",
+            recent=recent,
+            status=400 if errors else 200,
+            queues=views,
+            who=request["admin"],
+            csrf=request["csrf"],
+            errors=errors or {},
+            settings_fields=[k for k in OVERRIDABLE if k != "mode"],
+            labels=FIELD_LABELS,
+        )
+
+    async def ui_data(self, request: web.Request) -> web.Response:
+        views = await self.views()
+        now = int(time.time())
+        refs = [QueueRef(v.tenant, v.queue) for v in views]
+        points = await history.read_many(self.redis, refs, now)
+        charts = {v.key: [asdict(p) for p in ps] for v, ps in zip(views, points, strict=True)}
+        return web.json_response(
+            {"queues": [asdict(v) for v in views], "history": charts, "now": now},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def ui_change(self, request: web.Request) -> web.StreamResponse:
+        q = self._ref(request)
+        form = await request.post()
+        action = str(form.get("action", ""))
+        who = request["admin"]
+        try:
+            if action == "settings":
+                current = (await self.view(q)).settings
+                changes = {
+                    k: str(form[k]).strip()
+                    for k in OVERRIDABLE
+                    if k in form and str(form[k]).strip() != str(current[k])
+                }
+                await self.change(who, q, changes)
+            elif action in ("on", "queue-all", "paused"):
+                await self.change(who, q, {"mode": action})
+            elif action == "drain":
+                await self.drain(who, q)
+            elif action == "reset":
+                await self.reset(who, q, [])
+            else:
+                raise AdminError(400, {"error": f"unknown action {action!r}"})
+        except OverrideErrors as e:
+            return await self.dashboard(request, errors={f"{q.tenant}/{q.queue}": e.errors})
+        raise web.HTTPSeeOther(f"/#q-{q.tenant}-{q.queue}")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        types = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
+        if name not in types:
+            raise web.HTTPNotFound()
+        text = resources.files("sidecar").joinpath("templates", name).read_text()
+        return web.Response(
+            text=text, content_type=types[name], headers={"Cache-Control": "no-cache"}
+        )
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _figures(v: QueueView) -> QueueFigures:
+    return QueueFigures(
+        tenant=v.tenant,
+        queue=v.queue,
+        mode=v.mode,
+        values={
+            "anteroom_queue_waiting": v.waiting,
+            "anteroom_queue_active": v.active,
+            "anteroom_queue_invited": v.invited,
+            "anteroom_queue_admitted_last_minute": v.admitted_last_minute,
+            "anteroom_queue_serving": v.serving,
+            "anteroom_queue_tickets": v.tickets,
+            "anteroom_queue_capacity": float(v.settings["capacity"]),
+            "anteroom_queue_admit_per_minute": float(v.settings["admit_per_minute"]),
+            "anteroom_queue_draining": 1.0 if v.draining else 0.0,
+        },
+    )

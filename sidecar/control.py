@@ -1,0 +1,178 @@
+"""``python -m sidecar queues …``: the operators' command line, a client of the admin API.
+
+It talks to ``ANTEROOM_ADMIN_URL`` (default ``http://127.0.0.1:9091``) with the
+first token of ``ANTEROOM_ADMIN_TOKEN``, so it validates and audits exactly as
+the API and the dashboard do (the audit log names that token).
+Exit status: 0 done, 1 the admin listener failed or is unreachable, 2 bad input
+or configuration (one line each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .config import ConfigError, admin_tokens_from
+
+DEFAULT_URL = "http://127.0.0.1:9091"
+
+
+class Failed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(sub: Any) -> None:
+    queues = sub.add_parser("queues", help="see and steer queues through the admin API")
+    qsub = queues.add_subparsers(dest="action", required=True)
+    ls = qsub.add_parser("list", help="every queue with its live figures")
+    ls.add_argument("--json", action="store_true", help="print the API's JSON")
+    show = qsub.add_parser("show", help="one queue: figures and settings")
+    show.add_argument("tenant")
+    show.add_argument("queue")
+    show.add_argument("--json", action="store_true", help="print the API's JSON")
+    st = qsub.add_parser("set", help="override settings: capacity=10 mode=paused …")
+    st.add_argument("tenant")
+    st.add_argument("queue")
+    st.add_argument("changes", nargs="+", metavar="key=value")
+    reset = qsub.add_parser("reset", help="back to the configured value (all if no key)")
+    reset.add_argument("tenant")
+    reset.add_argument("queue")
+    reset.add_argument("keys", nargs="*", metavar="key")
+    drain = qsub.add_parser("drain", help="admit nobody new; active sessions finish")
+    drain.add_argument("tenant")
+    drain.add_argument("queue")
+    revoke = qsub.add_parser("revoke", help="end a session now (its cookie stops passing)")
+    revoke.add_argument("tenant")
+    revoke.add_argument("queue")
+    revoke.add_argument("session_id")
+    audit = qsub.add_parser("audit", help="recent changes, newest first")
+    audit.add_argument("--limit", type=int, default=20)
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    try:
+        client = Client.from_env(env)
+        print(_dispatch(client, args))
+    except ConfigError as e:
+        print(f"anteroom: {e}", file=sys.stderr)
+        return 2
+    except Failed as e:
+        print(f"anteroom: {e}", file=sys.stderr)
+        return e.code
+    return 0
+
+
+class Client:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Client:
+        tokens = admin_tokens_from(env.get("ANTEROOM_ADMIN_TOKEN", ""))
+        if not tokens:
+            raise ConfigError("ANTEROOM_ADMIN_TOKEN: required (a token of the admin listener)")
+        url = env.get("ANTEROOM_ADMIN_URL", DEFAULT_URL)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"ANTEROOM_ADMIN_URL: expected http(s)://HOST:PORT, got {url!r}")
+        return cls(url, tokens[0][1])
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                reply = json.loads(e.read())
+            except ValueError:
+                reply = {}
+            fields = reply.get("fields") or {}
+            message = "; ".join(fields.values()) or reply.get("error") or e.reason
+            raise Failed(2 if e.code in (400, 404) else 1, f"{e.code}: {message}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Failed(1, f"admin listener unreachable at {self.url}: {reason}") from None
+
+
+def _path(tenant: str, queue: str) -> str:
+    return f"/api/queues/{quote(tenant, safe='')}/{quote(queue, safe='')}"
+
+
+def _dispatch(c: Client, a: argparse.Namespace) -> str:
+    if a.action == "list":
+        queues = c.call("GET", "/api/queues")["queues"]
+        return json.dumps(queues, indent=2) if a.json else _table(queues)
+    if a.action == "audit":
+        entries = c.call("GET", f"/api/audit?limit={a.limit}")["entries"]
+        return "\n".join(_audit_line(e) for e in entries) or "no changes recorded"
+    path = _path(a.tenant, a.queue)
+    if a.action == "show":
+        view = c.call("GET", path)
+        return json.dumps(view, indent=2) if a.json else _show(view)
+    if a.action == "set":
+        changes = {}
+        for item in a.changes:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"{item!r}: expected key=value, e.g. capacity=50")
+            changes[key.strip()] = value.strip()
+        return _show(c.call("PATCH", path, changes))
+    if a.action == "reset":
+        query = f"?keys={','.join(a.keys)}" if a.keys else ""
+        return _show(c.call("DELETE", path + query))
+    if a.action == "drain":
+        return _show(c.call("POST", path + "/drain"))
+    if a.action == "revoke":
+        r = c.call("DELETE", f"{path}/sessions/{quote(a.session_id, safe='')}")
+        return f"revoked {r['revoked']}" + (" (its place is free)" if r["freed"] else "")
+    raise ConfigError(f"unknown action {a.action!r}")
+
+
+COLUMNS = ("mode", "waiting", "active", "invited", "admitted_last_minute", "serving", "tickets")
+
+
+def _table(queues: list[dict[str, Any]]) -> str:
+    head = ["QUEUE", "MODE", "WAITING", "ACTIVE", "INVITED", "ADMITTED/MIN", "SERVING", "TICKETS"]
+    rows = [head]
+    for q in queues:
+        mode = "draining" if q["draining"] else q["mode"]
+        rows.append([f"{q['tenant']}/{q['queue']}", mode, *(str(q[k]) for k in COLUMNS[1:])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def _show(v: dict[str, Any]) -> str:
+    lines = [f"{v['tenant']}/{v['queue']}" + ("  (draining)" if v["draining"] else "")]
+    for k in COLUMNS:
+        lines.append(f"  {k:<22}{v[k]}")
+    eta = v["eta_seconds"]
+    lines.append(f"  {'eta_seconds':<22}{'-' if eta is None else eta}")
+    lines.append("settings:")
+    for k, value in v["settings"].items():
+        note = f"  (override; configured {v['configured'][k]})" if k in v["overrides"] else ""
+        lines.append(f"  {k:<22}{value}{note}")
+    return "\n".join(lines)
+
+
+def _audit_line(e: dict[str, Any]) -> str:
+    where = f" {e['tenant']}/{e['queue']}" if "tenant" in e else ""
+    changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in e.get("changes", {}).items())
+    extra = f" session {e['session']}" if "session" in e else ""
+    return f"{e.get('when', e['at'])}  {e['by']}  {e['action']}{where}{extra}  {changes}".rstrip()

@@ -1,0 +1,339 @@
+"""The admin listener on a running stack: two sidecar processes, real nginx and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.stack import ROOT, Stack
+from tests.conftest import eventually, make_stack
+from tests.visitors import Visitor
+
+pytestmark = pytest.mark.integration
+
+OLD = "old-admin-token-0123456789"
+NEW = "new-admin-token-9876543210"
+
+
+@pytest.fixture(scope="module")
+def admin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # two tokens during a rotation; the first sidecar has the admin listener
+    s = make_stack(
+        tmp_path_factory.mktemp("admin"), replicas=1, ANTEROOM_ADMIN_TOKEN=f"old:{OLD},new:{NEW}"
+    )
+    yield s
+    s.stop()
+
+
+async def api(
+    http: aiohttp.ClientSession,
+    stack: Stack,
+    method: str,
+    path: str,
+    token: str | None = NEW,
+    **kw: Any,
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, stack.admin_url + path, headers=headers, **kw) as r:
+        if r.content_type == "application/json":
+            return r.status, await r.json()
+        return r.status, await r.text()
+
+
+def sid(v: Visitor) -> str:
+    assert v.cookie
+    return v.cookie.split("|")[5]
+
+
+async def auth_on_every_process(
+    http: aiohttp.ClientSession, stack: Stack, queue: str, cookie: str | None = None
+) -> list[int]:
+    """The gate's answer from each sidecar process, asked directly."""
+    statuses = []
+    for port in (stack.sidecar_port, *stack.replica_ports):
+        headers = {"Host": "127.0.0.1", "X-Anteroom-Queue": queue, "X-Original-URI": f"/q/{queue}/"}
+        if cookie:
+            headers["Cookie"] = f"anteroom_{queue}={cookie}"
+        async with http.get(f"http://127.0.0.1:{port}/_anteroom/auth", headers=headers) as r:
+            # a pass that comes with a new cookie is a new visitor, not this session
+            passed_as_is = r.status == 204 and "Set-Cookie" not in r.headers
+            statuses.append(r.status if not cookie or passed_as_is else 0)
+    return statuses
+
+
+async def test_every_admin_route_needs_a_token_old_and_new_work(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    for path in ("/api/queues", "/api/audit", "/metrics", "/api/queues/acme/shop"):
+        assert (await api(http, admin_stack, "GET", path, token=None))[0] == 401
+        assert (await api(http, admin_stack, "GET", path, token="wrong-token-0123456789"))[0] == 401
+        assert (await api(http, admin_stack, "GET", path, token=OLD))[0] == 200
+        assert (await api(http, admin_stack, "GET", path, token=NEW))[0] == 200
+    # a Bearer token is not a dashboard session, and vice versa
+    async with http.get(admin_stack.admin_url + "/", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/login"
+    status, _ = await api(
+        http, admin_stack, "PATCH", "/api/queues/acme/auth", token=None, json={"capacity": 9}
+    )
+    assert status == 401
+
+
+async def test_nothing_admin_on_the_public_site(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    v = Visitor(http, admin_stack.url)
+    paths = ["/api/queues", "/metrics", "/login", "/ui/data", "/api/audit"]
+    paths += ["/_anteroom" + p for p in paths] + ["/_anteroom/admin/"]
+    for path in paths:
+        r = await v.get(path, headers={"Authorization": f"Bearer {NEW}"})
+        assert r.status == 404, (path, r.status)
+        assert "anteroom_" not in r.text and "queues" not in r.text
+
+
+async def test_patch_reaches_both_processes_within_a_second(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    queue = "patched"
+    first, second, third = (Visitor(http, admin_stack.url) for _ in range(3))
+    assert (await first.get(f"/q/{queue}/")).status == 200
+    assert (await second.get(f"/q/{queue}/")).status == 200
+    assert (await third.get(f"/q/{queue}/")).status == 302  # capacity 2 is full
+
+    status, view = await api(
+        http, admin_stack, "PATCH", f"/api/queues/acme/{queue}", json={"capacity": 3}
+    )
+    assert status == 200 and view["settings"]["capacity"] == 3
+    assert view["overrides"] == {"capacity": 3} and view["configured"]["capacity"] == 2
+
+    async def third_admitted() -> bool:
+        return bool((await third.status())["state"] == "admitted")
+
+    await eventually(third_admitted, within=1.0, interval=0.05)
+
+    # paused: neither process lets a newcomer in, within a second
+    await api(http, admin_stack, "PATCH", f"/api/queues/acme/{queue}", json={"mode": "paused"})
+
+    async def both_refuse_newcomers() -> bool:
+        return await auth_on_every_process(http, admin_stack, queue) == [401, 401]
+
+    await eventually(both_refuse_newcomers, within=1.0, interval=0.05)
+    # DELETE returns the queue to its configuration: on, capacity 2
+    status, view = await api(http, admin_stack, "DELETE", f"/api/queues/acme/{queue}")
+    assert status == 200 and view["overrides"] == {} and view["settings"]["mode"] == "on"
+
+
+async def test_invalid_values_are_refused_whole(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    path = "/api/queues/acme/strict"
+    status, body = await api(
+        http,
+        admin_stack,
+        "PATCH",
+        path,
+        json={"capacity": 7, "abandon_after": 5, "mode": "sometimes", "colour": "red"},
+    )
+    assert status == 400 and body["error"] == "nothing was changed"
+    assert set(body["fields"]) == {"abandon_after", "mode", "colour"}
+    assert "10" in body["fields"]["abandon_after"]
+    _, view = await api(http, admin_stack, "GET", path)
+    assert view["settings"]["capacity"] == 2 and view["overrides"] == {}
+    for bad in (b"not json", b"[1, 2]", b'{"capacity": true}', b'{"capacity": -1}'):
+        status, body = await api(http, admin_stack, "PATCH", path, data=bad)
+        assert status == 400, bad
+    assert (await api(http, admin_stack, "GET", "/api/queues/nobody/strict"))[0] == 404
+    assert (await api(http, admin_stack, "DELETE", path + "?keys=colour"))[0] == 400
+
+
+async def test_changes_are_audited_by_token_name(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    path = "/api/queues/acme/audited"
+    await api(http, admin_stack, "PATCH", path, token=OLD, json={"admit_per_minute": 120})
+    await api(http, admin_stack, "DELETE", path + "?keys=admit_per_minute", token=NEW)
+    status, body = await api(http, admin_stack, "GET", "/api/audit?limit=50")
+    assert status == 200
+    mine = [e for e in body["entries"] if e.get("queue") == "audited"]
+    assert [(e["by"], e["action"], e["changes"]) for e in mine] == [
+        ("new", "reset", {"admit_per_minute": [120, 0]}),
+        ("old", "set", {"admit_per_minute": [0, 120]}),
+    ]
+    assert OLD not in str(body) and NEW not in str(body)
+
+
+async def test_revoke_refuses_the_session_on_every_process(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    queue = "revoked"
+    v = Visitor(http, admin_stack.url)
+    assert (await v.get(f"/q/{queue}/")).status == 200
+    assert v.cookie
+    _, listed = await api(http, admin_stack, "GET", f"/api/queues/acme/{queue}/sessions")
+    assert sid(v) in [s["session"] for s in listed["sessions"]]
+
+    status, body = await api(
+        http, admin_stack, "DELETE", f"/api/queues/acme/{queue}/sessions/{sid(v)}"
+    )
+    assert status == 200 and body == {"revoked": sid(v), "freed": True}
+    revoked = v.cookie
+    await v.get(f"/q/{queue}/")
+    assert sid(v) != body["revoked"]  # in again only as a new visitor, through the line
+
+    async def refused_everywhere() -> bool:
+        # no process lets the revoked session pass as itself
+        statuses = await auth_on_every_process(http, admin_stack, queue, revoked)
+        return statuses == [0, 0]
+
+    await eventually(refused_everywhere, within=1.5, interval=0.05)
+    bad = await api(http, admin_stack, "DELETE", f"/api/queues/acme/{queue}/sessions/a%20b")
+    assert bad[0] == 400
+
+
+async def test_drain_admits_nobody_new_while_sessions_go_on(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    queue = "drained"
+    shopper, newcomer = Visitor(http, admin_stack.url), Visitor(http, admin_stack.url)
+    assert (await shopper.get(f"/q/{queue}/")).status == 200
+    status, view = await api(http, admin_stack, "POST", f"/api/queues/acme/{queue}/drain")
+    assert status == 200 and view["draining"] and view["mode"] == "paused"
+
+    async def newcomers_wait() -> bool:
+        return await auth_on_every_process(http, admin_stack, queue) == [401, 401]
+
+    await eventually(newcomers_wait, within=1.0, interval=0.05)
+    assert (await newcomer.get(f"/q/{queue}/")).status == 302
+    assert (await shopper.get(f"/q/{queue}/")).status == 200  # still shopping
+    # resuming ends the drain; with room for everyone (the probes joined too) the
+    # newcomer is let in
+    _, view = await api(
+        http, admin_stack, "PATCH", f"/api/queues/acme/{queue}", json={"mode": "on", "capacity": 9}
+    )
+    assert not view["draining"]
+
+    async def newcomer_in() -> bool:
+        return bool((await newcomer.status())["state"] == "admitted")
+
+    await eventually(newcomer_in, within=2.0)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+async def test_metrics_gauges_show_the_shared_state(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    queue = "gauged"
+    crowd = [Visitor(http, admin_stack.url) for _ in range(4)]
+    for v in crowd:  # nginx spreads them over both processes
+        await v.get(f"/q/{queue}/")
+    gauges = frozenset({("tenant", "acme"), ("queue", queue)})
+
+    async def gauges_agree() -> dict[Any, float] | None:
+        status, text = await api(http, admin_stack, "GET", "/metrics")
+        assert status == 200
+        m = samples(text)
+        want = {"active": 2, "waiting": 2, "tickets": 4, "capacity": 2}
+        got = {k: m.get((f"anteroom_queue_{k}", gauges)) for k in want}
+        return m if got == want else None
+
+    m = await eventually(gauges_agree, within=2.0)
+    on = frozenset({("tenant", "acme"), ("queue", queue), ("mode", "on")})
+    assert m[("anteroom_queue_mode", on)] == 1
+    assert any(name == "anteroom_redis_call_duration_seconds_count" for name, _ in m)
+
+
+def cli(stack: Stack, *args: str, token: str = NEW) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANTEROOM_ADMIN_URL": stack.admin_url,
+        "ANTEROOM_ADMIN_TOKEN": token,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "queues", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_cli_round_trips_a_setting(admin_stack: Stack, http: aiohttp.ClientSession) -> None:
+    r = cli(admin_stack, "set", "acme", "cli", "capacity=9", "mode=queue-all")
+    assert r.returncode == 0, r.stderr
+    assert "capacity              9  (override; configured 2)" in r.stdout
+    _, view = await api(http, admin_stack, "GET", "/api/queues/acme/cli")
+    assert view["settings"]["capacity"] == 9 and view["mode"] == "queue-all"
+    r = cli(admin_stack, "list")
+    assert r.returncode == 0 and "acme/cli" in r.stdout and "queue-all" in r.stdout
+    r = cli(admin_stack, "reset", "acme", "cli", "capacity")
+    assert r.returncode == 0 and "capacity              2\n" in r.stdout
+    r = cli(admin_stack, "show", "acme", "cli")
+    assert "mode                  queue-all  (override; configured on)" in r.stdout
+    # the same validation as the API: refused whole, one line, status 2
+    r = cli(admin_stack, "set", "acme", "cli", "capacity=5", "abandon_after=3")
+    assert r.returncode == 2 and "abandon_after" in r.stderr and "Traceback" not in r.stderr
+    assert cli(admin_stack, "set", "acme", "cli", "capacity").returncode == 2
+    assert cli(admin_stack, "list", token="").returncode == 2
+    wrong = cli(admin_stack, "list", token="wrong-token-0123456789")
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    _, view = await api(http, admin_stack, "GET", "/api/queues/acme/cli")
+    assert view["settings"]["capacity"] == 2
+    audit = cli(admin_stack, "audit", "--limit", "5")
+    assert "new  set acme/cli  capacity 2 -> 9" in audit.stdout
+
+
+GRAFANA = ROOT / "deploy" / "grafana" / "anteroom.json"
+
+
+def queried_names(dashboard: dict[str, Any]) -> set[str]:
+    """Every anteroom_* name in the dashboard's queries (panels and variables)."""
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("expr", "query", "definition") and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dashboard)
+    return {name for e in exprs for name in re.findall(r"\banteroom_[a-z_]+\b", e)}
+
+
+async def test_grafana_dashboard_queries_only_exported_names(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    dashboard = json.loads(GRAFANA.read_text())
+    assert dashboard["uid"] == "anteroom" and dashboard["panels"]
+    names = queried_names(dashboard)
+    assert len(names) >= 10
+    await Visitor(http, admin_stack.url).get("/q/grafana/")  # a queue, so gauges have samples
+    status, text = await api(http, admin_stack, "GET", "/metrics")
+    assert status == 200
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    exported |= {f.name for f in text_string_to_metric_families(text)}
+    for family in text_string_to_metric_families(text):  # histograms: their series names
+        if family.type == "histogram":
+            exported |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+        if family.type == "counter":
+            exported.add(family.name + "_total")
+    assert names <= exported, names - exported

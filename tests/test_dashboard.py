@@ -1,0 +1,125 @@
+"""The dashboard in headless Chromium: sign in, live figures, a change through its form."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.stack import Stack
+from tests.browser import Browser, chromium_path
+from tests.conftest import ADMIN_TOKEN, make_stack
+from tests.visitors import Visitor
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.integration,
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(tmp_path_factory.mktemp("dashboard"), ANTEROOM_SESSION_TTL="60")
+    yield s
+    s.stop()
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """Screenshots go to ANTEROOM_SCREENSHOTS when set (to look at them), else tmp."""
+    d = Path(os.environ.get("ANTEROOM_SCREENSHOTS", tmp_path))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def section(queue: str) -> str:
+    return f"document.querySelector('section[data-queue=\"acme/{queue}\"]')"
+
+
+async def test_dashboard_live_figures_and_a_form_change(board: Stack, tmp_path: Path) -> None:
+    queue = "board"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        crowd = [Visitor(http, board.url) for _ in range(5)]
+        for v in crowd:  # two inside, three in line
+            await v.get(f"/q/{queue}/")
+        for v in crowd[2:]:  # on the waiting page: they poll
+            await v.status()
+
+        async with Browser() as browser:
+            page = await browser.page(1366, 900)
+            await page.goto(board.admin_url + "/")
+            await page.wait_for("location.pathname === '/login'")
+            # a wrong token is refused with a message, and no session
+            await page.evaluate(
+                "document.getElementById('token').value = 'wrong-token-0123456789';"
+                "document.querySelector('form').submit()"
+            )
+            await page.wait_for("document.querySelector('.error') !== null")
+            await page.evaluate(
+                f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
+                "document.querySelector('form').submit()"
+            )
+            await page.wait_for(f"{section(queue)} !== null")
+            # live: the script has refreshed the figures from /ui/data
+            await page.wait_for("document.body.dataset.refreshed !== undefined")
+            figure = f"{section(queue)}.querySelector('[data-field=\"{{}}\"]').textContent"
+            await page.wait_for(f"{figure.format('waiting')} === '3'")
+            assert await page.evaluate(figure.format("active")) == "2"
+            assert await page.evaluate(figure.format("tickets")) == "5"
+            assert (
+                await page.evaluate(f"{section(queue)}.querySelectorAll('svg.chart').length") == 3
+            )
+            shot = await page.screenshot(shots_dir(tmp_path) / "dashboard.png")
+            assert shot.stat().st_size > 10_000
+
+            # keyboard users reach the settings: every control is focusable, in order
+            focusable = await page.evaluate(
+                f"Array.from({section(queue)}.querySelectorAll('input:not([type=hidden]), button'))"
+                ".every(e => e.tabIndex >= 0)"
+            )
+            assert focusable
+
+            # change capacity through the form; the next page shows it
+            await page.evaluate(
+                f"const f = {section(queue)}.querySelector('form.settings');"
+                "f.elements.capacity.value = '4'; f.submit()"
+            )
+            await page.wait_for(
+                f"{section(queue)} && {section(queue)}.querySelector('form.settings')"
+                f".elements.capacity.value === '4' && !!{section(queue)}.querySelector('em')"
+            )
+            await page.wait_for(f"{figure.format('invited')} === '2'")  # two more invited
+
+            # an invalid value is refused with a message, nothing changed
+            await page.evaluate(
+                f"const g = {section(queue)}.querySelector('form.settings');"
+                "g.elements.capacity.value = '3'; g.elements.abandon_after.value = '2'; g.submit()"
+            )
+            await page.wait_for("document.querySelector('.error[role=alert]') !== null")
+            message = await page.evaluate("document.querySelector('.error[role=alert]').innerText")
+            assert "abandon_after" in message
+
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with http.get(f"{board.admin_url}/api/queues/acme/{queue}", headers=headers) as r:
+            view = await r.json()
+        assert view["settings"]["capacity"] == 4 and view["overrides"] == {"capacity": 4}
+        async with http.get(f"{board.admin_url}/api/audit", headers=headers) as r:
+            entries = (await r.json())["entries"]
+        assert {"sign-in", "set"} <= {e["action"] for e in entries}
+
+
+async def test_forms_without_the_csrf_token_are_refused(board: Stack) -> None:
+    # unsafe: keep cookies of an IP address host (127.0.0.1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(board.admin_url + "/login", data={"token": ADMIN_TOKEN}) as r:
+            assert r.status == 200 and "csrf" in await r.text()  # followed to the dashboard
+        url = f"{board.admin_url}/ui/queues/acme/board"
+        async with http.post(url, data={"action": "paused"}, allow_redirects=False) as r:
+            assert r.status == 403
+        stranger = aiohttp.ClientSession()  # no session cookie at all
+        async with stranger, stranger.post(url, data={"action": "paused"}) as r:
+            assert r.status == 401
