@@ -9,6 +9,7 @@ with no Redis round trip; Redis is touched only to join or claim.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from urllib.parse import quote, urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from . import fastpass
 from .config import NAME_RE, Config, QueueSettings, Tenant
 from .engine import Claim, Engine, QueueRef, QueueState
 from .refresher import Refresher, TooManyQueues
@@ -59,6 +61,7 @@ class Gate:
         self.refresher = refresher
         self.signer = Signer(config.secrets)
         self._last_down_log = 0.0
+        self.fast_pass = fastpass.from_env(os.environ)  # nginx fast pass, off when None
         self._cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
             "; Secure" if config.cookie_secure else ""
         )
@@ -161,6 +164,9 @@ class Gate:
         if tok is not None and tok.state == ADMITTED:
             resp = web.Response(status=204)
             self.keep_alive(q, tok, state, resp, now)
+            if self.fast_pass is not None:  # fast pass hook: renew nginx's pass
+                cookies = request.headers.get("Cookie", "")
+                self.fast_pass.renew(cookies, tok.sid, queue, now, resp.headers, self._cookie_attrs)
             return resp
 
         # where this request wanted to go: the waiting page sends them back there

@@ -24,7 +24,8 @@ NGINX_SNIPPETS = ROOT / "nginx" / "anteroom"
 
 SITE = """
     server {{
-        listen 127.0.0.1:{port};
+        # a launch is a burst of new connections: a deep accept queue, not resets
+        listen 127.0.0.1:{port} backlog=4096;
         server_name _;
         set $anteroom_pages {pages};
         include anteroom/server.conf;
@@ -39,6 +40,15 @@ SITE = """
             set $anteroom_queue shop;
             include anteroom/gate.conf;
             proxy_pass http://origin;
+        }}
+        # static pages served by nginx itself, waiting in the queue "tickets";
+        # /tickets/ is one visitor and one place although index redirects it
+        location /tickets/ {{
+            set $anteroom_queue tickets;
+            include anteroom/gate.conf;
+            root {static};
+            index index.html;
+            try_files $uri $uri/ =404;
         }}
 {extra}
     }}
@@ -59,12 +69,21 @@ http {{
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
     include anteroom/http.conf;
-    upstream anteroom_sidecar {{ {sidecar_servers} keepalive 64; }}
+{fast_pass}
+    # every gated request is one subrequest: keep connections to the sidecar
+    # open (idle ones per worker), reuse each for many requests
+    upstream anteroom_sidecar {{
+        {sidecar_servers}
+        keepalive 128;
+        keepalive_requests 10000;
+        keepalive_timeout 60s;
+    }}
     upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host $host;
 {site}
+{extra_http}
 }}
 """
 
@@ -137,7 +156,9 @@ class Stack:
     redis_port: int = field(default_factory=free_port)
     env: Mapping[str, str] = field(default_factory=dict)
     extra_locations: str = ""
-    nginx_workers: int = 1
+    nginx_workers: int | str = 1  # or "auto": one per core
+    fast_pass: bool = False  # include anteroom/fastpass.conf (needs ANTEROOM_FAST_PASS_SECRET)
+    extra_http: str = ""  # more http {} text: another server, a cache zone
     access_log: bool = False
     quiet: bool = True
     inherit_env: bool = True
@@ -251,13 +272,43 @@ class Stack:
             self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log"
         )
 
+    def write_static(self) -> Path:
+        """The demo's static /tickets/ pages, served by nginx itself."""
+        from .demo import TICKETS_PAGES
+
+        static = self.workdir / "static"
+        for name, text in TICKETS_PAGES.items():
+            path = static / "tickets" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return static
+
+    def write_snippets(self, ndir: Path) -> None:
+        """nginx/anteroom/*.conf linked one by one, beside the generated fast pass secret."""
+        folder = ndir / "anteroom"
+        folder.mkdir(parents=True, exist_ok=True)
+        for snippet in NGINX_SNIPPETS.glob("*.conf"):
+            link = folder / snippet.name
+            if not link.is_symlink():
+                link.symlink_to(snippet)
+        if self.fast_pass:
+            from .fastpass import from_env, nginx_conf
+
+            fast = from_env(self.sidecar_env())
+            if fast is None:
+                raise RuntimeError("fast_pass needs ANTEROOM_FAST_PASS_SECRET in env")
+            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast))
+
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"
         (ndir / "tmp").mkdir(parents=True, exist_ok=True)
-        link = ndir / "anteroom"
-        if not link.exists():
-            link.symlink_to(NGINX_SNIPPETS)
-        site = SITE.format(port=self.site_port, pages=pages, extra=self.extra_locations)
+        self.write_snippets(ndir)
+        site = SITE.format(
+            port=self.site_port,
+            pages=pages,
+            static=self.write_static(),
+            extra=self.extra_locations,
+        )
         conf = ndir / "nginx.conf"
         # as root, workers would drop to "nobody", which cannot read a private
         # temporary folder (pytest's, say); this stack is local-only anyway
@@ -267,6 +318,8 @@ class Stack:
                 user=user,
                 workers=self.nginx_workers,
                 dir=ndir,
+                fast_pass="    include anteroom/fastpass.conf;" if self.fast_pass else "",
+                extra_http=self.extra_http,
                 sidecar_servers=" ".join(
                     f"server 127.0.0.1:{p};" for p in [self.sidecar_port, *self.replica_ports]
                 ),

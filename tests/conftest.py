@@ -51,7 +51,14 @@ FAST = {
 }
 
 
-def make_stack(workdir: Path, replicas: int = 0, redis_cluster: bool = False, **env: str) -> Stack:
+def make_stack(
+    workdir: Path,
+    replicas: int = 0,
+    redis_cluster: bool = False,
+    fast_pass: bool = False,
+    extra_http: str = "",
+    **env: str,
+) -> Stack:
     toml = workdir / "anteroom.toml"
     workdir.mkdir(parents=True, exist_ok=True)
     toml.write_text(SITE_TOML)
@@ -62,6 +69,8 @@ def make_stack(workdir: Path, replicas: int = 0, redis_cluster: bool = False, **
         inherit_env=False,
         replica_ports=[free_port() for _ in range(replicas)],
         redis_cluster=redis_cluster,
+        fast_pass=fast_pass,
+        extra_http=extra_http,
     ).start()
 
 
