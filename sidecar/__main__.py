@@ -1,4 +1,5 @@
-"""``python -m sidecar`` serves; ``python -m sidecar build-pages --out DIR`` renders themes."""
+"""``python -m sidecar`` serves; ``python -m sidecar build-pages --out DIR`` renders themes;
+``python -m sidecar fastpass-conf`` prints nginx's fast pass secret include."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
-from . import logs
+from . import fastpass, logs
 from .app import create_app
 from .config import Config, ConfigError
 
@@ -94,20 +96,50 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the sidecar (default)")
     build = sub.add_parser("build-pages", help="render every tenant's waiting page")
     build.add_argument("--out", required=True, help="output folder (served as /_anteroom/waiting/)")
+    sub.add_parser(
+        "fastpass-conf",
+        help="print anteroom/fastpass-secret.conf for nginx from ANTEROOM_FAST_PASS_SECRET",
+    )
     args = parser.parse_args(argv)
     try:
-        config = Config.from_env(serving=args.command != "build-pages")
-        logs.setup(config.log_level, config.log_format, os.environ)
-    except ConfigError as e:
+        return _command(args.command)(args)
+    except ConfigError as e:  # every command: one line naming the setting, no traceback
         print(f"anteroom: invalid configuration: {e}", file=sys.stderr)
         return 2
-    if args.command == "build-pages":
-        from .themes import build_pages
 
-        for path in build_pages(config, args.out):
-            print(path)
-        return 0
+
+def _command(name: str | None) -> Callable[[argparse.Namespace], int]:
+    return {"build-pages": _build_pages, "fastpass-conf": _fastpass_conf}.get(name or "", _serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = Config.from_env()
+    fastpass.from_env(os.environ)  # invalid fast pass settings stop start-up here
+    logs.setup(config.log_level, config.log_format, os.environ)
     serve(config)
+    return 0
+
+
+def _build_pages(args: argparse.Namespace) -> int:
+    from .themes import build_pages, themes_dir
+
+    config = Config.from_env(serving=False)
+    logs.setup(config.log_level, config.log_format, os.environ)
+    built = build_pages(config, args.out)
+    if "ANTEROOM_CONFIG" not in os.environ:
+        print("anteroom: no ANTEROOM_CONFIG: one tenant named 'default' serving every host")
+    for tenant, paths in built.items():
+        page = f"{args.out.rstrip('/')}/_anteroom/waiting/{tenant}/"
+        print(f"anteroom: built tenant {tenant!r}: {len(paths)} files in {page}")
+    print(f"anteroom: themes from {themes_dir()}")
+    return 0
+
+
+def _fastpass_conf(args: argparse.Namespace) -> int:
+    fast = fastpass.from_env(os.environ)
+    if fast is None:
+        raise ConfigError("ANTEROOM_FAST_PASS_SECRET: required (e.g. openssl rand -hex 32)")
+    sys.stdout.write(fastpass.nginx_conf(fast))
     return 0
 
 

@@ -20,8 +20,14 @@ API = "/_anteroom"
 
 
 def themes_dir() -> Path:
+    """``ANTEROOM_THEMES``, else the themes shipped in the installed package
+    (``sidecar/theme_assets/``), else ``theme_assets/`` of a source checkout."""
     env = os.environ.get("ANTEROOM_THEMES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "theme_assets"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    shipped = here / "theme_assets"
+    return shipped if shipped.is_dir() else here.parent / "theme_assets"
 
 
 def _strings(folders: list[Path], language: str) -> dict[str, str]:
@@ -80,8 +86,6 @@ def render_tenant(tenant: Tenant, out: Path, root: Path | None = None) -> list[P
     return written
 
 
-def build_pages(config: Config, out: str | Path) -> list[Path]:
-    written: list[Path] = []
-    for tenant in config.tenants:
-        written += render_tenant(tenant, Path(out))
-    return written
+def build_pages(config: Config, out: str | Path) -> dict[str, list[Path]]:
+    """Every tenant's pages, by tenant name."""
+    return {tenant.name: render_tenant(tenant, Path(out)) for tenant in config.tenants}
