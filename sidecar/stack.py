@@ -62,6 +62,10 @@ error_log {dir}/error.log warn;
 daemon off;
 events {{ worker_connections 4096; }}
 http {{
+    # $uri and $upstream_addr show auth subrequests (with log_subrequest on) and
+    # whether the sidecar was asked ("-": nginx answered itself)
+    log_format anteroom '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                        'uri=$uri upstream=$upstream_addr rt=$request_time';
     access_log {access_log};
     client_body_temp_path {dir}/tmp/body;
     proxy_temp_path {dir}/tmp/proxy;
@@ -159,6 +163,9 @@ class Stack:
     nginx_workers: int | str = 1  # or "auto": one per core
     fast_pass: bool = False  # include anteroom/fastpass.conf (needs ANTEROOM_FAST_PASS_SECRET)
     extra_http: str = ""  # more http {} text: another server, a cache zone
+    site_template: str = SITE  # the server {} text, formatted with port, pages, static, extra
+    snippets: Path = NGINX_SNIPPETS  # the folder of anteroom/*.conf nginx includes
+    python: str = sys.executable  # runs the sidecar and build-pages (an installed venv's)
     access_log: bool = False
     quiet: bool = True
     inherit_env: bool = True
@@ -249,11 +256,11 @@ class Stack:
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
         built = subprocess.run(
-            [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
+            [self.python, "-m", "sidecar", "build-pages", "--out", str(pages)],
             env=self.sidecar_env(),
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=ROOT if self.python == sys.executable else self.workdir,
         )
         if built.returncode:
             raise RuntimeError(built.stderr.strip())
@@ -262,7 +269,7 @@ class Stack:
     def start_sidecar(self) -> None:
         for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
             name = "sidecar" if i == 0 else f"sidecar{i}"
-            self._spawn(name, [sys.executable, "-m", "sidecar"], env=self.sidecar_env(port))
+            self._spawn(name, [self.python, "-m", "sidecar"], env=self.sidecar_env(port))
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
 
     def start_origin(self) -> None:
@@ -287,7 +294,7 @@ class Stack:
         """nginx/anteroom/*.conf linked one by one, beside the generated fast pass secret."""
         folder = ndir / "anteroom"
         folder.mkdir(parents=True, exist_ok=True)
-        for snippet in NGINX_SNIPPETS.glob("*.conf"):
+        for snippet in self.snippets.glob("*.conf"):
             link = folder / snippet.name
             if not link.is_symlink():
                 link.symlink_to(snippet)
@@ -303,7 +310,7 @@ class Stack:
         ndir = self.workdir / "nginx"
         (ndir / "tmp").mkdir(parents=True, exist_ok=True)
         self.write_snippets(ndir)
-        site = SITE.format(
+        site = self.site_template.format(
             port=self.site_port,
             pages=pages,
             static=self.write_static(),
@@ -325,7 +332,7 @@ class Stack:
                 ),
                 origin_port=self.origin_port,
                 site=site,
-                access_log=f"{ndir}/access.log" if self.access_log else "off",
+                access_log=f"{ndir}/access.log anteroom" if self.access_log else "off",
             )
         )
         return conf

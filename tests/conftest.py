@@ -57,6 +57,7 @@ def make_stack(
     redis_cluster: bool = False,
     fast_pass: bool = False,
     extra_http: str = "",
+    access_log: bool = False,
     **env: str,
 ) -> Stack:
     toml = workdir / "anteroom.toml"
@@ -71,6 +72,7 @@ def make_stack(
         redis_cluster=redis_cluster,
         fast_pass=fast_pass,
         extra_http=extra_http,
+        access_log=access_log,
     ).start()
 
 
