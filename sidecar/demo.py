@@ -69,17 +69,17 @@ TICKETS_PAGES = {
         head='<script src="/_anteroom/waiting/default/keepalive.js" defer data-interval="20">'
         "</script>",
         body="<p>You are in. These pages are static files served by nginx itself from a "
-        'folder, with <code>index</code> and <code>try_files</code>.</p>'
+        "folder, with <code>index</code> and <code>try_files</code>.</p>"
         '<div class="item">Friday night — <a href="/tickets/friday/">seats</a></div>'
         '<div class="item">Saturday matinee — <a href="/tickets/saturday.html">seats</a></div>'
         '<form method="post" action="/_anteroom/leave?return_to=/">'
         "<button>Done (frees your place)</button></form>",
     ),
     "friday/index.html": PAGE.format(
-        title="Friday night", head="", body='<p>Rows A–F. <a href="/tickets/">Back</a></p>'
+        title="Friday night", head="", body='<p>Rows A to F. <a href="/tickets/">Back</a></p>'
     ),
     "saturday.html": PAGE.format(
-        title="Saturday matinee", head="", body='<p>Rows A–K. <a href="/tickets/">Back</a></p>'
+        title="Saturday matinee", head="", body='<p>Rows A to K. <a href="/tickets/">Back</a></p>'
     ),
 }
 

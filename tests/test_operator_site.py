@@ -131,9 +131,7 @@ def operator(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> Itera
     # the snippets, installed as docs/nginx.md says
     snippets = work / "etc-nginx" / "anteroom"
     subprocess.run(["install", "-d", str(snippets)], check=True)
-    subprocess.run(
-        f"cp {ROOT}/nginx/anteroom/*.conf {snippets}/", shell=True, check=True
-    )
+    subprocess.run(f"cp {ROOT}/nginx/anteroom/*.conf {snippets}/", shell=True, check=True)
     docroot = work / "www"
     for name, text in FILES.items():
         (docroot / name).parent.mkdir(parents=True, exist_ok=True)
@@ -267,9 +265,7 @@ async def test_waiting_page_of_the_tenant_is_served(operator: Stack, http) -> No
     strict=True,
     reason="needs one cookie per queue in the sidecar (issue 8 point 3, the lead's part)",
 )
-async def test_admitted_to_one_queue_keeps_it_while_joining_another(
-    operator: Stack, http
-) -> None:
+async def test_admitted_to_one_queue_keeps_it_while_joining_another(operator: Stack, http) -> None:
     v = Visitor(http, operator.url)
     assert (await v.get("/tickets/")).status == 200
     first = v.cookie
