@@ -156,19 +156,6 @@ def test_a_missing_prerequisite_is_named(tmp_path: Path, left_out: str) -> None:
     assert named in r.stderr, r.stderr
 
 
-@needs_nginx
-def test_example_and_compose_sites_pass_nginx_t(tmp_path: Path) -> None:
-    example = (ROOT / "nginx" / "example-site.conf").read_text()
-    example = re.sub(r"listen 80[^;]*;", "listen 127.0.0.1:1;", example)
-    r = nginx_t(tmp_path, example)
-    assert r.returncode == 0, r.stderr
-    compose = (ROOT / "nginx" / "compose.conf").read_text()
-    compose = re.sub(r"server (\w+):(\d+);", r"server 127.0.0.1:\2;", compose)
-    compose = re.sub(r"listen 8080[^;]*;", "listen 127.0.0.1:1;", compose)
-    r = nginx_t(tmp_path, compose)
-    assert r.returncode == 0, r.stderr
-
-
 # -- through a running stack ---------------------------------------------------
 
 
