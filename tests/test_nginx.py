@@ -156,6 +156,20 @@ def test_a_missing_prerequisite_is_named(tmp_path: Path, left_out: str) -> None:
     assert named in r.stderr, r.stderr
 
 
+@needs_nginx
+def test_the_site_in_docs_passes_nginx_t(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "nginx.md").read_text()
+    (block,) = [b for b in re.findall(r"```nginx\n(.*?)```", doc, re.S) if "server {" in b]
+    block = re.sub(r"listen 443 ssl", "listen 127.0.0.1:1", block)
+    block = block.replace("server 127.0.0.1:8081;", "server 127.0.0.1:1;")
+    pages = (
+        f"{block}\nupstream app {{ server 127.0.0.1:1; }}\n"
+        "limit_req_zone $binary_remote_addr zone=anteroom_public:10m rate=20r/s;"
+    )
+    r = nginx_t(tmp_path, pages)
+    assert r.returncode == 0, r.stderr
+
+
 # -- through a running stack ---------------------------------------------------
 
 
