@@ -20,7 +20,7 @@ from sidecar.fastpass import FastPass, nginx_conf
 from sidecar.keys import queue_keys
 from sidecar.stack import NGINX_SNIPPETS, ROOT, Stack, free_port
 from tests.conftest import make_stack
-from tests.visitors import Visitor
+from tests.visitors import COOKIE, Visitor
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
 PASS_SECRET = "fast-pass-secret-0123456789"
@@ -267,7 +267,7 @@ async def test_internal_redirects_are_one_visitor(site: Site, http, redis_of, pa
     r = await v.get(path)
     assert r.status == (404 if "missing" in path else 200)
     assert await tickets(redis_of, "tickets") == before + 1  # one place, not two
-    assert len([c for c in r.set_cookies if c.startswith("anteroom=")]) == 1
+    assert len([c for c in r.set_cookies if c.startswith(f"{COOKIE}=")]) == 1
     assert v.cookie and "|tickets|a|" in v.cookie
     await v.post("/_anteroom/leave")  # the slot is free for the next case
 
@@ -373,7 +373,7 @@ async def test_odd_client_headers_get_a_normal_answer(site: Site, header: bytes)
     # the gate decided (a place and its cookie); what the origin then makes of
     # the header is its own answer (the demo origin says 400 to a control character)
     assert status < 500, data[:300]
-    assert b"\r\nSet-Cookie: anteroom=1|acme|" in data, data[:300]
+    assert f"\r\nSet-Cookie: {COOKIE}=1|acme|".encode() in data, data[:300]
 
 
 @pytest.mark.integration
@@ -414,7 +414,7 @@ async def test_valid_pass_never_asks_the_sidecar(site: Site, http) -> None:
     v, fast = await admitted_with_pass(http, site, path)
     before = site.sidecar_asks()
     for _ in range(5):
-        r = await get_with(v, path, f"anteroom={v.cookie}; anteroom_pass={fast}")
+        r = await get_with(v, path, f"{COOKIE}={v.cookie}; anteroom_pass={fast}")
         assert r.status == 200 and 'data-origin="demo"' in r.text
     assert site.sidecar_asks() == before
 
@@ -425,7 +425,7 @@ async def test_invalid_pass_goes_to_the_sidecar(site: Site, http, kind: str) -> 
     path = f"/q/{queue()}/"
     v, fast = await admitted_with_pass(http, site, path)
     other, _ = await admitted_with_pass(http, site, path)
-    session = f"anteroom={v.cookie}"
+    session = f"{COOKIE}={v.cookie}"
     if kind == "expired":
         await asyncio.sleep(PASS_TTL + 1.1)
         cookie = f"{session}; anteroom_pass={fast}"
@@ -436,7 +436,7 @@ async def test_invalid_pass_goes_to_the_sidecar(site: Site, http, kind: str) -> 
         path = f"/q/{queue()}/"
         cookie = f"{session}; anteroom_pass={fast}"
     elif kind == "other-session":
-        cookie = f"anteroom={other.cookie}; anteroom_pass={fast}"
+        cookie = f"{COOKIE}={other.cookie}; anteroom_pass={fast}"
     else:
         cookie = f"anteroom_pass={fast}"
     before = site.sidecar_asks()
@@ -450,7 +450,7 @@ async def test_invalid_pass_goes_to_the_sidecar(site: Site, http, kind: str) -> 
 async def test_left_session_stops_passing_within_the_pass_lifetime(site: Site, http) -> None:
     path = f"/q/{queue()}/"
     v, fast = await admitted_with_pass(http, site, path)
-    old = f"anteroom={v.cookie}; anteroom_pass={fast}"
+    old = f"{COOKIE}={v.cookie}; anteroom_pass={fast}"
     left = await v.post("/_anteroom/leave")
     assert left.status in (200, 204, 303), left.status
     await asyncio.sleep(PASS_TTL + 1.5)  # a replayed pair passes at most this long
@@ -459,4 +459,4 @@ async def test_left_session_stops_passing_within_the_pass_lifetime(site: Site, h
     assert site.sidecar_asks() == before + 1
     assert pass_cookie(r.set_cookies) is None  # a left session gets no new pass
     if r.status == 200:  # rejoined as a newcomer (capacity free), never the old session
-        assert any(c.startswith("anteroom=") for c in r.set_cookies)
+        assert any(c.startswith(f"{COOKIE}=") for c in r.set_cookies)

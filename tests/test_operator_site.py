@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from sidecar.keys import queue_keys
 from sidecar.stack import ROOT, Stack
 from tests.conftest import SECRET
-from tests.visitors import Visitor
+from tests.visitors import COOKIE, Visitor
 
 pytestmark = pytest.mark.integration
 
@@ -270,7 +270,7 @@ async def test_admitted_to_one_queue_keeps_it_while_joining_another(operator: St
     assert (await v.get("/tickets/")).status == 200
     first = v.cookie
     assert (await v.get("/api/items")).status == 200
-    r = await v.get("/tickets/", headers={"Cookie": f"anteroom={first}"})
+    r = await v.get("/tickets/", headers={"Cookie": f"{COOKIE}={first}"})
     assert r.status == 200 and not r.set_cookies  # the same session, no new place
     both = await v.get("/tickets/")
     assert both.status == 200 and not both.set_cookies
