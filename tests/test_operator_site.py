@@ -80,6 +80,19 @@ SITE = """
             add_header X-Frame-Options SAMEORIGIN always;
             proxy_pass http://origin;
         }}
+        # a bundle: the file if there is one, else the API (another queue)
+        location /bundle/ {{
+            set $anteroom_queue tickets;
+            include anteroom/gate.conf;
+            add_header X-Frame-Options SAMEORIGIN always;
+            try_files $uri @bundle_api;
+        }}
+        location @bundle_api {{
+            set $anteroom_queue api;
+            include anteroom/gate.conf;
+            add_header X-Frame-Options SAMEORIGIN always;
+            proxy_pass http://origin;
+        }}
         location ^~ /api/ {{
             set $anteroom_queue api;
             include anteroom/gate.conf;
@@ -245,6 +258,19 @@ async def test_one_visitor_takes_one_place(operator: Stack, redis, http, path: s
     again = await v.get(path)  # the same visitor comes back: still one place
     assert again.status == status
     assert await places(redis, queue) == after[queue]
+
+
+async def test_redirect_into_another_queue_keeps_both_cookies(
+    operator: Stack, redis, http
+) -> None:
+    """tickets, then (try_files to a named location) api: a place in each, and the
+    browser gets both cookies, not only the last."""
+    before = {q: await places(redis, q) for q in ("tickets", "api")}
+    r = await Visitor(http, operator.url).get("/bundle/x")
+    assert r.status == 200 and 'data-origin="demo"' in r.text
+    assert {q: await places(redis, q) for q in before} == {q: n + 1 for q, n in before.items()}
+    queues = sorted(c.split("|")[2] for c in r.set_cookies if c.startswith(f"{COOKIE}"))
+    assert queues == ["api", "tickets"], r.set_cookies
 
 
 async def test_ungated_pages_keep_the_server_headers(operator: Stack, redis, http) -> None:
