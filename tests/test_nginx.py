@@ -99,6 +99,7 @@ VALID = {
 def test_snippet_combination_passes_nginx_t(tmp_path: Path, name: str) -> None:
     r = nginx_t(tmp_path, VALID[name])
     assert r.returncode == 0, r.stderr
+    assert "[warn]" not in r.stderr  # e.g. too many long variable names for the hash
 
 
 @needs_nginx
@@ -109,6 +110,7 @@ def test_fast_pass_include_passes_nginx_t(tmp_path: Path) -> None:
     )
     r = nginx_t(tmp_path, http, fast_secret=True)
     assert r.returncode == 0, r.stderr
+    assert "[warn]" not in r.stderr
     missing = nginx_t(tmp_path, http)  # secret not generated yet: named
     assert missing.returncode and "fastpass-secret.conf" in missing.stderr
 
