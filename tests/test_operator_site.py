@@ -260,9 +260,7 @@ async def test_one_visitor_takes_one_place(operator: Stack, redis, http, path: s
     assert await places(redis, queue) == after[queue]
 
 
-async def test_redirect_into_another_queue_keeps_both_cookies(
-    operator: Stack, redis, http
-) -> None:
+async def test_redirect_into_another_queue_keeps_both_cookies(operator: Stack, redis, http) -> None:
     """tickets, then (try_files to a named location) api: a place in each, and the
     browser gets both cookies, not only the last."""
     before = {q: await places(redis, q) for q in ("tickets", "api")}
