@@ -91,3 +91,17 @@ def test_wheel_carries_the_lua_scripts_and_themes(tmp_path: Path) -> None:
         if p.is_file()
     }
     assert themes and themes <= set(names)
+
+
+def test_systemd_files_name_real_settings() -> None:
+    """Every variable of the shipped environment file is a documented setting, and
+    the unit reads that file."""
+    env = (ROOT / "deploy" / "systemd" / "anteroom.env").read_text()
+    names = set(re.findall(r"^#?(ANTEROOM_[A-Z_]+)=", env, re.M))
+    documented = set(
+        re.findall(r"`(ANTEROOM_[A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text())
+    )
+    assert names and names <= documented, names - documented
+    unit = (ROOT / "deploy" / "systemd" / "anteroom.service").read_text()
+    assert "EnvironmentFile=/etc/anteroom/anteroom.env" in unit
+    assert re.search(r"^ExecStart=\S+/python -m sidecar$", unit, re.M)
