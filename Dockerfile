@@ -11,8 +11,9 @@ WORKDIR /app
 # dependencies first: this layer is reused until pyproject.toml changes
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 --no-create-home anteroom
+# the default theme ships inside the package (sidecar/theme_assets/)
 COPY theme_assets ./theme_assets
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 --no-create-home anteroom
 COPY nginx ./nginx
 
 USER anteroom

@@ -1,6 +1,7 @@
 """``python -m sidecar`` serves; ``pages build --out DIR`` (or ``build-pages``) renders
 the waiting pages to a folder; ``pages publish`` uploads them to an S3 bucket;
-``queues …`` steers running queues through the admin API."""
+``queues …`` steers running queues through the admin API; ``fastpass-conf`` prints
+nginx's fast pass secret include."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 
 from aiohttp import web
 
-from . import control, logs
+from . import control, fastpass, logs
 from .app import create_app
 from .config import Config, ConfigError
 
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--create-bucket", action="store_true", help="create the bucket first")
     publish.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
     control.add_parser(sub)
+    sub.add_parser(
+        "fastpass-conf",
+        help="print anteroom/fastpass-secret.conf for nginx from ANTEROOM_FAST_PASS_SECRET",
+    )
     args = parser.parse_args(argv)
     command = args.command
     if command == "pages":
@@ -120,36 +126,66 @@ def main(argv: list[str] | None = None) -> int:
     if command == "queues":  # a client of the admin API: needs no sidecar settings
         return control.run(args)
     try:
-        config = Config.from_env(serving=command not in ("build-pages", "publish"))
-        logs.setup(config.log_level, config.log_format, os.environ)
-        if command == "build-pages":
-            from .themes import build_pages
-
-            for path in build_pages(config, args.out):
-                print(path)
-            return 0
-        if command == "publish":
-            return _publish(config, args.create_bucket, args.dry_run)
-    except ConfigError as e:
+        return _command(command)(args)
+    except ConfigError as e:  # every command: one line naming the setting, no traceback
         print(f"anteroom: invalid configuration: {e}", file=sys.stderr)
         return 2
+
+
+def _command(name: str | None) -> Callable[[argparse.Namespace], int]:
+    commands = {"build-pages": _build_pages, "publish": _publish, "fastpass-conf": _fastpass_conf}
+    return commands.get(name or "", _serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = Config.from_env()
+    fastpass.from_env(os.environ)  # invalid fast pass settings stop start-up here
+    logs.setup(config.log_level, config.log_format, os.environ)
     serve(config)
     return 0
 
 
-def _publish(config: Config, create_bucket: bool, dry_run: bool) -> int:
+def _publish(args: argparse.Namespace) -> int:
     from .publish import publish
     from .s3 import S3Error, S3Settings
 
+    config = Config.from_env(serving=False)
+    logs.setup(config.log_level, config.log_format, os.environ)
     settings = S3Settings.from_env()
+    dry_run = args.dry_run
     try:
-        done = publish(config, settings, create_bucket=create_bucket, dry_run=dry_run, say=print)
+        done = publish(
+            config, settings, create_bucket=args.create_bucket, dry_run=dry_run, say=print
+        )
     except S3Error as e:
         print(f"anteroom: publish failed: {e}", file=sys.stderr)
         return 1
     verb = "to upload" if dry_run else "uploaded"
     where = f"{settings.endpoint}/{settings.bucket}/{settings.prefix}"
     print(f"{where}: {len(done.uploaded)} {verb}, {len(done.unchanged)} unchanged")
+    return 0
+
+
+def _build_pages(args: argparse.Namespace) -> int:
+    from .themes import build_pages, themes_dir
+
+    config = Config.from_env(serving=False)
+    logs.setup(config.log_level, config.log_format, os.environ)
+    built = build_pages(config, args.out)
+    if "ANTEROOM_CONFIG" not in os.environ:
+        print("anteroom: no ANTEROOM_CONFIG: one tenant named 'default' serving every host")
+    for tenant, paths in built.items():
+        page = f"{args.out.rstrip('/')}/_anteroom/waiting/{tenant}/"
+        print(f"anteroom: built tenant {tenant!r}: {len(paths)} files in {page}")
+    print(f"anteroom: themes from {themes_dir()}")
+    return 0
+
+
+def _fastpass_conf(args: argparse.Namespace) -> int:
+    fast = fastpass.from_env(os.environ)
+    if fast is None:
+        raise ConfigError("ANTEROOM_FAST_PASS_SECRET: required (e.g. openssl rand -hex 32)")
+    sys.stdout.write(fastpass.nginx_conf(fast))
     return 0
 
 

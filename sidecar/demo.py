@@ -38,7 +38,8 @@ def origin_page(path: str) -> tuple[int, str]:
         body = (
             "<p>This page is never queued. The shop is behind the waiting room: "
             "once its capacity is full, new visitors wait in line.</p>"
-            '<p><a href="/shop/">Go to the shop</a></p>'
+            '<p><a href="/shop/">Go to the shop</a> (served by this origin, queue "shop") · '
+            '<a href="/tickets/">Tickets</a> (static pages served by nginx, queue "tickets")</p>'
         )
         return 200, PAGE.format(title="Welcome", head="", body=body)
     if path.startswith("/shop/"):
@@ -56,11 +57,35 @@ def origin_page(path: str) -> tuple[int, str]:
             'data-interval="20"></script>'
         )
         return 200, PAGE.format(title="Shop", head=head, body=body)
-    if path.startswith("/q/"):  # the test suite's queued locations, one queue per name
+    # the test suite's queued locations, and the pages and API of its operator site
+    if path.startswith(("/q/", "/cached/", "/seats/", "/bundle/", "/api/items")):
         body = f"<p>Page <code>{html.escape(path)}</code>.</p>"
         return 200, PAGE.format(title="Page", head="", body=body)
     # like any site: no page, an ordinary 404 (nothing of the admin listener is here)
     return 404, PAGE.format(title="Not found", head="", body="<p>No such page.</p>")
+
+
+# -- the static /tickets/ pages nginx serves itself (index + try_files) ---------
+
+TICKETS_PAGES = {
+    "index.html": PAGE.format(
+        title="Tickets",
+        head='<script src="/_anteroom/waiting/default/keepalive.js" defer data-interval="20">'
+        "</script>",
+        body="<p>You are in. These pages are static files served by nginx itself from a "
+        "folder, with <code>index</code> and <code>try_files</code>.</p>"
+        '<div class="item">Friday night — <a href="/tickets/friday/">seats</a></div>'
+        '<div class="item">Saturday matinee — <a href="/tickets/saturday.html">seats</a></div>'
+        '<form method="post" action="/_anteroom/leave?return_to=/">'
+        "<button>Done (frees your place)</button></form>",
+    ),
+    "friday/index.html": PAGE.format(
+        title="Friday night", head="", body='<p>Rows A to F. <a href="/tickets/">Back</a></p>'
+    ),
+    "saturday.html": PAGE.format(
+        title="Saturday matinee", head="", body='<p>Rows A to K. <a href="/tickets/">Back</a></p>'
+    ),
+}
 
 
 def run_origin(port: int, host: str = "127.0.0.1") -> None:
@@ -136,6 +161,11 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
     env["ANTEROOM_ADMIN_TOKEN"] = os.environ.get("ANTEROOM_ADMIN_TOKEN") or (
         "demo:" + secrets.token_urlsafe(18)
     )
+    fast_pass = os.environ.get("ANTEROOM_FAST_PASS", "0") == "1"
+    if fast_pass:  # nginx admits holders of a valid pass itself
+        env["ANTEROOM_FAST_PASS_SECRET"] = os.environ.get(
+            "ANTEROOM_FAST_PASS_SECRET", secrets.token_hex(24)
+        )
     if "ANTEROOM_CONFIG" not in os.environ:
         # one tenant for every host, with a name on its waiting page
         workdir.mkdir(parents=True, exist_ok=True)
@@ -152,8 +182,9 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
         redis_port=DEMO_PORTS["redis"],
         admin_port=DEMO_PORTS["admin"],
         env=env,
-        nginx_workers=2,
+        nginx_workers="auto",
         access_log=True,
+        fast_pass=fast_pass,
     )
     try:
         stack.start()
@@ -197,6 +228,7 @@ def run_demo() -> None:
 
     Site (never queued)   {stack.url}/
     Queued shop           {stack.url}/shop/
+    Queued static pages   {stack.url}/tickets/
     Waiting page          {stack.url}/_anteroom/waiting/default/
     Status JSON           {stack.url}/_anteroom/status
 
@@ -212,6 +244,7 @@ def run_demo() -> None:
 
   Capacity {cap} active sessions, session TTL {ttl}s, grace {grace}s,
   admissions per minute {rate} (0 = no limit).
+  Fast pass {"on" if stack.fast_pass else "off"} (ANTEROOM_FAST_PASS=1 make demo turns it on).
   Open {stack.url}/shop/ in {int(cap) + 1} private windows to see the line form.
   Logs: {workdir}/sidecar.log, nginx: {workdir}/nginx/. Press Ctrl-C to stop.
 """,

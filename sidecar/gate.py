@@ -9,6 +9,7 @@ with no Redis round trip; Redis is touched only to join or claim.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from urllib.parse import quote, urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from . import fastpass
 from .config import NAME_RE, Config, QueueSettings, Tenant
 from .engine import Busy, Claim, Engine, QueueRef, QueueState
 from .metrics import Metrics
@@ -78,6 +80,7 @@ class Gate:
         self.signer = Signer(config.secrets)
         self._last_down_log = 0.0
         self._warned_http = False
+        self.fast_pass = fastpass.from_env(os.environ)  # nginx fast pass, off when None
         self._cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
             "; Secure" if config.cookie_secure else ""
         )
@@ -246,6 +249,9 @@ class Gate:
         if tok is not None and tok.admitted:
             resp = _answer(204)
             self.keep_alive(q, tok, state, resp, now)
+            if self.fast_pass is not None:  # renew nginx's pass
+                cookies = request.headers.get("Cookie", "")
+                self.fast_pass.renew(cookies, tok.sid, queue, now, resp.headers, self._cookie_attrs)
             return q, "admitted", resp
 
         # where this request wanted to go: the waiting page sends them back there

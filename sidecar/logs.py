@@ -2,6 +2,7 @@
 
 ``ANTEROOM_LOG_LEVEL`` sets the level of everything; ``ANTEROOM_LOG_LEVELS``
 overrides it per logger, e.g. ``sidecar.gate=debug,aiohttp.access=info``.
+The ``redis`` and ``aiohttp.access`` loggers stay at warning unless overridden.
 Fields passed with ``extra={...}`` become keys of the event.
 """
 
@@ -56,6 +57,8 @@ def setup(level: str, fmt: str, env: Mapping[str, str]) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would double nginx's; opt in with a per-logger level
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # the Redis client's own debug lines (connection chatter) would drown ours
+    logging.getLogger("redis").setLevel(logging.WARNING)
     for item in filter(None, (s.strip() for s in env.get("ANTEROOM_LOG_LEVELS", "").split(","))):
         name, sep, lvl = item.partition("=")
         if not sep or lvl.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

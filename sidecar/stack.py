@@ -37,7 +37,8 @@ PAGES_S3_HTTP = """
 
 SITE = """
     server {{
-        listen 127.0.0.1:{port};
+        # a launch is a burst of new connections: a deep accept queue, not resets
+        listen 127.0.0.1:{port} backlog=4096;
         server_name _;
         include anteroom/server.conf;{pages}
 
@@ -51,6 +52,15 @@ SITE = """
             include anteroom/gate.conf;
             proxy_pass http://origin;
         }}
+        # static pages served by nginx itself, waiting in the queue "tickets";
+        # /tickets/ is one visitor and one place although index redirects it
+        location /tickets/ {{
+            set $anteroom_queue tickets;
+            include anteroom/gate.conf;
+            root {static};
+            index index.html;
+            try_files $uri $uri/ =404;
+        }}
 {extra}
     }}
 """
@@ -61,8 +71,14 @@ worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 daemon off;
+# the snippets' maps are regular expressions; compiled to machine code they cost less
+pcre_jit on;
 events {{ worker_connections 4096; }}
 http {{
+    # $uri and $upstream_addr show auth subrequests (with log_subrequest on) and
+    # whether the sidecar was asked ("-": nginx answered itself)
+    log_format anteroom '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                        'uri=$uri upstream=$upstream_addr rt=$request_time';
     access_log {access_log};
     client_body_temp_path {dir}/tmp/body;
     proxy_temp_path {dir}/tmp/proxy;
@@ -70,12 +86,21 @@ http {{
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
     include anteroom/http.conf;{pages_http}
-    upstream anteroom_sidecar {{ {sidecar_servers} keepalive 64; }}
+{fast_pass}
+    # every gated request is one subrequest: keep connections to the sidecar
+    # open (idle ones per worker), reuse each for many requests
+    upstream anteroom_sidecar {{
+        {sidecar_servers}
+        keepalive 128;
+        keepalive_requests 10000;
+        keepalive_timeout 60s;
+    }}
     upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 32; }}
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host $host;
 {site}
+{extra_http}
 }}
 """
 
@@ -149,7 +174,12 @@ class Stack:
     redis_port: int = field(default_factory=free_port)
     env: Mapping[str, str] = field(default_factory=dict)
     extra_locations: str = ""
-    nginx_workers: int = 1
+    nginx_workers: int | str = 1  # or "auto": one per core
+    fast_pass: bool = False  # include anteroom/fastpass.conf (needs ANTEROOM_FAST_PASS_SECRET)
+    extra_http: str = ""  # more http {} text: another server, a cache zone
+    site_template: str = SITE  # the server {} text, formatted with port, pages, static, extra
+    snippets: Path = NGINX_SNIPPETS  # the folder of anteroom/*.conf nginx includes
+    python: str = sys.executable  # runs the sidecar and build-pages (an installed venv's)
     access_log: bool = False
     quiet: bool = True
     inherit_env: bool = True
@@ -251,11 +281,11 @@ class Stack:
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
         built = subprocess.run(
-            [sys.executable, "-m", "sidecar", "build-pages", "--out", str(pages)],
+            [self.python, "-m", "sidecar", "build-pages", "--out", str(pages)],
             env=self.sidecar_env(),
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=ROOT if self.python == sys.executable else self.workdir,
         )
         if built.returncode:
             raise RuntimeError(built.stderr.strip())
@@ -281,7 +311,7 @@ class Stack:
         for i, port in enumerate([self.sidecar_port, *self.replica_ports]):
             name = "sidecar" if i == 0 else f"sidecar{i}"
             env = self.sidecar_env(port)
-            self._spawn(name, [sys.executable, "-m", "sidecar"], env=env)
+            self._spawn(name, [self.python, "-m", "sidecar"], env=env)
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
             if env["ANTEROOM_ADMIN_LISTEN"] != "off":  # another worker may listen first
                 wait_for_port(self.admin_port, self.procs[name], name, self.workdir / f"{name}.log")
@@ -293,13 +323,38 @@ class Stack:
             self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log"
         )
 
+    def write_static(self) -> Path:
+        """The demo's static /tickets/ pages, served by nginx itself."""
+        from .demo import TICKETS_PAGES
+
+        static = self.workdir / "static"
+        for name, text in TICKETS_PAGES.items():
+            path = static / "tickets" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return static
+
+    def write_snippets(self, ndir: Path) -> None:
+        """nginx/anteroom/*.conf linked one by one, beside the generated fast pass secret."""
+        folder = ndir / "anteroom"
+        folder.mkdir(parents=True, exist_ok=True)
+        for snippet in self.snippets.glob("*.conf"):
+            link = folder / snippet.name
+            if not link.is_symlink():
+                link.symlink_to(snippet)
+        if self.fast_pass:
+            from .fastpass import from_env, nginx_conf
+
+            fast = from_env(self.sidecar_env())
+            if fast is None:
+                raise RuntimeError("fast_pass needs ANTEROOM_FAST_PASS_SECRET in env")
+            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast))
+
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"
         (ndir / "tmp").mkdir(parents=True, exist_ok=True)
         (ndir / "cache").mkdir(exist_ok=True)
-        link = ndir / "anteroom"
-        if not link.exists():
-            link.symlink_to(NGINX_SNIPPETS)
+        self.write_snippets(ndir)
         if self.s3 is not None:
             served = PAGES_S3.format(
                 bucket=self.s3.bucket, prefix=self.s3_prefix, port=self.s3.port
@@ -307,7 +362,12 @@ class Stack:
             pages_http = PAGES_S3_HTTP.format(dir=ndir, port=self.s3.port)
         else:
             served, pages_http = PAGES_LOCAL.format(pages=pages), ""
-        site = SITE.format(port=self.site_port, pages=served, extra=self.extra_locations)
+        site = self.site_template.format(
+            port=self.site_port,
+            pages=served,
+            static=self.write_static(),
+            extra=self.extra_locations,
+        )
         conf = ndir / "nginx.conf"
         # as root, workers would drop to "nobody", which cannot read a private
         # temporary folder (pytest's, say); this stack is local-only anyway
@@ -317,13 +377,15 @@ class Stack:
                 user=user,
                 workers=self.nginx_workers,
                 dir=ndir,
+                fast_pass="    include anteroom/fastpass.conf;" if self.fast_pass else "",
+                extra_http=self.extra_http,
                 sidecar_servers=" ".join(
                     f"server 127.0.0.1:{p};" for p in [self.sidecar_port, *self.replica_ports]
                 ),
                 origin_port=self.origin_port,
                 site=site,
                 pages_http=pages_http,
-                access_log=f"{ndir}/access.log" if self.access_log else "off",
+                access_log=f"{ndir}/access.log anteroom" if self.access_log else "off",
             )
         )
         return conf

@@ -31,8 +31,14 @@ HASHED_RE = re.compile(r"\.[0-9a-f]{10}\.[A-Za-z0-9]+$")  # also in nginx/antero
 
 
 def themes_dir() -> Path:
+    """``ANTEROOM_THEMES``, else the themes shipped in the installed package
+    (``sidecar/theme_assets/``), else ``theme_assets/`` of a source checkout."""
     env = os.environ.get("ANTEROOM_THEMES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "theme_assets"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    shipped = here / "theme_assets"
+    return shipped if shipped.is_dir() else here.parent / "theme_assets"
 
 
 def fingerprinted(name: str, data: bytes) -> str:
@@ -155,9 +161,10 @@ def write_tenant(files: Mapping[str, bytes], dest: Path) -> list[Path]:
     return written
 
 
-def build_pages(config: Config, out: str | Path, root: Path | None = None) -> list[Path]:
-    written: list[Path] = []
+def build_pages(config: Config, out: str | Path, root: Path | None = None) -> dict[str, list[Path]]:
+    """Every tenant's pages, written under ``out``, by tenant name."""
+    built = {}
     for tenant in config.tenants:
         dest = Path(out) / "_anteroom" / "waiting" / tenant.name
-        written += write_tenant(render_tenant(tenant, root), dest)
-    return written
+        built[tenant.name] = write_tenant(render_tenant(tenant, root), dest)
+    return built

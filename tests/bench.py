@@ -4,6 +4,8 @@
    ``/``; both end at the same demo origin, so the difference is the gate.
 2. The sidecar's ``/_anteroom/auth`` for an admitted cookie vs a trivial
    aiohttp handler answering 204, both hit directly, same event loop policy.
+3. With the nginx fast pass on (a second stack): a static file behind the gate
+   for a visitor holding a valid pass vs the same file ungated, in one run.
 
 Only ratios are meaningful: the machine, wrk and every server share its cores.
 """
@@ -46,6 +48,54 @@ def admitted_cookie(url: str) -> str:
     return str(raw.split(";", 1)[0])
 
 
+def with_fast_pass(url: str, cookie: str) -> str:
+    """``cookie`` plus the pass the sidecar issues on an admitted request."""
+    request = urllib.request.Request(url, headers={"Cookie": cookie})
+    with urllib.request.urlopen(request) as r:
+        passes = [
+            c for c in r.headers.get_all("Set-Cookie") or [] if c.startswith("anteroom__pass=")
+        ]
+    if not passes:
+        raise RuntimeError("no fast pass issued")
+    return f"{cookie}; {passes[0].split(';', 1)[0]}"
+
+
+def fast_pass_ratio(static_location: str) -> dict[str, float]:
+    """Ungated static vs gated static with a valid fast pass, on one stack."""
+    work = Path(tempfile.mkdtemp(prefix="anteroom-bench-fast-"))
+    stack = Stack(
+        workdir=work,
+        env={
+            "ANTEROOM_CAPACITY": "100000",
+            "ANTEROOM_LOG_LEVEL": "warning",
+            "ANTEROOM_FAST_PASS_SECRET": "bench-fast-pass-secret-0123456789",
+            "ANTEROOM_FAST_PASS_TTL": "300",  # outlives the runs: wrk sends one cookie
+        },
+        inherit_env=False,
+        nginx_workers=1,
+        fast_pass=True,
+        extra_locations=static_location.format(work=work),
+    ).start()
+    try:
+        cookie = with_fast_pass(
+            stack.url + "/bench/gated/waiting.css",
+            admitted_cookie(stack.url + "/bench/gated/waiting.css"),
+        )
+        runs = {
+            "fast_static": (stack.url + "/bench/open/waiting.css", {}),
+            "fast_gated": (stack.url + "/bench/gated/waiting.css", {"Cookie": cookie}),
+        }
+        time.sleep(1)
+        best: dict[str, float] = {}
+        for _ in range(ROUNDS):
+            for name, (url, headers) in runs.items():
+                best[name] = max(best.get(name, 0.0), wrk(url, headers))
+        return best
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def trivial(port: int) -> None:
     import asyncio
 
@@ -74,7 +124,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="anteroom-bench-"))
     # the same small file served by nginx itself, with and without the gate
-    static = f"alias {work}/pages/_anteroom/waiting/default/;"
+    static_location = """
+        location ^~ /bench/open/ {{ alias {work}/pages/_anteroom/waiting/default/; }}
+        location ^~ /bench/gated/ {{
+            set $anteroom_queue shop;
+            include anteroom/gate.conf;
+            alias {work}/pages/_anteroom/waiting/default/;
+        }}
+"""
     stack = Stack(
         workdir=work,
         env={
@@ -84,14 +141,7 @@ def main() -> None:
         },
         inherit_env=False,
         nginx_workers=1,
-        extra_locations=f"""
-        location ^~ /bench/open/ {{ {static} }}
-        location ^~ /bench/gated/ {{
-            set $anteroom_queue shop;
-            include anteroom/gate.conf;
-            {static}
-        }}
-""",
+        extra_locations=static_location.format(work=work),
     ).start()
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -122,6 +172,7 @@ def main() -> None:
         baseline.wait()
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
+    best.update(fast_pass_ratio(static_location))
 
     rows = [
         ("ungated `/` (aiohttp origin)", "ungated", "ungated"),
@@ -130,6 +181,8 @@ def main() -> None:
         ("gated static file, admitted cookie", "static_gated", "static"),
         ("trivial aiohttp 204 handler", "plain", "plain"),
         ("sidecar `/_anteroom/auth`, admitted", "sidecar", "plain"),
+        ("ungated static file (fast pass stack)", "fast_static", "fast_static"),
+        ("gated static file, valid fast pass", "fast_gated", "fast_static"),
     ]
     workers = os.environ.get("BENCH_WORKERS", "1")
     print(

@@ -53,7 +53,15 @@ FAST = {
 }
 
 
-def make_stack(workdir: Path, replicas: int = 0, redis_cluster: bool = False, **env: str) -> Stack:
+def make_stack(
+    workdir: Path,
+    replicas: int = 0,
+    redis_cluster: bool = False,
+    fast_pass: bool = False,
+    extra_http: str = "",
+    access_log: bool = False,
+    **env: str,
+) -> Stack:
     toml = workdir / "anteroom.toml"
     workdir.mkdir(parents=True, exist_ok=True)
     toml.write_text(SITE_TOML)
@@ -64,6 +72,9 @@ def make_stack(workdir: Path, replicas: int = 0, redis_cluster: bool = False, **
         inherit_env=False,
         replica_ports=[free_port() for _ in range(replicas)],
         redis_cluster=redis_cluster,
+        fast_pass=fast_pass,
+        extra_http=extra_http,
+        access_log=access_log,
     ).start()
 
 

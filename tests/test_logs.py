@@ -36,6 +36,7 @@ def keep_root_logger():  # setup() replaces the root handlers; put pytest's back
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    logging.getLogger("redis").setLevel(logging.NOTSET)
 
 
 def test_levels_per_logger() -> None:
@@ -52,3 +53,11 @@ def test_levels_per_logger() -> None:
 def test_bad_level_override_is_named() -> None:
     with pytest.raises(ConfigError, match="ANTEROOM_LOG_LEVELS"):
         setup("info", "json", {"ANTEROOM_LOG_LEVELS": "sidecar.gate=chatty"})
+
+
+def test_redis_client_debug_stays_quiet_unless_asked() -> None:
+    setup("debug", "json", {})
+    assert logging.getLogger("redis.asyncio.connection").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("sidecar.gate").getEffectiveLevel() == logging.DEBUG
+    setup("debug", "json", {"ANTEROOM_LOG_LEVELS": "redis=debug"})
+    assert logging.getLogger("redis.asyncio.connection").getEffectiveLevel() == logging.DEBUG

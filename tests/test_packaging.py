@@ -40,7 +40,7 @@ def nginx_t(tmp_path: Path, site: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 def test_example_site_is_valid_nginx(tmp_path: Path) -> None:
     site = (ROOT / "nginx" / "example-site.conf").read_text()
-    r = nginx_t(tmp_path, site.replace("listen 80;", "listen 127.0.0.1:1;"))
+    r = nginx_t(tmp_path, re.sub(r"listen 80\b[^;]*;", "listen 127.0.0.1:1;", site))
     assert r.returncode == 0, r.stderr
 
 
@@ -49,7 +49,7 @@ def test_compose_site_is_valid_nginx(tmp_path: Path) -> None:
     site = (ROOT / "nginx" / "compose.conf").read_text()
     # compose's service names only resolve inside compose
     site = re.sub(r"server (\w+):(\d+);", r"server 127.0.0.1:\2;", site)
-    r = nginx_t(tmp_path, site.replace("listen 8080;", "listen 127.0.0.1:1;"))
+    r = nginx_t(tmp_path, re.sub(r"listen 8080\b[^;]*;", "listen 127.0.0.1:1;", site))
     assert r.returncode == 0, r.stderr
 
 
@@ -75,6 +75,10 @@ def test_dockerfile_copies_what_exists() -> None:
 
 def test_wheel_carries_the_lua_scripts_and_templates(tmp_path: Path) -> None:
     """The image installs the package (not editable): scripts must be package data."""
+
+
+def test_wheel_carries_the_lua_scripts_and_themes(tmp_path: Path) -> None:
+    """The image installs the package (not editable): scripts and themes are package data."""
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         capture_output=True,
@@ -88,3 +92,23 @@ def test_wheel_carries_the_lua_scripts_and_templates(tmp_path: Path) -> None:
     templates = {p.name for p in (ROOT / "sidecar" / "templates").iterdir() if p.is_file()}
     assert {"dashboard.html", "login.html", "dashboard.js", "dashboard.css"} <= templates
     assert {f"sidecar/templates/{name}" for name in templates} <= set(names)
+    themes = {
+        "sidecar/theme_assets/" + str(p.relative_to(ROOT / "theme_assets"))
+        for p in (ROOT / "theme_assets").rglob("*")
+        if p.is_file()
+    }
+    assert themes and themes <= set(names)
+
+
+def test_systemd_files_name_real_settings() -> None:
+    """Every variable of the shipped environment file is a documented setting, and
+    the unit reads that file."""
+    env = (ROOT / "deploy" / "systemd" / "anteroom.env").read_text()
+    names = set(re.findall(r"^#?(ANTEROOM_[A-Z_]+)=", env, re.M))
+    documented = set(
+        re.findall(r"`(ANTEROOM_[A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text())
+    )
+    assert names and names <= documented, names - documented
+    unit = (ROOT / "deploy" / "systemd" / "anteroom.service").read_text()
+    assert "EnvironmentFile=/etc/anteroom/anteroom.env" in unit
+    assert re.search(r"^ExecStart=\S+/python -m sidecar$", unit, re.M)

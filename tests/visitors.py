@@ -66,7 +66,8 @@ class Visitor:
             c: SimpleCookie = SimpleCookie()
             c.load(raw)
             for name, morsel in c.items():
-                if name.startswith(COOKIE + "_"):
+                # anteroom_<queue>; "anteroom__pass" is nginx's fast pass, kept apart
+                if name.startswith(COOKIE + "_") and not name.startswith(COOKIE + "__"):
                     self.last = name
                     if morsel.value:
                         self.cookies[name] = morsel.value
