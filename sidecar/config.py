@@ -19,6 +19,13 @@ MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DEMO_SECRET = "anteroom-demo-secret-not-for-production"
+# Values shipped in examples and templates: anyone who read them could forge cookies.
+PLACEHOLDER_SECRET_RE = re.compile(
+    r"change[-_ ]?me|replace[-_ ]?me|placeholder|example|your[-_ ]?(long[-_ ]?)?secret"
+    r"|not[-_ ]for[-_ ]production",
+    re.IGNORECASE,
+)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 class ConfigError(ValueError):
@@ -80,6 +87,8 @@ class Config:
     refresh_interval: float = 0.25  # seconds between queue-state reads (and advances)
     heartbeat_interval: float = 1.0  # seconds between heartbeat flushes
     workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
+    backlog: int = 4096  # listen queue: a burst waits in the kernel, not as nginx 502s
+    shutdown_timeout: float = 10.0  # SIGTERM: seconds in-flight requests get to finish
     demo: bool = False
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
 
@@ -109,12 +118,22 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
     for s in secrets:
         if len(s) < 16:
             raise ConfigError("ANTEROOM_SECRETS: each secret must be at least 16 characters")
+        if serving and not demo and (s == DEMO_SECRET.encode() or _placeholder(s)):
+            raise ConfigError(
+                "ANTEROOM_SECRETS: a placeholder or published value is not a secret; "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
 
     host, port = _listen(env.get("ANTEROOM_LISTEN", "127.0.0.1:8081"))
     redis_url = env.get("ANTEROOM_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    if not redis_url.startswith(REDIS_SCHEMES):
         raise ConfigError(
-            f"ANTEROOM_REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}"
+            f"ANTEROOM_REDIS_URL: expected one of {', '.join(REDIS_SCHEMES)}, got {redis_url!r}"
+        )
+    redis_cluster = _bool(env, "ANTEROOM_REDIS_CLUSTER", False)
+    if redis_cluster and "+sentinel://" in redis_url:
+        raise ConfigError(
+            "ANTEROOM_REDIS_CLUSTER: a Sentinel URL names a primary/replica set, not a Cluster"
         )
     cookie_name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cookie_name):
@@ -142,7 +161,7 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         listen_host=host,
         listen_port=port,
         redis_url=redis_url,
-        redis_cluster=_bool(env, "ANTEROOM_REDIS_CLUSTER", False),
+        redis_cluster=redis_cluster,
         cookie_name=cookie_name,
         cookie_secure=_bool(env, "ANTEROOM_COOKIE_SECURE", not demo),
         log_level=log_level,
@@ -150,6 +169,8 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         refresh_interval=_float(env, "ANTEROOM_REFRESH_INTERVAL", 0.25, 0.02, 5.0),
         heartbeat_interval=_float(env, "ANTEROOM_HEARTBEAT_INTERVAL", 1.0, 0.05, 30.0),
         workers=_workers(env.get("ANTEROOM_WORKERS", "1")),
+        backlog=_int("ANTEROOM_BACKLOG", env.get("ANTEROOM_BACKLOG", "4096"), 1, 65535),
+        shutdown_timeout=_float(env, "ANTEROOM_SHUTDOWN_TIMEOUT", 10.0, 0.5, 300.0),
         demo=demo,
     )
 
@@ -250,6 +271,10 @@ def _checked(s: QueueSettings, where: str) -> QueueSettings:
     if s.abandon_after < 10:
         raise ConfigError(f"{where}: abandon_after must be at least 10 seconds")
     return s
+
+
+def _placeholder(secret: bytes) -> bool:
+    return PLACEHOLDER_SECRET_RE.search(secret.decode(errors="replace")) is not None
 
 
 def _workers(value: str) -> int:
