@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 SHUTDOWN_TIMEOUT = 4.0
 # Heartbeats are only written by the periodic flush (every 30 s here) or by the
 # drain: a session's expiry moving forward within the test proves the drain wrote it.
-SLOW_FLUSH = {
+SLOW_FLUSH: dict[str, Any] = {
     "ANTEROOM_HEARTBEAT_INTERVAL": "30",
     "ANTEROOM_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
     "ANTEROOM_CAPACITY": "5",
@@ -114,7 +115,7 @@ async def test_sigterm_drains_in_flight_requests_and_writes_heartbeats(
         streaming = asyncio.create_task(stream())
         await asyncio.sleep(0.3)
         # joins held inside the sidecar by a paused Redis: in flight when SIGTERM lands
-        await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        await redis.client_pause(1500, all=False)  # writes (scripts) wait 1.5 s
         held = [asyncio.create_task(ask_gate(http, stack, queue, None)) for _ in range(8)]
         await asyncio.sleep(0.3)
         proc = stack.procs["sidecar"]
@@ -136,7 +137,7 @@ async def test_sigterm_drains_in_flight_requests_and_writes_heartbeats(
         # the other replica took the stream over: nobody saw an error
         assert answers and set(answers) <= {200, 302}, sorted(set(answers))
         after = [await redis.zscore(keys.active, sid) for sid in sids]
-        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+        assert all(a and b and a > b for a, b in zip(after, before, strict=True)), (before, after)
         log = (stack.workdir / "sidecar.log").read_text()
         assert '"draining"' in log and '"stopped"' in log
     finally:
@@ -152,7 +153,7 @@ async def test_sigterm_to_the_parent_drains_every_worker(
     redis = Redis.from_url(stack.redis_url)
     try:
         proc = stack.procs["sidecar"]
-        await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        await redis.client_pause(1500, all=False)  # writes (scripts) wait 1.5 s
         # fresh connections: the kernel spreads them over both processes
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
             held = [asyncio.create_task(ask_gate(s, stack, "workers", None)) for _ in range(12)]
