@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.app import create_app
@@ -48,7 +49,7 @@ def test_url_forms() -> None:
 
 async def test_sidecar_serves_through_sentinel(sentinel_url: str, aiohttp_client) -> None:
     config = load({**FAST, "ANTEROOM_REDIS_URL": sentinel_url, "ANTEROOM_CAPACITY": "1"})
-    client: TestClient = await aiohttp_client(create_app(config))
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(create_app(config))
     headers = {"Host": "127.0.0.1", "X-Anteroom-Queue": "sentinel", "X-Original-URI": "/q/s/"}
     first = await client.get("/_anteroom/auth", headers=headers)
     client.session.cookie_jar.clear()  # a second visitor
