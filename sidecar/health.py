@@ -44,6 +44,24 @@ class Health:
                 log.warning("scripts not loaded yet", extra={"error": str(e), "retry_in": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        await self.check_eviction_policy()
+
+    async def check_eviction_policy(self) -> str | None:
+        """Warns unless Redis is set to refuse writes when full: an evicted counter
+        or rate key would break the line. Managed Redis may forbid CONFIG: then
+        nothing is said (the runbook asks the operator to check)."""
+        try:
+            reply: dict[Any, Any] = await self.redis.config_get("maxmemory-policy")
+        except (RedisError, OSError):
+            return None
+        raw = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy"))
+        policy = raw.decode() if isinstance(raw, bytes) else raw
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "redis may evict keys: set maxmemory-policy noeviction",
+                extra={"maxmemory_policy": policy},
+            )
+        return policy
 
     @staticmethod
     def _json(body: dict[str, Any], ok: bool) -> web.Response:

@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from sidecar.engine import Engine
+from sidecar.health import Health
 from sidecar.keys import queue_keys
+from sidecar.refresher import Refresher
 from sidecar.stack import Stack
 from tests.conftest import eventually, make_stack
 from tests.visitors import COOKIE, Visitor
@@ -174,3 +177,19 @@ async def test_sigterm_to_the_parent_drains_every_worker(
     finally:
         await redis.aclose()
         stack.stop()
+
+
+async def test_an_evicting_redis_is_named_at_start(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine(redis)
+    health = Health(redis, engine, Refresher(engine, 1.0, 1.0))
+    assert await health.check_eviction_policy() == "noeviction"
+    assert "maxmemory-policy" not in caplog.text
+    await redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        await health.load_scripts()
+        assert health.scripts_loaded
+        assert "set maxmemory-policy noeviction" in caplog.text
+    finally:
+        await redis.config_set("maxmemory-policy", "noeviction")
