@@ -223,6 +223,8 @@ def run_demo(ports: Mapping[str, int] = DEMO_PORTS, workdir: Path = ROOT / ".dem
   Capacity {cap} active sessions, session TTL {ttl}s, grace {grace}s,
   admissions per minute {rate} (0 = no limit).
   Open {stack.url}/shop/ in {int(cap) + 1} private windows to see the line form.
+  Stop Redis to watch the failure behaviour (redis-cli -p {stack.redis_port} shutdown
+  nosave): the site stays up and the demo brings Redis back.
   Logs: {workdir}/sidecar.log, nginx: {workdir}/nginx/. Press Ctrl-C to stop.
 """,
             flush=True,
