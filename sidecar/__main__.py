@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -55,19 +56,51 @@ def serve(config: Config) -> None:
                 os._exit(code)  # never run the parent's cleanup in a child
         children.append(pid)
     try:
-        _run(config, 0, metrics_dir)
+        _run(config, 0, metrics_dir, children)
     finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        _stop_workers(children, config.shutdown_timeout + 5)
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run(config: Config, worker: int, metrics_dir: str | None = None) -> None:
+_signalled: set[int] = set()
+
+
+def _forward_sigterm(children: list[int]) -> None:
+    # once only: a second SIGTERM would cut a worker's drain short (aiohttp exits on it)
+    for pid in set(children) - _signalled:
+        _signalled.add(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _stop_workers(children: list[int], bound: float) -> None:
+    """Workers drain as the parent does; one still running after ``bound`` is killed."""
+    _forward_sigterm(children)
+    deadline = time.monotonic() + bound
+    pending = set(children)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            pending.discard(pid)
+        time.sleep(0.05)
+    if pending:
+        log.error("workers did not stop in time; killing them", extra={"pids": sorted(pending)})
+    for pid in pending:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _run(
+    config: Config,
+    worker: int,
+    metrics_dir: str | None = None,
+    children: list[int] | None = None,
+) -> None:
     log.info(
         "starting",
         extra={
@@ -78,12 +111,22 @@ def _run(config: Config, worker: int, metrics_dir: str | None = None) -> None:
             "demo": config.demo,
         },
     )
+    app = create_app(config, worker, metrics_dir)
+    if children:
+
+        async def drain_workers(app: web.Application) -> None:
+            _forward_sigterm(children)  # they drain at the same time as this process
+
+        app.on_shutdown.append(drain_workers)
+    # SIGTERM or SIGINT: stop listening, let in-flight requests finish for up to
+    # shutdown_timeout, then the app's cleanup writes the last heartbeats
     web.run_app(
-        create_app(config, worker, metrics_dir),
+        app,
         host=config.listen_host,
         port=config.listen_port,
         reuse_port=config.workers > 1,
-        backlog=4096,  # a launch burst queues in the kernel instead of being refused
+        backlog=config.backlog,  # a launch burst queues in the kernel instead of being refused
+        shutdown_timeout=config.shutdown_timeout,
         access_log=None,
         print=None,
         handler_cancellation=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -15,9 +14,11 @@ from redis.asyncio import Redis, RedisCluster
 from .config import Config
 from .engine import Engine
 from .gate import Gate
+from .health import Health
 from .history import History
 from .metrics import Metrics
 from .refresher import Refresher
+from .sentinel import primary_client
 from .status import Status
 
 log = logging.getLogger("sidecar.app")
@@ -25,6 +26,7 @@ log = logging.getLogger("sidecar.app")
 CONFIG = web.AppKey("config", Config)
 REFRESHER = web.AppKey("refresher", Refresher)
 GATE = web.AppKey("gate", Gate)
+HEALTH = web.AppKey("health", Health)
 
 # aiohttp's defaults (8 KiB) are below what nginx forwards with its own
 # large_client_header_buffers; a refused header would become nginx's 500.
@@ -79,7 +81,15 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
     # the engine bounds what requests use (pool_size); a few more serve the
     # refresher, so the line keeps moving however busy the gate is
     connections = config.redis_pool + 8
-    if config.redis_cluster:  # any node's address; the client discovers the rest
+    sentinel = None
+    if "+sentinel://" in config.redis_url:  # the client follows the primary by itself
+        redis, sentinel = primary_client(
+            config.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            max_connections=connections,
+        )
+    elif config.redis_cluster:  # any node's address; the client discovers the rest
         redis = RedisCluster.from_url(
             config.redis_url,
             socket_timeout=2.0,
@@ -108,7 +118,8 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
     )
     gate = Gate(config, engine, refresher)
     status = Status(gate)
-    app[CONFIG], app[REFRESHER], app[GATE] = config, refresher, gate
+    health = Health(redis, engine, refresher)
+    app[CONFIG], app[REFRESHER], app[GATE], app[HEALTH] = config, refresher, gate, health
 
     app.router.add_get("/_anteroom/auth", timed(gate.auth, metrics.decision_time))
     app.router.add_get("/_anteroom/status", timed(guarded(status.status), metrics.status_time))
@@ -116,10 +127,22 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
     app.router.add_post("/_anteroom/join", guarded(status.join))
     app.router.add_post("/_anteroom/leave", guarded(status.leave))
     app.router.add_post("/_anteroom/keepalive", guarded(status.keepalive))
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/livez", health.livez)
+    app.router.add_get("/readyz", health.readyz)
+
+    async def draining(app: web.Application) -> None:
+        # SIGTERM: the listener is closed; in-flight requests finish before cleanup
+        health.draining = True
+        log.info("draining", extra={"timeout": config.shutdown_timeout})
+
+    app.on_shutdown.append(draining)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(refresher.run(), name="anteroom-refresher")]
+        tasks = [
+            asyncio.create_task(refresher.run(), name="anteroom-refresher"),
+            asyncio.create_task(health.load_scripts(), name="anteroom-scripts"),
+        ]
         admin_runner = None
         if worker == 0 and config.admin_port:
             admin_runner = await start_admin(config, engine, refresher, metrics)
@@ -130,11 +153,19 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
             await admin_runner.cleanup()
         for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(Exception):
-            await refresher.flush()  # hand the last heartbeats over before leaving
+        # bounded: a Redis call cut off mid-way must not hold the exit past the drain
+        _, stuck = await asyncio.wait(tasks, timeout=2.0)
+        if stuck:
+            log.warning("background tasks still running at exit", extra={"tasks": len(stuck)})
+        try:  # hand the last heartbeats over before leaving
+            await asyncio.wait_for(refresher.flush(), timeout=3.0)
+        except Exception as e:
+            log.warning("last heartbeats not written", extra={"error": str(e)})
         await redis.aclose()
+        if sentinel is not None:
+            for node in sentinel.sentinels:
+                await node.aclose()
+        log.info("stopped")
 
     app.cleanup_ctx.append(background)
     return app

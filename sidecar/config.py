@@ -26,6 +26,13 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
 HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 DEMO_SECRET = "anteroom-demo-secret-not-for-production"
+# Values shipped in examples and templates: anyone who read them could forge cookies.
+PLACEHOLDER_SECRET_RE = re.compile(
+    r"change[-_ ]?me|replace[-_ ]?me|placeholder|example|your[-_ ]?(long[-_ ]?)?secret"
+    r"|not[-_ ]for[-_ ]production",
+    re.IGNORECASE,
+)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 class ConfigError(ValueError):
@@ -107,6 +114,8 @@ class Config:
     workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
     redis_pool: int = 64  # connections a process's requests share (joins are coalesced)
     redis_pool_timeout: float = 2.0  # wait for one before answering "busy"; under nginx's 5 s
+    backlog: int = 4096  # listen queue: a burst waits in the kernel, not as nginx 502s
+    shutdown_timeout: float = 10.0  # SIGTERM: seconds in-flight requests get to finish
     demo: bool = False
     admin_host: str = "127.0.0.1"
     admin_port: int = 9091  # 0: no admin listener (ANTEROOM_ADMIN_LISTEN=off)
@@ -157,6 +166,11 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
     for s in secrets:
         if len(s) < 16:
             raise ConfigError("ANTEROOM_SECRETS: each secret must be at least 16 characters")
+        if serving and not demo and (s == DEMO_SECRET.encode() or _placeholder(s)):
+            raise ConfigError(
+                "ANTEROOM_SECRETS: a placeholder or published value is not a secret; "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
 
     host, port = _listen(env.get("ANTEROOM_LISTEN", "127.0.0.1:8081"))
     if not _private(host) and not _bool(env, "ANTEROOM_LISTEN_PUBLIC", False):
@@ -166,9 +180,14 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
             "firewall keeps it private."
         )
     redis_url = env.get("ANTEROOM_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    if not redis_url.startswith(REDIS_SCHEMES):
         raise ConfigError(
-            f"ANTEROOM_REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}"
+            f"ANTEROOM_REDIS_URL: expected one of {', '.join(REDIS_SCHEMES)}, got {redis_url!r}"
+        )
+    redis_cluster = _bool(env, "ANTEROOM_REDIS_CLUSTER", False)
+    if redis_cluster and "+sentinel://" in redis_url:
+        raise ConfigError(
+            "ANTEROOM_REDIS_CLUSTER: a Sentinel URL names a primary/replica set, not a Cluster"
         )
     cookie_name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cookie_name):
@@ -208,7 +227,7 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         listen_host=host,
         listen_port=port,
         redis_url=redis_url,
-        redis_cluster=_bool(env, "ANTEROOM_REDIS_CLUSTER", False),
+        redis_cluster=redis_cluster,
         cookie_name=cookie_name,
         cookie_secure=_bool(env, "ANTEROOM_COOKIE_SECURE", not demo),
         log_level=log_level,
@@ -218,6 +237,8 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         workers=_workers(env.get("ANTEROOM_WORKERS", "1")),
         redis_pool=_int("ANTEROOM_REDIS_POOL", env.get("ANTEROOM_REDIS_POOL", "64"), 1, 10_000),
         redis_pool_timeout=_float(env, "ANTEROOM_REDIS_POOL_TIMEOUT", 2.0, 0.05, 4.0),
+        backlog=_int("ANTEROOM_BACKLOG", env.get("ANTEROOM_BACKLOG", "4096"), 1, 65535),
+        shutdown_timeout=_float(env, "ANTEROOM_SHUTDOWN_TIMEOUT", 10.0, 0.5, 300.0),
         demo=demo,
         admin_host=admin_host,
         admin_port=admin_port,
@@ -393,6 +414,10 @@ def _checked(s: QueueSettings, where: str) -> QueueSettings:
             f"{where}: session_max ({s.session_max}) must be at least session_ttl ({s.session_ttl})"
         )
     return s
+
+
+def _placeholder(secret: bytes) -> bool:
+    return PLACEHOLDER_SECRET_RE.search(secret.decode(errors="replace")) is not None
 
 
 def _workers(value: str) -> int:

@@ -14,10 +14,10 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from .stack import ROOT, S3Server, Stack, port_in_use
+from .stack import ROOT, S3Server, Stack, free_port, port_in_use
 
 # -- the demo origin: a tiny shop behind the waiting room --------------------
 
@@ -145,11 +145,16 @@ def kill_leftovers(workdir: Path) -> None:
     pidfile.unlink()
 
 
+def write_pids(stack: Stack, workdir: Path) -> None:
+    procs = [*stack.procs.values(), *([stack.s3.proc] if stack.s3 and stack.s3.proc else [])]
+    (workdir / "pids").write_text(" ".join(str(p.pid) for p in procs))
+
+
 @contextlib.contextmanager
-def demo_stack(workdir: Path) -> Iterator[Stack]:
+def demo_stack(workdir: Path, ports: Mapping[str, int] = DEMO_PORTS) -> Iterator[Stack]:
     kill_leftovers(workdir)
     with_s3 = _bool_env("ANTEROOM_DEMO_S3")
-    ports = {**DEMO_PORTS, **({"s3": DEMO_S3_PORT} if with_s3 else {})}
+    ports = {**ports, **({"s3": DEMO_S3_PORT} if with_s3 else {})}
     busy = [f"{name} 127.0.0.1:{p}" for name, p in ports.items() if port_in_use(p)]
     if busy:
         raise SystemExit(
@@ -176,11 +181,11 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
     stack = Stack(
         workdir=workdir,
         s3=s3,
-        site_port=DEMO_PORTS["site"],
-        sidecar_port=DEMO_PORTS["sidecar"],
-        origin_port=DEMO_PORTS["origin"],
-        redis_port=DEMO_PORTS["redis"],
-        admin_port=DEMO_PORTS["admin"],
+        site_port=ports["site"],
+        sidecar_port=ports["sidecar"],
+        origin_port=ports["origin"],
+        redis_port=ports["redis"],
+        admin_port=ports["admin"] if "admin" in ports else free_port(),
         env=env,
         nginx_workers="auto",
         access_log=True,
@@ -188,8 +193,7 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
     )
     try:
         stack.start()
-        procs = [*stack.procs.values(), *([s3.proc] if s3 and s3.proc else [])]
-        (workdir / "pids").write_text(" ".join(str(p.pid) for p in procs))
+        write_pids(stack, workdir)
         yield stack
     finally:
         stack.stop()
@@ -199,8 +203,64 @@ def demo_stack(workdir: Path) -> Iterator[Stack]:
             (workdir / "pids").unlink()
 
 
-def run_demo() -> None:
-    workdir = ROOT / ".demo"
+class Supervisor:
+    """Watches the demo's processes. Redis dying is a failure worth watching, so it
+    is brought back on the same port with a backoff, as systemd or Docker would,
+    while nginx, the sidecar and the origin stay up; any other exit stops the demo."""
+
+    FIRST_DELAY = 1.0
+    MAX_DELAY = 30.0
+    STABLE_AFTER = 60.0  # up this long: the next failure starts the backoff over
+
+    def __init__(self, stack: Stack, workdir: Path, say: Callable[[str], None] = print) -> None:
+        self.stack = stack
+        self.workdir = workdir
+        self.say = say
+        self.delay = self.FIRST_DELAY
+        self.restart_at: float | None = None
+        self.up_since = time.monotonic()
+        self.restarts = 0
+
+    def check(self) -> str | None:
+        """One look at the processes: why the demo must stop, or None."""
+        now = time.monotonic()
+        for name, proc in self.stack.procs.items():
+            if proc.poll() is None:
+                continue
+            if name != "redis":
+                return f"{name} exited (status {proc.returncode}); see {self.workdir}/{name}.log"
+            if self.restart_at is None:
+                if now - self.up_since >= self.STABLE_AFTER:
+                    self.delay = self.FIRST_DELAY
+                self.restart_at = now + self.delay
+                self.say(
+                    f"anteroom: redis exited (status {proc.returncode}); "
+                    f"restarting in {self.delay:g}s. Admitted visitors keep going, "
+                    "newcomers are sent to the waiting page meanwhile."
+                )
+        if self.restart_at is not None and now >= self.restart_at:
+            self._restart(now)
+        return None
+
+    def _restart(self, now: float) -> None:
+        self.restart_at = None
+        self.delay = min(self.delay * 2, self.MAX_DELAY)
+        try:
+            self.stack.start_redis()
+        except RuntimeError as e:
+            self.restart_at = now + self.delay
+            self.say(f"anteroom: redis did not start ({e}); retrying in {self.delay:g}s")
+            return
+        self.restarts += 1
+        self.up_since = time.monotonic()
+        write_pids(self.stack, self.workdir)
+        self.say(
+            f"anteroom: redis is back on port {self.stack.redis_port} "
+            "(the demo keeps no data: the lines start over)"
+        )
+
+
+def run_demo(ports: Mapping[str, int] = DEMO_PORTS, workdir: Path = ROOT / ".demo") -> None:
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -209,7 +269,7 @@ def run_demo() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with demo_stack(workdir) as stack:
+    with demo_stack(workdir, ports) as stack:
         env = stack.sidecar_env()
         cap, ttl = env["ANTEROOM_CAPACITY"], env["ANTEROOM_SESSION_TTL"]
         grace, rate = env["ANTEROOM_GRACE"], env.get("ANTEROOM_ADMIT_PER_MINUTE", "0")
@@ -246,15 +306,18 @@ def run_demo() -> None:
   admissions per minute {rate} (0 = no limit).
   Fast pass {"on" if stack.fast_pass else "off"} (ANTEROOM_FAST_PASS=1 make demo turns it on).
   Open {stack.url}/shop/ in {int(cap) + 1} private windows to see the line form.
+  Stop Redis to watch the failure behaviour (redis-cli -p {stack.redis_port} shutdown
+  nosave): the site stays up and the demo brings Redis back.
   Logs: {workdir}/sidecar.log, nginx: {workdir}/nginx/. Press Ctrl-C to stop.
 """,
             flush=True,
         )
+        supervisor = Supervisor(stack, workdir, lambda line: print(line, flush=True))
         while not stopping:
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None:
-                    print(f"anteroom: {name} exited ({proc.returncode}); see {workdir}/{name}.log")
-                    stopping = True
+            failed = supervisor.check()
+            if failed:
+                print(f"anteroom: {failed}; stopping the demo", flush=True)
+                break
             time.sleep(0.3)
         print("\n  Stopping…", flush=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import Config, ConfigError, load
+from sidecar.config import DEMO_SECRET, Config, ConfigError, load
 
 SECRET = {"ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_ADMIN_TOKEN": "ops:" + "t" * 20}
 
@@ -32,6 +32,26 @@ def test_defaults_and_environment_overrides() -> None:
 def test_several_secrets_for_rotation() -> None:
     c = load({**SECRET, "ANTEROOM_SECRETS": "new-secret-0123456789, old-secret-0123456789"})
     assert c.secrets == (b"new-secret-0123456789", b"old-secret-0123456789")
+
+
+def test_placeholder_secret_is_tolerated_only_in_demo_mode() -> None:
+    c = load({"ANTEROOM_DEMO": "1", "ANTEROOM_SECRETS": "change-me-to-a-long-random-secret"})
+    assert c.secrets == (b"change-me-to-a-long-random-secret",)
+
+
+def test_sentinel_url_shutdown_and_backlog_settings() -> None:
+    c = load(
+        {
+            **SECRET,
+            "ANTEROOM_REDIS_URL": "redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster/0",
+            "ANTEROOM_BACKLOG": "1024",
+            "ANTEROOM_SHUTDOWN_TIMEOUT": "2.5",
+        }
+    )
+    assert c.redis_url.startswith("redis+sentinel://")
+    assert (c.backlog, c.shutdown_timeout) == (1024, 2.5)
+    d = load(SECRET)
+    assert (d.backlog, d.shutdown_timeout) == (4096, 10.0)
 
 
 def test_demo_mode_needs_no_secret_and_allows_http() -> None:
@@ -62,6 +82,16 @@ def test_demo_mode_needs_no_secret_and_allows_http() -> None:
         ({**SECRET, "ANTEROOM_ADMIN_TOKEN": "ops:short"}, "ANTEROOM_ADMIN_TOKEN"),
         ({**SECRET, "ANTEROOM_ADMIN_TOKEN": f"a:{'x' * 16},a:{'y' * 16}"}, "ANTEROOM_ADMIN_TOKEN"),
         ({**SECRET, "ANTEROOM_ADMIN_LISTEN": "9091"}, "ANTEROOM_ADMIN_LISTEN"),
+        ({"ANTEROOM_SECRETS": "change-me-to-a-long-random-secret"}, "ANTEROOM_SECRETS"),
+        ({"ANTEROOM_SECRETS": "REPLACE_ME_with_32_random_bytes"}, "ANTEROOM_SECRETS"),
+        ({"ANTEROOM_SECRETS": "new-secret-0123456789,changeme-changeme"}, "ANTEROOM_SECRETS"),
+        ({"ANTEROOM_SECRETS": DEMO_SECRET}, "ANTEROOM_SECRETS"),
+        ({**SECRET, "ANTEROOM_BACKLOG": "0"}, "ANTEROOM_BACKLOG"),
+        ({**SECRET, "ANTEROOM_SHUTDOWN_TIMEOUT": "forever"}, "ANTEROOM_SHUTDOWN_TIMEOUT"),
+        (
+            {**SECRET, "ANTEROOM_REDIS_CLUSTER": "1", "ANTEROOM_REDIS_URL": "redis+sentinel://h/m"},
+            "ANTEROOM_REDIS_CLUSTER",
+        ),
     ],
 )
 def test_invalid_settings_are_named(env: dict[str, str], named: str) -> None:
