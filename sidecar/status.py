@@ -188,11 +188,12 @@ class Status:
         """API clients: a place in a queue as JSON, the token to send as a Bearer."""
         tenant = self._tenant(request)
         queue = _queue_param(request)
-        known = queue is not None and (
-            queue in tenant.queues or QueueRef(tenant.name, queue) in self.gate.refresher.states
-        )
-        if queue is None or not known:
-            return _json({"error": "unknown queue", "queue": request.query.get("queue")}, 404)
+        if queue is None:
+            return _json({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
+        # only queues the configuration names or nginx has sent visitors to
+        known = queue in tenant.queues or QueueRef(tenant.name, queue) in self.gate.refresher.states
+        if not known:
+            return _json({"error": "unknown queue"}, 404)
         now = int(time.time())
         q = QueueRef(tenant.name, queue)
         state = await self._state(q, tenant)
