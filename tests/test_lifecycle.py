@@ -47,7 +47,7 @@ async def ask_gate(http: aiohttp.ClientSession, stack: Stack, queue: str, cookie
     """One auth request straight to the first sidecar, as nginx would send it."""
     headers = {"Host": "127.0.0.1", "X-Anteroom-Queue": queue, "X-Original-URI": f"/q/{queue}/"}
     if cookie:
-        headers["Cookie"] = f"{COOKIE}={cookie}"
+        headers["Cookie"] = f"{COOKIE}_{queue}={cookie}"
     async with http.get(sidecar_url(stack) + "/_anteroom/auth", headers=headers) as r:
         return r.status, r.headers.get("Set-Cookie", "")
 
@@ -136,7 +136,7 @@ async def test_sigterm_drains_in_flight_requests_and_writes_heartbeats(
         # every request held inside the sidecar got its real answer: a place in line
         # (capacity 5 is taken by the three admitted and the stream's first newcomers)
         assert [s for s, _ in in_flight] == [401] * 8, in_flight
-        assert all(f"{COOKIE}=" in c for _, c in in_flight)
+        assert all(f"{COOKIE}_" in c for _, c in in_flight)
         # the other replica took the stream over: nobody saw an error
         assert answers and set(answers) <= {200, 302}, sorted(set(answers))
         after = [await redis.zscore(keys.active, sid) for sid in sids]
@@ -168,7 +168,7 @@ async def test_sigterm_to_the_parent_drains_every_worker(
         took = time.monotonic() - sent
         # each held request got its real answer: a place (admitted or in line) and a cookie
         assert {s for s, _ in in_flight} <= {204, 401} and len(in_flight) == 12, in_flight
-        assert all(f"{COOKIE}=" in c for _, c in in_flight)
+        assert all(f"{COOKIE}_" in c for _, c in in_flight)
         assert took < SHUTDOWN_TIMEOUT + 3, took
         assert proc.returncode == 0
         # no worker left behind on the port
