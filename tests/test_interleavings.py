@@ -121,7 +121,8 @@ class Model:
             if w is not None and not w.seen:
                 w.skipped = True
         self.serving = max(self.serving, st_.serving)
-        invited = {int(t) for t in await self.redis.zrange(Q.keys.invited, 0, -1)}
+        raw: list[bytes] = await self.redis.zrange(Q.keys.invited, 0, -1)  # type: ignore[assignment]
+        invited = {int(t) for t in raw}
         for t in sorted(invited):
             v = self.visitors[t]
             if v.invited:
