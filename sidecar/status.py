@@ -162,7 +162,8 @@ class Status:
             if new is not None:
                 self.gate.set_cookie(resp, new, v.now)
                 v.tok = tok = new
-                if new.admitted:
+                if new.admitted:  # let in from the waiting page: count it with the gate's
+                    self.gate.metrics.decision(q, "entered")
                     return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
         return self._waiting(tok, state), v, resp
 

@@ -258,3 +258,19 @@ async def test_joins_and_leaves_with_long_urls_keep_memory_bounded(
     grown = rss_mb() - before
     print(f"sidecar RSS grew {grown:.1f} MB over 3,000 join+leave pairs with long URLs")
     assert grown < 25
+
+
+async def test_secure_cookies_over_plain_http_are_warned_about_once(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Browsers drop Secure cookies on http://, so every request would take a new
+    place: the sidecar says so in its log, once, naming the setting to change."""
+    stack = make_stack(tmp_path / "s", ANTEROOM_COOKIE_SECURE="1")
+    try:
+        for _ in range(3):
+            r = await Visitor(http, stack.url).get("/q/plain/")
+            assert "Secure" in r.headers.get("Set-Cookie", "")
+        log = (stack.workdir / "sidecar.log").read_text()
+        assert log.count("ANTEROOM_COOKIE_SECURE=0") == 1, log[-2000:]
+    finally:
+        stack.stop()
