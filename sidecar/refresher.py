@@ -135,22 +135,7 @@ class Refresher:
 
     # -- background loop ----------------------------------------------------
 
-    async def check_redis(self) -> None:
-        """Warns when Redis may evict keys: an evicted counter breaks the line."""
-        try:
-            policy = await self.engine.redis.config_get("maxmemory-policy")
-        except Exception:  # managed Redis may refuse CONFIG; nothing to check then
-            return
-        value = next(iter(policy.values()), "noeviction") if policy else "noeviction"
-        value = value.decode() if isinstance(value, bytes) else str(value)
-        if value != "noeviction":
-            log.warning(
-                "redis maxmemory-policy is not noeviction: evicted queue keys break the line",
-                extra={"maxmemory_policy": value},
-            )
-
     async def run(self) -> None:
-        await self.check_redis()
         next_flush = time.monotonic() + self.heartbeat_interval
         while True:
             started = time.monotonic()
