@@ -8,6 +8,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -156,3 +157,10 @@ class Browser:
             mobile=mobile,
         )
         return page
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """Screenshots go to ANTEROOM_SCREENSHOTS when set (to look at them), else tmp."""
+    d = Path(os.environ.get("ANTEROOM_SCREENSHOTS", tmp_path))
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.stack import Stack
-from tests.browser import Browser, chromium_path
+from tests.browser import Browser, chromium_path, shots_dir
 from tests.conftest import FAST, QUEUE_LOCATIONS, eventually, make_stack
 from tests.visitors import Visitor
 
@@ -26,13 +25,6 @@ def one_seat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = make_stack(tmp_path_factory.mktemp("browser"), ANTEROOM_CAPACITY="1")
     yield s
     s.stop()
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    """Screenshots go to ANTEROOM_SCREENSHOTS when set (to look at them), else tmp."""
-    d = Path(os.environ.get("ANTEROOM_SCREENSHOTS", tmp_path))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Path) -> None:

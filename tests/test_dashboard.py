@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.stack import Stack
-from tests.browser import Browser, chromium_path
+from tests.browser import Browser, chromium_path, shots_dir
 from tests.conftest import ADMIN_TOKEN, make_stack
 from tests.visitors import Visitor
 
@@ -24,16 +23,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("dashboard"), ANTEROOM_SESSION_TTL="60")
+    # a long grace: the two invitations stay on the board until the page refreshes
+    s = make_stack(
+        tmp_path_factory.mktemp("dashboard"), ANTEROOM_SESSION_TTL="60", ANTEROOM_GRACE="30"
+    )
     yield s
     s.stop()
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    """Screenshots go to ANTEROOM_SCREENSHOTS when set (to look at them), else tmp."""
-    d = Path(os.environ.get("ANTEROOM_SCREENSHOTS", tmp_path))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def section(queue: str) -> str:

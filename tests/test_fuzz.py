@@ -328,6 +328,13 @@ def check(a: Attempt, r: Reply) -> None:
         assert MARKER not in value, ("unescaped in header", name, a)
 
 
+def probe(stack: Stack, counts: Counter[int], a: Attempt) -> None:
+    """Sends one attempt through nginx, counts its answer and checks the promises."""
+    reply = send(stack.site_port, *a.wire())
+    counts[reply.status] += 1
+    check(a, reply)
+
+
 @pytest.fixture(scope="module")
 def paused(stack: Stack) -> Iterator[Stack]:
     """The fuzzed queue admits nobody new: any admission must come from a token."""
@@ -366,9 +373,7 @@ def test_fuzz_the_edge(paused: Stack) -> None:
     @FUZZ
     @given(attempts)
     def run(a: Attempt) -> None:
-        reply = send(paused.site_port, *a.wire())
-        counts[reply.status] += 1
-        check(a, reply)
+        probe(paused, counts, a)
 
     run()
     report("edge", counts)
@@ -395,9 +400,7 @@ def test_fuzz_control_characters_in_headers(paused: Stack) -> None:
         elif header == "Authorization":
             value = b"Bearer " + value
         a = Attempt("GET", path, "", "127.0.0.1", None, None, [(header, value)])
-        reply = send(paused.site_port, *a.wire())
-        counts[reply.status] += 1
-        check(a, reply)
+        probe(paused, counts, a)
 
     try:
         run()
@@ -415,9 +418,7 @@ def test_fuzz_non_ascii_token_signatures(paused: Stack) -> None:
         cookie = f"{COOKIE}_{QUEUE}={raw}" if where == "cookie" else None
         bearer = "Bearer " + raw if where == "bearer" else None
         a = Attempt("GET", GATED, "", "127.0.0.1", cookie, bearer, [])
-        reply = send(paused.site_port, *a.wire())
-        counts[reply.status] += 1
-        check(a, reply)
+        probe(paused, counts, a)
 
     try:
         run()
@@ -442,9 +443,7 @@ def test_fuzz_long_return_to(paused: Stack) -> None:
         else:
             q = "return_to=" + quote(GATED + "?r=" + text, safe="")
             a = Attempt("GET", "/_anteroom/" + where, q, "127.0.0.1", None, None, [])
-        reply = send(paused.site_port, *a.wire())
-        counts[reply.status] += 1
-        check(a, reply)
+        probe(paused, counts, a)
 
     try:
         run()
@@ -463,9 +462,7 @@ def test_fuzz_dot_segments(paused: Stack) -> None:
         # origin that routes it under /q/fuzz/ serves the gated page
         path = f"{GATED}{'a/' * (depth - 1)}{(dots + '/') * depth}"
         a = Attempt(method, path, "", "127.0.0.1", None, None, [])
-        reply = send(paused.site_port, *a.wire())
-        counts[reply.status] += 1
-        check(a, reply)
+        probe(paused, counts, a)
 
     try:
         run()
