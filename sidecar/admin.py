@@ -55,6 +55,7 @@ FIELD_LABELS = {
     "session_ttl": "Session TTL (s)",
     "grace": "Grace (s)",
     "abandon_after": "Abandon after (s)",
+    "session_max": "Longest session (s)",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
