@@ -354,7 +354,8 @@ class Engine:
             for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
                 some_sids = sids[i : i + HEARTBEAT_CHUNK]
                 some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
-                args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, len(some_sids)]
+                args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, s.mode]
+                args.append(len(some_sids))
                 calls.append(("heartbeat", q.keys.all(), [*args, *some_sids, *some_tickets]))
         self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
         return sum(int(r[1]) for r in await self._batch(calls))
@@ -382,6 +383,7 @@ class Engine:
                         REVOKED_RELOAD_MAX,
                         s.session_max,
                         FRONT_WINDOW,
+                        ENDED_STREAM_MAXLEN,
                         *OVERRIDE_MINIMUMS,
                     ],
                 )

@@ -8,7 +8,7 @@ local ticket, sid, mode = ARGV[1], ARGV[2], ARGV[3]
 local capacity, per_minute = tonumber(ARGV[4]), tonumber(ARGV[5])
 local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
-purge(slack_ms, grace_ms)
+purge(grace_ms)
 if redis.call('ZSCORE', K_ACTIVE, sid) then
   return {1}
 end

@@ -1,22 +1,27 @@
 -- Applies one replica's batch of "still here" signals. A session that made a
 -- request with a valid cookie is extended (GT: never shortened). One that
--- Redis no longer counts (idled out, or lost in a restart) comes back only if
--- there is room; otherwise it ends like a leave, so every replica refuses the
--- cookie and the visitor joins the line again: capacity is never exceeded.
--- ARGV: session_ttl_ms, capacity, ended maxlen, number of session ids, session ids...,
---       waiting tickets...
+-- Redis no longer counts and that was not ended (Redis lost it: a restart
+-- without persistence) comes back only where a newcomer would be let in at once
+-- (mode on, nobody in line or recalled, room); otherwise it ends like a leave,
+-- so every replica refuses the cookie and the visitor joins the line again:
+-- capacity and the line's order hold.
+-- ARGV: session_ttl_ms, capacity, ended maxlen, mode, number of session ids,
+--       session ids..., waiting tickets...
 -- Returns {sessions counted, sessions ended}
-local ttl_ms, capacity, maxlen, n =
-  tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local ttl_ms, capacity, maxlen, mode, n =
+  tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local counted, ended = 0, 0
 local until_sec = now_sec + math.ceil(ttl_ms / 1000)
-for i = 5, 4 + n do
+local open = mode == 'on' and redis.call('ZCARD', K_WAITING) == 0
+  and redis.call('ZCARD', K_RECALL) == 0
+for i = 6, 5 + n do
   local sid = ARGV[i]
   if not redis.call('ZSCORE', K_REVOKED, sid) then
     if redis.call('ZSCORE', K_ACTIVE, sid) then
       redis.call('ZADD', K_ACTIVE, 'GT', now_ms + ttl_ms, sid)
       counted = counted + 1
-    elseif capacity == 0 or redis.call('ZCARD', K_ACTIVE) + redis.call('ZCARD', K_INVITED) < capacity then
+    elseif open and (capacity == 0
+        or redis.call('ZCARD', K_ACTIVE) + redis.call('ZCARD', K_INVITED) < capacity) then
       redis.call('ZADD', K_ACTIVE, now_ms + ttl_ms, sid)
       counted = counted + 1
     else
@@ -27,7 +32,7 @@ for i = 5, 4 + n do
   end
 end
 -- XX: a waiter who left or was invited is not put back in line
-for i = 5 + n, #ARGV do
+for i = 6 + n, #ARGV do
   redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, ARGV[i])
 end
 return {counted, ended}

@@ -8,7 +8,7 @@ local mode = ARGV[1]
 local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
 local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
-purge(slack_ms, grace_ms)
+purge(grace_ms)
 local n = #ARGV - 7
 local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')

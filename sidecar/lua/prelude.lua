@@ -36,11 +36,10 @@ end
 -- re-invitation it led to can no longer lapse: a ticket gets one second chance.
 local USED = 1e13
 
--- Drops idle sessions and lapsed invitations. Sessions get a little slack so a
--- heartbeat still in a replica's batch finds its member. A lapsed invitation
--- leaves a second chance of one grace period (NX: never a second one).
-local function purge(slack_ms, grace_ms)
-  local expired = redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
+-- Drops lapsed invitations; a lapsed invitation leaves a second chance of one
+-- grace period (NX: never a second one). Idle sessions are ended by the tick
+-- (end_idle_sessions), which publishes them; until then they count as taken.
+local function purge(grace_ms)
   local lapsed = redis.call('ZRANGEBYSCORE', K_INVITED, '-inf', '(' .. now_ms)
   if #lapsed > 0 then
     redis.call('ZREMRANGEBYSCORE', K_INVITED, '-inf', '(' .. now_ms)
@@ -50,7 +49,23 @@ local function purge(slack_ms, grace_ms)
   end
   redis.call('ZREMRANGEBYSCORE', K_MISSED, 0, now_ms)
   redis.call('ZREMRANGEBYSCORE', K_MISSED, '-inf', now_ms - USED)
-  return expired, #lapsed
+  return #lapsed
+end
+
+-- Ends sessions that went unused past their expiry (never confirmed, or idle),
+-- with a little slack so a heartbeat still in a replica's batch finds its
+-- member. They are published like a leave: a cookie kept aside (or copied)
+-- cannot come back later, on any replica, to take a slot that went to someone else.
+local function end_idle_sessions(slack_ms, ttl_sec, maxlen)
+  local idle = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
+  if #idle == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
+  local until_sec = now_sec + ttl_sec  -- a cookie outlives its slot by less than this
+  for _, sid in ipairs(idle) do
+    redis.call('ZADD', K_REVOKED, until_sec, sid)
+    redis.call('XADD', K_ENDED, 'MAXLEN', '~', maxlen, '*', 'sid', sid, 'until', until_sec)
+  end
+  return #idle
 end
 
 -- Admissions in the rolling minute and in the current second; prunes old buckets.

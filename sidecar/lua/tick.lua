@@ -5,14 +5,15 @@
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
 --       purge_slack_ms, last ended-stream id read, max advance steps,
 --       first_poll_window_ms, revoked reload max, session_max, front window,
---       then (setting name, least allowed value) pairs for operator overrides
+--       ended stream maxlen, then (setting name, least allowed value) pairs for
+--       operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
   session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
   abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
 }
 local least = {}
-for i = 14, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
@@ -29,7 +30,8 @@ for i = 1, #overrides, 2 do
 end
 local grace_ms = s.grace * 1000
 
-local expired, lapsed = purge(tonumber(ARGV[7]), grace_ms)
+local lapsed = purge(grace_ms)
+local expired = end_idle_sessions(tonumber(ARGV[7]), s.session_ttl, tonumber(ARGV[14]))
 redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
 -- Waiters who stopped polling leave the line here, in two calls whatever their
 -- number: seen too long ago (positive scores), or never seen since joining
