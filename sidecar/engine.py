@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
+import functools
 import hashlib
 import itertools
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -97,6 +99,46 @@ class LiveLine:
         return ahead
 
 
+def shuffled_order(seed: int, count: int) -> list[int]:
+    """The pre-queue order tick.lua draws at an opening, replayed from its logged
+    seed: element i is the offset (ticket - first) of the visitor at line
+    first + i. Fisher-Yates driven by L'Ecuyer's combined generator, in the same
+    double arithmetic as the Lua, so both sides agree bit for bit."""
+    s1 = seed % 2147483562 + 1
+    s2 = seed // 2147483562 % 2147483398 + 1
+    a = list(range(count))
+    for i in range(count, 1, -1):
+        s1 = 40014 * s1 % 2147483563
+        s2 = 40692 * s2 % 2147483399
+        j = int((s1 - s2) % 2147483562 / 2147483562 * i)
+        a[i - 1], a[j] = a[j], a[i - 1]
+    return a
+
+
+@dataclass(frozen=True, slots=True)
+class LineOrder:
+    """The last opening's pre-queue (tickets first..last) in its shuffled order."""
+
+    first: int
+    last: int
+    seed: int
+    ranks: array[int]  # ticket first + i stands at line number first + ranks[i]
+
+    def line(self, ticket: int) -> int:
+        if self.first <= ticket <= self.last:
+            return self.first + self.ranks[ticket - self.first]
+        return ticket
+
+
+@functools.lru_cache(maxsize=64)
+def line_order(first: int, last: int, seed: int) -> LineOrder:
+    """Computed once per process and opening (about 1 s per million places)."""
+    ranks = array("l", [0]) * (last - first + 1)
+    for i, offset in enumerate(shuffled_order(seed, last - first + 1)):
+        ranks[offset] = i
+    return LineOrder(first, last, seed, ranks)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueState:
     """A queue as one tick saw it; shared by every request in the process."""
@@ -116,10 +158,18 @@ class QueueState:
     ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
+    closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
+    order: LineOrder | None = None  # the last opening's shuffled pre-queue
+    opened: bool = False  # this tick performed the opening (the shuffle)
+
+    def line(self, ticket: int) -> int:
+        """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
+        pre-queue. Its turn has come once ``serving`` reaches this number."""
+        return ticket if self.order is None else self.order.line(ticket)
 
     def position(self, ticket: int) -> int:
         """1 for the next in line; counts only people still in line ahead."""
-        return 1 + self.recalled + self.live.ahead(ticket, self.serving)
+        return 1 + self.recalled + self.live.ahead(self.line(ticket), self.serving)
 
     @property
     def admissions_per_second(self) -> float:
@@ -138,6 +188,7 @@ class Busy(Exception):
 
 
 SCRIPTS = ("join", "claim", "leave", "heartbeat", "tick")
+REFUSED = 0  # the ticket of a join refused because its address used up its budget
 JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a millisecond
 
 # A call of one script: (name, keys, args)
@@ -162,6 +213,7 @@ def confirm_ms(s: QueueSettings) -> int:
 class _Joins:
     settings: QueueSettings
     sids: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
     futures: list[asyncio.Future[tuple[bool, int]]] = field(default_factory=list)
 
 
@@ -264,12 +316,18 @@ class Engine:
             confirm_ms(s),
             self.purge_slack_ms,
             s.grace * 1000,
+            s.opens_at,
+            s.joins_per_address,
         ]
 
     # -- joins, coalesced ----------------------------------------------------
 
-    async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
-        """Takes a ticket; returns (admitted at once, ticket). Concurrent joins to one
+    async def join(
+        self, q: QueueRef, sid: str, s: QueueSettings, address: str = ""
+    ) -> tuple[bool, int]:
+        """Takes a ticket; returns (admitted at once, ticket), or (False, REFUSED) when
+        ``address`` (the client's, "" = unknown) has used its budget of joins for this
+        minute (``joins_per_address``): no ticket is taken then. Concurrent joins to one
         queue in this process go to Redis together, in arrival order: one script
         call per event-loop turn (or per batch in flight), never one per visitor."""
         loop = asyncio.get_running_loop()
@@ -280,6 +338,7 @@ class Engine:
             if q not in self._joining:
                 loop.call_soon(self._start_joins, q)
         joins.sids.append(sid)
+        joins.addresses.append(address)
         joins.futures.append(fut)
         return await fut
 
@@ -299,7 +358,10 @@ class Engine:
                     futures = joins.futures[i : i + JOIN_BATCH_MAX]
                     try:
                         reply = await self.join_many(
-                            q, joins.sids[i : i + JOIN_BATCH_MAX], joins.settings
+                            q,
+                            joins.sids[i : i + JOIN_BATCH_MAX],
+                            joins.settings,
+                            joins.addresses[i : i + JOIN_BATCH_MAX],
                         )
                     except Exception as e:
                         for f in futures:
@@ -317,11 +379,17 @@ class Engine:
             self._joining.discard(q)
 
     async def join_many(
-        self, q: QueueRef, sids: Sequence[str], s: QueueSettings
+        self,
+        q: QueueRef,
+        sids: Sequence[str],
+        s: QueueSettings,
+        addresses: Sequence[str] | None = None,
     ) -> list[tuple[bool, int]]:
-        """Tickets for ``sids`` in order: [(admitted at once, ticket)]."""
+        """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED)]."""
+        addrs = addresses if addresses is not None else [""] * len(sids)
+        pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
         reply = await self._call(
-            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *sids]
+            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *pairs]
         )
         return [(bool(reply[i + 1]), int(reply[i])) for i in range(0, len(reply), 2)]
 
@@ -382,6 +450,8 @@ class Engine:
                         REVOKED_RELOAD_MAX,
                         s.session_max,
                         FRONT_WINDOW,
+                        s.opens_at,
+                        s.joins_per_address,
                         *OVERRIDE_MINIMUMS,
                     ],
                 )
@@ -402,7 +472,10 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         mode=_s(r[7]),
         on_redis_error=configured.on_redis_error,
         session_max=int(r[18]),
+        opens_at=int(r[22]),
+        joins_per_address=int(r[24]),
     )
+    first, last, seed = int(r[26]), int(r[27]), int(r[28])
     return QueueState(
         tickets=int(r[0]),
         serving=int(r[1]),
@@ -424,4 +497,7 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         live=LiveLine.of(
             _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
         ),
+        closed=bool(int(r[23])),
+        order=line_order(first, last, seed) if last >= first else None,
+        opened=bool(int(r[25])),
     )
