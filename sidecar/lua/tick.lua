@@ -69,22 +69,21 @@ if not closed and pending[1] then
   local seed = tonumber(string.sub(redis.sha1hex(K_OPENING .. h[1] .. '.' .. h[2] .. '.' .. count),
     1, 13), 16)
   local a = shuffled_order(seed, count)
-  local order, rank = {}, {}
+  local order, rank, packed = {}, {}, {}
   for i = 1, count do
     order[i] = struct.pack('>I4', a[i])
     rank[a[i] + 1] = i - 1
   end
-  for i = 1, count do rank[i] = struct.pack('>I4', rank[i]) end
+  for i = 1, count do packed[i] = struct.pack('>I4', rank[i]) end
   redis.call('SET', K_ORDER, table.concat(order))
-  redis.call('SET', K_RANK, table.concat(rank))
+  redis.call('SET', K_RANK, table.concat(packed))
   -- the live counts of who is still in line move from ticket to line number
   local delta = {}
   for _, t in ipairs(redis.call('ZRANGE', K_WAITING, 0, -1)) do
     t = tonumber(t)
     if t >= first and t <= last then
       local from_block = math.floor(t / LIVE_BLOCK)
-      local to_block = math.floor((first + tonumber(struct.unpack('>I4', rank[t - first + 1])))
-        / LIVE_BLOCK)
+      local to_block = math.floor((first + rank[t - first + 1]) / LIVE_BLOCK)
       delta[from_block] = (delta[from_block] or 0) - 1
       delta[to_block] = (delta[to_block] or 0) + 1
     end
