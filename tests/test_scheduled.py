@@ -8,14 +8,22 @@ random order, ahead of everyone who arrives later (FIFO)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
 from sidecar.engine import REFUSED, Claim, Engine, QueueRef, QueueState, shuffled_order
+from sidecar.stack import Stack
+from tests.conftest import ADMIN_TOKEN, eventually, make_stack
+from tests.visitors import Visitor
 
 Q = QueueRef("acme", "sale")
 FAR = 4_000_000_000  # an opening far in the future (year 2096): the queue is closed
@@ -240,3 +248,159 @@ async def test_join_budget_is_per_queue_and_off_by_default(replicas: list[Engine
     assert (await e.join(other, "c", s, "10.0.0.1"))[1] == 1  # another queue, its own budget
     unlimited = replace(s, joins_per_address=0)
     assert [t for _, t in await e.join_many(Q, ["d", "e"], unlimited, ["10.0.0.1"] * 2)] == [2, 3]
+
+
+# -- through nginx: two sidecar processes, real nginx and Redis ------------------
+
+BUDGET = 20  # joins per address per minute on the stack below
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(
+        tmp_path_factory.mktemp("scheduled"),
+        replicas=1,
+        ANTEROOM_CAPACITY="5",
+        ANTEROOM_SESSION_TTL="5",
+        ANTEROOM_JOINS_PER_ADDRESS=str(BUDGET),
+        ANTEROOM_LOG_LEVEL="info",
+    )
+    yield s
+    s.stop()
+
+
+async def admin_patch(http: aiohttp.ClientSession, site: Stack, queue: str, **changes: Any) -> Any:
+    async with http.patch(
+        f"{site.admin_url}/api/queues/acme/{queue}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json=changes,
+    ) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+@pytest.mark.integration
+async def test_scheduled_sale_through_nginx(site: Stack, http: aiohttp.ClientSession) -> None:
+    """An operator schedules the opening 4 s ahead (admin API, ISO-8601). Visitors
+    arriving before it wait with a countdown and no place; nobody passes before
+    it; afterwards all are admitted, and a later arrival comes after all of them."""
+    queue = "sale"
+    opens_at = int(time.time()) + 4
+    when = datetime.fromtimestamp(opens_at, UTC).isoformat().replace("+00:00", "Z")
+    view = await admin_patch(http, site, queue, opens_at=when)
+    assert view["settings"]["opens_at"] == opens_at
+    await asyncio.sleep(0.3)  # every process has ticked since (refresh: 50 ms here)
+
+    early = [Visitor(http, site.url) for _ in range(8)]
+    for v in early:
+        r = await v.get(f"/q/{queue}/")
+        assert r.status == 302 and v.cookie, r.status  # capacity is free, yet they wait
+    for v in early:
+        body = await v.status()
+        assert body["state"] == "waiting" and body["position"] is None, body
+        assert body["opens_at"] == opens_at and 0 < body["opens_in"] <= 4
+        assert body["notice"] == "opens_later"
+
+    # just after the opening: a newcomer queues behind the whole pre-queue
+    await asyncio.sleep(opens_at + 0.3 - time.time())
+    late = Visitor(http, site.url)
+    assert (await late.get(f"/q/{queue}/")).status == 302
+    body = await late.status()
+    assert body["position"] is not None and body["position"] > 3, body  # 8 ahead, 5 invited
+
+    admitted_at: dict[int, float] = {}
+    deadline = time.time() + 40
+    while len(early) not in admitted_at and time.time() < deadline:
+        for i, v in enumerate([*early, late]):
+            if i in admitted_at:
+                continue
+            body = await v.status()
+            if body["state"] == "admitted":
+                admitted_at[i] = time.time()
+                assert (await v.get(f"/q/{queue}/")).status == 200
+                if v is not late:  # the late one keeps its slot: see below
+                    await v.post(f"/_anteroom/leave?queue={queue}")
+                else:
+                    break
+            else:
+                assert body["position"] is not None and body.get("notice") is None
+        await asyncio.sleep(0.2)
+    assert len(early) in admitted_at, "the late visitor was admitted"
+    assert min(admitted_at.values()) >= opens_at
+
+    # Everyone from the pre-queue still out was invited before the late visitor (their
+    # slots are reserved): they get in now, though nobody leaves any more.
+    async def all_early_admitted() -> bool:
+        for i, v in enumerate(early):
+            if i not in admitted_at and (await v.status())["state"] == "admitted":
+                admitted_at[i] = time.time()
+        return len(admitted_at) == len(early) + 1
+
+    await eventually(all_early_admitted, within=2.0, interval=0.1)
+    log = "".join(p.read_text() for p in site.workdir.glob("sidecar*.log"))
+    assert log.count("pre-queue shuffled") == 1, "exactly one replica drew the order"
+
+
+@pytest.mark.integration
+async def test_minting_client_gets_its_budget_while_real_visitors_wait(
+    site: Stack, http: aiohttp.ClientSession
+) -> None:
+    """One client (127.0.0.1) sends 10,000 cookieless requests, 32 at a time, while
+    50 real visitors from 127.0.0.2 .. 127.0.0.51 join and wait. The client gets at
+    most BUDGET places per minute; each real visitor is at most BUDGET * minutes + 49
+    from the front when joining, and all of them are admitted within 40 s."""
+    queue = "mint"
+    path = f"/q/{queue}/"
+    places, refused, statuses = 0, 0, Counter[int]()
+    minutes: set[int] = set()
+    sent = 0
+
+    async def mint() -> None:
+        nonlocal places, refused, sent
+        while sent < 10_000:
+            sent += 1
+            minutes.add(int(time.time()) // 60)
+            async with http.get(site.url + path, allow_redirects=False) as r:
+                statuses[r.status] += 1
+                if "Set-Cookie" in r.headers:
+                    places += 1
+                elif r.status == 302:
+                    refused += 1
+                    assert r.headers.get("Retry-After") == "60"
+
+    async def real(n: int) -> tuple[int, float]:
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{n}", 0))
+        async with aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        ) as own:
+            v = Visitor(own, site.url)
+            await asyncio.sleep(n * 0.05)  # arriving among the bot's requests
+            started = time.time()
+            r = await v.get(path)
+            assert r.status in (200, 302) and v.cookie, (r.status, r.headers)
+            first = 0
+            if r.status == 302:
+                body = await v.status()
+                first = body["position"]
+                while body["state"] != "admitted":
+                    assert time.time() - started < 40, body
+                    await asyncio.sleep(0.2)
+                    body = await v.status()
+            await v.post(f"/_anteroom/leave?queue={queue}")
+            return first, time.time() - started
+
+    bots = [asyncio.create_task(mint()) for _ in range(32)]
+    results = await asyncio.gather(*(real(n) for n in range(2, 52)))
+    await asyncio.gather(*bots)
+    assert sent >= 10_000 and statuses[302] + statuses[200] == sum(statuses.values())
+    assert places <= BUDGET * len(minutes), (places, minutes)
+    assert refused >= 10_000 - BUDGET * len(minutes)
+    positions = [p for p, _ in results]
+    waits = [w for _, w in results]
+    assert max(positions) <= BUDGET * len(minutes) + 49, positions
+    assert max(waits) < 40
+    print(
+        f"\nminting client: {sent} requests, {places} places, {refused} refused; "
+        f"real visitors: worst first position {max(positions)}, "
+        f"worst wait {max(waits):.1f} s, mean {sum(waits) / len(waits):.1f} s"
+    )
