@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
-import functools
 import hashlib
 import itertools
+import struct
+import sys
 import time
 from array import array
 from collections.abc import Mapping, Sequence
@@ -130,13 +131,17 @@ class LineOrder:
         return ticket
 
 
-@functools.lru_cache(maxsize=64)
-def line_order(first: int, last: int, seed: int) -> LineOrder:
-    """Computed once per process and opening (about 1 s per million places)."""
-    ranks = array("l", [0]) * (last - first + 1)
-    for i, offset in enumerate(shuffled_order(seed, last - first + 1)):
-        ranks[offset] = i
-    return LineOrder(first, last, seed, ranks)
+def line_order(first: int, last: int, seed: int, packed: bytes) -> LineOrder | None:
+    """The order from the ``rank`` string tick.lua stored (4 bytes big-endian per
+    ticket); None if it does not hold last - first + 1 places."""
+    ranks = array("I")
+    if ranks.itemsize == 4:
+        ranks.frombytes(packed[: len(packed) // 4 * 4])
+        if sys.byteorder == "little":
+            ranks.byteswap()
+    else:  # a platform whose C int is not 4 bytes
+        ranks = array("I", struct.unpack(f">{len(packed) // 4}I", packed))
+    return LineOrder(first, last, seed, ranks) if len(ranks) == last - first + 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +248,7 @@ class Engine:
         self._sha = {n: hashlib.sha1(src.encode()).hexdigest() for n, src in self._sources.items()}
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
+        self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
@@ -458,10 +464,36 @@ class Engine:
                 for q, s, last_ended in queues
             ]
         )
-        return [_state(r, s) for r, (_, s, _) in zip(replies, queues, strict=True)]
+        return [
+            _state(r, s, await self._line_order(q, r))
+            for r, (q, s, _) in zip(replies, queues, strict=True)
+        ]
+
+    async def _line_order(self, q: QueueRef, r: list[Any]) -> LineOrder | None:
+        """The queue's drawn order, read once per process and opening (about 4 MB
+        per million places; Redis keeps it in the ``rank`` string)."""
+        first, last, seed = int(r[26]), int(r[27]), int(r[28])
+        if last < first:
+            return None
+        known = self._orders.get(q)
+        if known is not None and (known.first, known.last, known.seed) == (first, last, seed):
+            return known
+        packed, stored_seed = await self._read_order(q)
+        # a newer opening in between: read again at the next tick
+        order = line_order(first, last, seed, packed) if stored_seed == seed else None
+        if order is not None:
+            self._orders[q] = order
+        return order
+
+    async def _read_order(self, q: QueueRef) -> tuple[bytes, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(q.keys.rank)
+            pipe.hget(q.keys.opening, "seed")
+            packed, seed = await pipe.execute()
+        return packed or b"", int(seed or 0)
 
 
-def _state(r: list[Any], configured: QueueSettings) -> QueueState:
+def _state(r: list[Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
     ended = r[17]
     settings = QueueSettings(
         capacity=int(r[8]),
@@ -475,7 +507,6 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         opens_at=int(r[22]),
         joins_per_address=int(r[24]),
     )
-    first, last, seed = int(r[26]), int(r[27]), int(r[28])
     return QueueState(
         tickets=int(r[0]),
         serving=int(r[1]),
@@ -498,6 +529,6 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
             _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
         ),
         closed=bool(int(r[23])),
-        order=line_order(first, last, seed) if last >= first else None,
+        order=order,
         opened=bool(int(r[25])),
     )

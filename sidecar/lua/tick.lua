@@ -69,14 +69,20 @@ if not closed and pending[1] then
   local seed = tonumber(string.sub(redis.sha1hex(K_OPENING .. h[1] .. '.' .. h[2] .. '.' .. count),
     1, 13), 16)
   local a = shuffled_order(seed, count)
-  local order, rank, packed = {}, {}, {}
-  for i = 1, count do
-    order[i] = struct.pack('>I4', a[i])
-    rank[a[i] + 1] = i - 1
+  local rank = {}
+  for i = 1, count do rank[i] = 0 end  -- filled in order first: Lua keeps it an array
+  for i = 1, count do rank[a[i] + 1] = i - 1 end
+  -- 4 bytes per place, packed 256 at a time (one struct.pack call each)
+  local function packed(values)
+    local out = {}
+    for i = 1, count, 256 do
+      local k = math.min(256, count - i + 1)
+      out[#out + 1] = struct.pack('>' .. string.rep('I4', k), unpack(values, i, i + k - 1))
+    end
+    return table.concat(out)
   end
-  for i = 1, count do packed[i] = struct.pack('>I4', rank[i]) end
-  redis.call('SET', K_ORDER, table.concat(order))
-  redis.call('SET', K_RANK, table.concat(packed))
+  redis.call('SET', K_ORDER, packed(a))
+  redis.call('SET', K_RANK, packed(rank))
   -- the live counts of who is still in line move from ticket to line number
   local delta = {}
   for _, t in ipairs(redis.call('ZRANGE', K_WAITING, 0, -1)) do
