@@ -214,6 +214,25 @@ async def test_pre_queue_visitors_who_stopped_polling_are_skipped(replicas: list
     assert invited == staying
 
 
+async def test_a_second_closure_keeps_the_first_draw(replicas: list[Engine]) -> None:
+    """Closed again while people of the first pre-queue still wait: their drawn order
+    stays, and the new closure's arrivals queue in arrival order behind them."""
+    e = replicas[0]
+    closed = QueueSettings(capacity=0, mode="paused", opens_at=FAR)
+    first_wave = await pre_queue(e, Q, 5, closed)
+    st = await tick(e, replace(closed, opens_at=PAST))
+    drawn = sorted(first_wave, key=st.line)
+    joined = await e.join_many(Q, ["w0", "w1", "w2"], closed)  # closed again
+    second_wave = [t for _, t in joined]
+    await e.heartbeat({Q: ([], first_wave + second_wave, closed)})
+    st = await tick(e, QueueSettings(capacity=0, opens_at=PAST))
+    assert not st.opened and st.order is not None and st.order.last == 5
+    invited = await ticket_members(e.redis, Q.keys.invited)  # type: ignore[arg-type]
+    assert sorted(invited) == sorted(first_wave + second_wave)
+    assert [st.line(t) for t in drawn] == [1, 2, 3, 4, 5]
+    assert [st.line(t) for t in second_wave] == second_wave
+
+
 # -- the per-address join budget ----------------------------------------------
 
 

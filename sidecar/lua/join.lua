@@ -45,8 +45,13 @@ local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local free = 0
 if closed then
-  redis.call('HSETNX', K_OPENING, 'from', first)
-  redis.call('HSET', K_OPENING, 'to', first + n - 1)
+  -- While people of the last drawn pre-queue still wait, its order stays: this
+  -- closure's arrivals are not drawn again but queue in arrival order behind it.
+  local _, last = shuffled_range()
+  if serving >= last or redis.call('HEXISTS', K_OPENING, 'from') == 1 then
+    redis.call('HSETNX', K_OPENING, 'from', first)
+    redis.call('HSET', K_OPENING, 'to', first + n - 1)
+  end
 elseif mode == 'on' and serving == first - 1 then
   -- people recalled for a second chance come before newcomers
   free = free_slots(capacity, per_minute) - redis.call('ZCARD', K_RECALL)
