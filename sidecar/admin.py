@@ -55,7 +55,9 @@ FIELD_LABELS = {
     "session_ttl": "Session TTL (s)",
     "grace": "Grace (s)",
     "abandon_after": "Abandon after (s)",
-    "session_max": "Longest session (s)",
+    "session_max": "Session max (s)",
+    "joins_per_address": "Joins per address / min (0 = no limit)",
+    "opens_at": "Opens at (unix time, 0 = none)",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -8,6 +8,7 @@ queue's own ``[tenants.NAME.queues.QUEUE]`` table. Every invalid value raises
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -15,6 +16,7 @@ import secrets as random_tokens
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from typing import Any
 
 MODES = ("on", "queue-all", "paused", "off")
@@ -49,6 +51,8 @@ class QueueSettings:
     mode: str = "on"
     on_redis_error: str = "wait"
     session_max: int = 7200  # seconds an admitted session may last at most, however used
+    opens_at: int = 0  # unix seconds of a scheduled opening (pre-queue before it); 0 = none
+    joins_per_address: int = 0  # new places per client address per minute; 0 = no limit
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -60,7 +64,10 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
     # hidden browser tabs may poll only once a minute (timer throttling)
     "abandon_after": ("ANTEROOM_ABANDON_AFTER", 90),
     "session_max": ("ANTEROOM_SESSION_MAX", 10),
+    "joins_per_address": ("ANTEROOM_JOINS_PER_ADDRESS", 0),
 }
+# the largest opens_at accepted (year 5138): far beyond any sale, still exact in Lua
+OPENS_AT_MAX = 10**11
 # (name, least value) pairs, flattened: the same rules for operator overrides in Redis
 OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
     x for name, (_, least) in _QUEUE_ENV.items() for x in (name, least)
@@ -73,6 +80,8 @@ OVERRIDABLE = (
     "grace",
     "abandon_after",
     "session_max",
+    "joins_per_address",
+    "opens_at",
     "mode",
 )
 ADMIN_TOKEN_MIN = 16
@@ -273,9 +282,32 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, MODES)
     if key == "on_redis_error":
         return _choice(name, value, ON_REDIS_ERROR)
+    if key == "opens_at":
+        return opens_at(name, value)
     if key in _QUEUE_ENV:
         return _int(name, value, _QUEUE_ENV[key][1])
     raise ConfigError(f"{name}: unknown setting")
+
+
+def opens_at(name: str, value: object) -> int:
+    """A scheduled opening as unix seconds: a whole number of seconds, an ISO-8601
+    timestamp with its offset (``2026-12-01T09:00:00Z``) or a TOML date-time; 0 or
+    an empty string: no scheduled opening."""
+    if isinstance(value, str) and value.strip() in ("", "0"):
+        return 0
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        if isinstance(value, int) or value.strip().isdigit():
+            return _int(name, value, 0, OPENS_AT_MAX)
+        with contextlib.suppress(ValueError):  # not a timestamp: the error below
+            value = datetime.fromisoformat(value.strip())
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigError(f"{name}: give the time zone, e.g. {value.isoformat()}Z for UTC")
+        return int(value.astimezone(UTC).timestamp())
+    raise ConfigError(
+        f"{name}: expected unix seconds or an ISO-8601 time with its zone "
+        f"(2026-12-01T09:00:00Z), got {value!r}"
+    )
 
 
 def queue_overrides(changes: Mapping[str, object], base: QueueSettings) -> dict[str, int | str]:
@@ -312,7 +344,9 @@ class OverrideErrors(ConfigError):
 def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
     values: dict[str, Any] = {}
     variables = {name: var for name, (var, _) in _QUEUE_ENV.items()}
-    variables.update(mode="ANTEROOM_MODE", on_redis_error="ANTEROOM_ON_REDIS_ERROR")
+    variables.update(
+        mode="ANTEROOM_MODE", on_redis_error="ANTEROOM_ON_REDIS_ERROR", opens_at="ANTEROOM_OPENS_AT"
+    )
     for name, var in variables.items():
         if var in env:
             values[name] = queue_setting(var, name, env[var])

@@ -13,7 +13,10 @@ import bisect
 import enum
 import hashlib
 import itertools
+import struct
+import sys
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -97,6 +100,50 @@ class LiveLine:
         return ahead
 
 
+def shuffled_order(seed: int, count: int) -> list[int]:
+    """The pre-queue order tick.lua draws at an opening, replayed from its logged
+    seed: element i is the offset (ticket - first) of the visitor at line
+    first + i. Fisher-Yates driven by L'Ecuyer's combined generator, in the same
+    double arithmetic as the Lua, so both sides agree bit for bit."""
+    s1 = seed % 2147483562 + 1
+    s2 = seed // 2147483562 % 2147483398 + 1
+    a = list(range(count))
+    for i in range(count, 1, -1):
+        s1 = 40014 * s1 % 2147483563
+        s2 = 40692 * s2 % 2147483399
+        j = int((s1 - s2) % 2147483562 / 2147483562 * i)
+        a[i - 1], a[j] = a[j], a[i - 1]
+    return a
+
+
+@dataclass(frozen=True, slots=True)
+class LineOrder:
+    """The last opening's pre-queue (tickets first..last) in its shuffled order."""
+
+    first: int
+    last: int
+    seed: int
+    ranks: array[int]  # ticket first + i stands at line number first + ranks[i]
+
+    def line(self, ticket: int) -> int:
+        if self.first <= ticket <= self.last:
+            return self.first + self.ranks[ticket - self.first]
+        return ticket
+
+
+def line_order(first: int, last: int, seed: int, packed: bytes) -> LineOrder | None:
+    """The order from the ``rank`` string tick.lua stored (4 bytes big-endian per
+    ticket); None if it does not hold last - first + 1 places."""
+    ranks = array("I")
+    if ranks.itemsize == 4:
+        ranks.frombytes(packed[: len(packed) // 4 * 4])
+        if sys.byteorder == "little":
+            ranks.byteswap()
+    else:  # a platform whose C int is not 4 bytes
+        ranks = array("I", struct.unpack(f">{len(packed) // 4}I", packed))
+    return LineOrder(first, last, seed, ranks) if len(ranks) == last - first + 1 else None
+
+
 @dataclass(frozen=True, slots=True)
 class QueueState:
     """A queue as one tick saw it; shared by every request in the process."""
@@ -116,10 +163,18 @@ class QueueState:
     ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
+    closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
+    order: LineOrder | None = None  # the last opening's shuffled pre-queue
+    opened: bool = False  # this tick performed the opening (the shuffle)
+
+    def line(self, ticket: int) -> int:
+        """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
+        pre-queue. Its turn has come once ``serving`` reaches this number."""
+        return ticket if self.order is None else self.order.line(ticket)
 
     def position(self, ticket: int) -> int:
         """1 for the next in line; counts only people still in line ahead."""
-        return 1 + self.recalled + self.live.ahead(ticket, self.serving)
+        return 1 + self.recalled + self.live.ahead(self.line(ticket), self.serving)
 
     @property
     def admissions_per_second(self) -> float:
@@ -138,6 +193,7 @@ class Busy(Exception):
 
 
 SCRIPTS = ("join", "claim", "leave", "heartbeat", "tick")
+REFUSED = 0  # the ticket of a join refused because its address used up its budget
 JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a millisecond
 
 # A call of one script: (name, keys, args)
@@ -162,6 +218,7 @@ def confirm_ms(s: QueueSettings) -> int:
 class _Joins:
     settings: QueueSettings
     sids: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
     futures: list[asyncio.Future[tuple[bool, int]]] = field(default_factory=list)
 
 
@@ -191,6 +248,7 @@ class Engine:
         self._sha = {n: hashlib.sha1(src.encode()).hexdigest() for n, src in self._sources.items()}
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
+        self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
@@ -264,12 +322,18 @@ class Engine:
             confirm_ms(s),
             self.purge_slack_ms,
             s.grace * 1000,
+            s.opens_at,
+            s.joins_per_address,
         ]
 
     # -- joins, coalesced ----------------------------------------------------
 
-    async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
-        """Takes a ticket; returns (admitted at once, ticket). Concurrent joins to one
+    async def join(
+        self, q: QueueRef, sid: str, s: QueueSettings, address: str = ""
+    ) -> tuple[bool, int]:
+        """Takes a ticket; returns (admitted at once, ticket), or (False, REFUSED) when
+        ``address`` (the client's, "" = unknown) has used its budget of joins for this
+        minute (``joins_per_address``): no ticket is taken then. Concurrent joins to one
         queue in this process go to Redis together, in arrival order: one script
         call per event-loop turn (or per batch in flight), never one per visitor."""
         loop = asyncio.get_running_loop()
@@ -280,6 +344,7 @@ class Engine:
             if q not in self._joining:
                 loop.call_soon(self._start_joins, q)
         joins.sids.append(sid)
+        joins.addresses.append(address)
         joins.futures.append(fut)
         return await fut
 
@@ -299,7 +364,10 @@ class Engine:
                     futures = joins.futures[i : i + JOIN_BATCH_MAX]
                     try:
                         reply = await self.join_many(
-                            q, joins.sids[i : i + JOIN_BATCH_MAX], joins.settings
+                            q,
+                            joins.sids[i : i + JOIN_BATCH_MAX],
+                            joins.settings,
+                            joins.addresses[i : i + JOIN_BATCH_MAX],
                         )
                     except Exception as e:
                         for f in futures:
@@ -317,11 +385,17 @@ class Engine:
             self._joining.discard(q)
 
     async def join_many(
-        self, q: QueueRef, sids: Sequence[str], s: QueueSettings
+        self,
+        q: QueueRef,
+        sids: Sequence[str],
+        s: QueueSettings,
+        addresses: Sequence[str] | None = None,
     ) -> list[tuple[bool, int]]:
-        """Tickets for ``sids`` in order: [(admitted at once, ticket)]."""
+        """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED)]."""
+        addrs = addresses if addresses is not None else [""] * len(sids)
+        pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
         reply = await self._call(
-            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *sids]
+            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *pairs]
         )
         return [(bool(reply[i + 1]), int(reply[i])) for i in range(0, len(reply), 2)]
 
@@ -383,6 +457,8 @@ class Engine:
                         REVOKED_RELOAD_MAX,
                         s.session_max,
                         FRONT_WINDOW,
+                        s.opens_at,
+                        s.joins_per_address,
                         ENDED_STREAM_MAXLEN,
                         *OVERRIDE_MINIMUMS,
                     ],
@@ -390,10 +466,36 @@ class Engine:
                 for q, s, last_ended in queues
             ]
         )
-        return [_state(r, s) for r, (_, s, _) in zip(replies, queues, strict=True)]
+        return [
+            _state(r, s, await self._line_order(q, r))
+            for r, (q, s, _) in zip(replies, queues, strict=True)
+        ]
+
+    async def _line_order(self, q: QueueRef, r: list[Any]) -> LineOrder | None:
+        """The queue's drawn order, read once per process and opening (about 4 MB
+        per million places; Redis keeps it in the ``rank`` string)."""
+        first, last, seed = int(r[26]), int(r[27]), int(r[28])
+        if last < first:
+            return None
+        known = self._orders.get(q)
+        if known is not None and (known.first, known.last, known.seed) == (first, last, seed):
+            return known
+        packed, stored_seed = await self._read_order(q)
+        # a newer opening in between: read again at the next tick
+        order = line_order(first, last, seed, packed) if stored_seed == seed else None
+        if order is not None:
+            self._orders[q] = order
+        return order
+
+    async def _read_order(self, q: QueueRef) -> tuple[bytes, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(q.keys.rank)
+            pipe.hget(q.keys.opening, "seed")
+            packed, seed = await pipe.execute()
+        return packed or b"", int(seed or 0)
 
 
-def _state(r: list[Any], configured: QueueSettings) -> QueueState:
+def _state(r: list[Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
     ended = r[17]
     settings = QueueSettings(
         capacity=int(r[8]),
@@ -404,6 +506,8 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         mode=_s(r[7]),
         on_redis_error=configured.on_redis_error,
         session_max=int(r[18]),
+        opens_at=int(r[22]),
+        joins_per_address=int(r[24]),
     )
     return QueueState(
         tickets=int(r[0]),
@@ -426,4 +530,7 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         live=LiveLine.of(
             _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
         ),
+        closed=bool(int(r[23])),
+        order=order,
+        opened=bool(int(r[25])),
     )

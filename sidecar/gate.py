@@ -8,6 +8,7 @@ with no Redis round trip; Redis is touched only to join or claim.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 
 from . import fastpass
 from .config import NAME_RE, Config, QueueSettings, Tenant
-from .engine import Busy, Claim, Engine, QueueRef, QueueState
+from .engine import REFUSED, Busy, Claim, Engine, QueueRef, QueueState
 from .metrics import Metrics
 from .refresher import Refresher, TooManyQueues
 from .tokens import (
@@ -61,6 +62,30 @@ def safe_path(value: str | None) -> str | None:
     if len(quote(value, safe="")) > MAX_RETURN_TO:
         value = parts.path if len(quote(parts.path, safe="")) <= MAX_RETURN_TO else "/"
     return value
+
+
+class TooManyJoins(Exception):
+    """The client's address used its budget of new places this minute."""
+
+
+# Seconds a refused newcomer is told to wait: the budget is per minute.
+JOIN_REFUSED_RETRY = 60
+
+
+def client_address(request: web.Request) -> str:
+    """The address nginx saw (X-Real-IP), as the join budget counts it: an IPv4
+    address, or the /64 of an IPv6 one (one subscriber's usual share). "" if
+    missing or malformed: no budget applies then."""
+    raw = request.headers.get("X-Real-IP", "")
+    try:
+        ip = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
+    return str(ip)
 
 
 def host_name(host: str) -> str:
@@ -171,14 +196,23 @@ class Gate:
         """Sliding idle TTL inside the absolute lifetime."""
         return min(now + s.session_ttl, admitted_at + s.session_max)
 
-    async def join(self, q: QueueRef, s: QueueSettings, return_to: str, now: int) -> Token:
+    async def join(
+        self, q: QueueRef, s: QueueSettings, return_to: str, now: int, address: str = ""
+    ) -> Token:
+        """A new place; :class:`TooManyJoins` if ``address`` used its budget."""
         sid = new_session_id()
-        admitted, ticket = await self.engine.join(q, sid, s)
+        admitted, ticket = await self.engine.join(q, sid, s, address)
+        if ticket == REFUSED:
+            # debug: a minting bot would fill the log (the metric counts them)
+            log.debug("join refused", extra={"queue": str(q), "address": address})
+            raise TooManyJoins(address)
         self.refresher.note_join(q, ticket, admitted)
         log.debug("joined", extra={"queue": str(q), "ticket": ticket, "admitted": admitted})
         return self.token_for(q, s, sid, ticket, admitted, return_to, now)
 
-    async def claim(self, q: QueueRef, tok: Token, state: QueueState, now: int) -> Token | None:
+    async def claim(
+        self, q: QueueRef, tok: Token, state: QueueState, now: int, address: str = ""
+    ) -> Token | None:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
@@ -190,7 +224,7 @@ class Gate:
             )
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
-            return await self.join(q, s, tok.return_to, now)
+            return await self.join(q, s, tok.return_to, now, address)
         return None
 
     def keep_alive(
@@ -259,9 +293,9 @@ class Gate:
         try:
             if tok is not None:
                 self.refresher.touch_waiter(q, tok.ticket)
-                if tok.ticket > state.serving:
+                if state.line(tok.ticket) > state.serving:
                     return q, "waiting", self._wait(tenant, queue, return_to)
-                new = await self.claim(q, tok, state, now)
+                new = await self.claim(q, tok, state, now, client_address(request))
                 if new is None:
                     return q, "waiting", self._wait(tenant, queue, return_to)
             else:
@@ -271,7 +305,10 @@ class Gate:
                 if method == "HEAD":  # link previews and checks take no place
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 self._check_scheme(request)
-                new = await self.join(q, state.settings, return_to, now)
+                new = await self.join(q, state.settings, return_to, now, client_address(request))
+        except TooManyJoins:
+            # no place, no cookie: the waiting page comes back later, with backoff
+            return q, "over_budget", self._wait(tenant, queue, return_to, JOIN_REFUSED_RETRY)
         except Busy:
             # load, not an outage: wait and come back, never fail open
             return q, "waiting", self._wait(tenant, queue, return_to, 2)

@@ -33,6 +33,10 @@ REVOKED_RELOAD_MAX = 100_000
 # LIVE_BLOCK - 1 too high (the visitor's own block is counted as a bound).
 FRONT_WINDOW = 1_000
 LIVE_BLOCK = 100
+# Per-address join budget: one counter per client address and minute,
+# aq:{tenant:queue}:addr:<address>:<minute>, built inside join.lua; it outlives
+# its minute so a clock step between replicas never resets it early.
+ADDRESS_COUNTER_TTL = 120
 # Operator changes, newest first; a list capped at this length (LTRIM).
 AUDIT_KEY = PREFIX + ":admin:audit"
 AUDIT_MAXLEN = 1_000
@@ -59,6 +63,11 @@ class QueueKeys:
     recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
     live: str  # HASH ticket // LIVE_BLOCK -> how many of that block are still in line
     history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
+    # Scheduled opening: {from, to} tickets of the pre-queue while closed; after the
+    # shuffle {first, last, seed, at}: the line order of tickets first..last
+    opening: str
+    order: str  # STRING, 4 bytes per place: line number first+i -> ticket first+value
+    rank: str  # STRING, 4 bytes per ticket: ticket first+i -> line number first+value
 
     def all(self) -> list[str]:
         return [
@@ -74,6 +83,9 @@ class QueueKeys:
             self.missed,
             self.recall,
             self.live,
+            self.opening,
+            self.order,
+            self.rank,
         ]
 
 
@@ -93,6 +105,9 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         recall=base + "recall",
         live=base + "live",
         history=base + "history",
+        opening=base + "opening",
+        order=base + "order",
+        rank=base + "rank",
     )
 
 

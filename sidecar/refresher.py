@@ -21,7 +21,7 @@ from dataclasses import replace
 from redis.exceptions import RedisError
 
 from .config import QueueSettings
-from .engine import Engine, QueueRef, QueueState
+from .engine import REFUSED, Engine, QueueRef, QueueState
 
 log = logging.getLogger("sidecar.refresher")
 
@@ -83,7 +83,7 @@ class Refresher:
         """Folds a join this process just made into the cached state, so the next
         status poll counts positions from it without waiting for the next tick."""
         st = self.states.get(q)
-        if st is None:
+        if st is None or ticket == REFUSED:
             return
         if admitted:
             st = replace(
@@ -188,6 +188,18 @@ class Refresher:
 
     def _absorb(self, q: QueueRef, st: QueueState) -> None:
         self.states[q] = st
+        if st.opened and st.order is not None:
+            # this replica drew the order: the seed replays it (engine.shuffled_order)
+            log.info(
+                "queue opened, pre-queue shuffled",
+                extra={
+                    "queue": str(q),
+                    "seed": st.order.seed,
+                    "first": st.order.first,
+                    "last": st.order.last,
+                    "in_line": st.waiting,
+                },
+            )
         for stream_id, sid, until in st.ended:
             if sid:
                 self.revoke(sid, until)

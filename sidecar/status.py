@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from .config import NAME_RE, Tenant
 from .engine import Busy, QueueRef, QueueState
-from .gate import Gate, safe_path
+from .gate import JOIN_REFUSED_RETRY, Gate, TooManyJoins, client_address, safe_path
 from .refresher import TooManyQueues
 from .tokens import Token
 
@@ -110,6 +110,28 @@ class Status:
         return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
 
     def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
+        opens_at = state.settings.opens_at or None
+        if state.closed:
+            # a pre-queue: the order is drawn at the opening, so no place yet
+            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
+            return {
+                "state": "waiting",
+                "queue": tok.queue,
+                "ticket": tok.ticket,
+                "position": None,
+                "ahead": None,
+                "in_line": state.waiting,
+                "eta_seconds": None,
+                "eta_range": None,
+                "mode": state.settings.mode,
+                "opens_at": opens_at,
+                "opens_in": opens_in,
+                "notice": "opens_later",
+                "updated": state.redis_time_ms,
+                # come back at the opening, and often enough to count as present
+                "poll_after": max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+                "redirect": None,
+            }
         position = state.position(tok.ticket)
         eta, eta_range = estimate(position, state)
         return {
@@ -122,6 +144,7 @@ class Status:
             "eta_seconds": eta,
             "eta_range": eta_range,
             "mode": state.settings.mode,
+            "opens_at": opens_at,
             "updated": state.redis_time_ms,
             "poll_after": poll_after(position, state.settings.abandon_after),
             "redirect": None,
@@ -153,10 +176,10 @@ class Status:
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
         self.gate.refresher.touch_waiter(q, tok.ticket)
-        if tok.ticket <= state.serving:
+        if state.line(tok.ticket) <= state.serving:
             try:
-                new = await self.gate.claim(q, tok, state, v.now)
-            except (RedisError, OSError, Busy) as e:
+                new = await self.gate.claim(q, tok, state, v.now, client_address(request))
+            except (RedisError, OSError, Busy, TooManyJoins) as e:
                 log.warning("claim failed", extra={"queue": str(q), "error": repr(e)})
                 new = None
             if new is not None:
@@ -205,9 +228,12 @@ class Status:
         tok = self.gate.token(request, tenant, now, queue)
         try:
             if tok is None:
-                tok = await self.gate.join(q, state.settings, "/", now)
-            elif not tok.admitted and tok.ticket <= state.serving:
-                tok = await self.gate.claim(q, tok, state, now) or tok
+                tok = await self.gate.join(q, state.settings, "/", now, client_address(request))
+            elif not tok.admitted and state.line(tok.ticket) <= state.serving:
+                tok = await self.gate.claim(q, tok, state, now, client_address(request)) or tok
+        except TooManyJoins:
+            retry = {"Retry-After": str(JOIN_REFUSED_RETRY)}
+            return _json({"error": "too many new places from this address"}, 429, retry)
         except Busy:
             return _json({"error": "busy"}, 503, {"Retry-After": "2"})
         except (RedisError, OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from sidecar.stack import Stack
 from tests.browser import Browser, chromium_path, shots_dir
-from tests.conftest import FAST, QUEUE_LOCATIONS, eventually, make_stack
+from tests.conftest import ADMIN_TOKEN, FAST, QUEUE_LOCATIONS, eventually, make_stack
 from tests.visitors import Visitor
 
 pytestmark = [
@@ -177,3 +178,39 @@ async def test_second_tenant_themed_page_walks_through_to_admission(
             assert await page.evaluate("location.host") == host
             png = await page.screenshot(shots / "admitted-tickets-phone.png")
             assert png.stat().st_size > 5_000
+
+
+async def test_countdown_before_a_scheduled_opening_then_admitted(
+    one_seat: Stack, tmp_path: Path
+) -> None:
+    """The operator schedules the opening 6 s ahead: the page counts down (no place
+    shown), then moves on by itself once the queue opens."""
+    queue = "browser-sale"
+    path = f"/q/{queue}/"
+    opens_at = int(time.time()) + 6
+    async with (
+        aiohttp.ClientSession() as http,
+        http.patch(
+            f"{one_seat.admin_url}/api/queues/acme/{queue}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            json={"opens_at": opens_at},
+        ) as r,
+    ):
+        assert r.status == 200
+    await asyncio.sleep(0.3)  # every process has ticked the override
+    async with Browser() as browser:
+        page = await browser.page(390, 844, mobile=True)
+        await page.goto(one_seat.url + path)
+        await page.wait_for("location.pathname === '/_anteroom/waiting/acme/'")
+        eta = await page.wait_for(
+            "/^Opens in 0:0[0-9]$/.test(document.getElementById('eta').textContent)"
+            " && document.getElementById('eta').textContent"
+        )
+        assert eta.startswith("Opens in 0:0")
+        position = await page.evaluate("document.getElementById('position').textContent")
+        assert position == "\u2013"  # a dash: no place until the order is drawn
+        notice = await page.evaluate("document.getElementById('notice').textContent")
+        assert notice.startswith("Entry opens at ")
+        await page.screenshot(shots_dir(tmp_path) / "waiting-countdown-phone.png")
+        await page.wait_for(f"location.pathname === '{path}'", within=30)
+        assert time.time() >= opens_at

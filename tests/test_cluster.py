@@ -58,6 +58,24 @@ async def test_queues_spread_over_shards_with_the_same_guarantees(cluster: Redis
     await replicas[1].heartbeat({q: ([], [4, 5], s) for q in queues})
 
 
+async def test_join_budget_and_opening_on_a_cluster(cluster: RedisCluster) -> None:
+    """The per-address counters are built inside join.lua from the queue's prefix:
+    same hash tag, same slot, so Cluster accepts them. The opening's order strings
+    are declared keys of the queue, read back by the engine on every shard."""
+    e = Engine(cluster, purge_slack_ms=0)
+    for i in range(6):  # queues on different shards
+        q = QueueRef("acme", f"budget{i}")
+        s = QueueSettings(capacity=0, mode="queue-all", joins_per_address=2, opens_at=4_000_000_000)
+        joined = await e.join_many(q, ["a", "b", "c", "d"], s, ["10.1.1.1"] * 3 + ["10.1.1.2"])
+        assert [t for _, t in joined] == [1, 2, 0, 3]
+        keys = [k async for k in cluster.scan_iter(match=f"aq:{{acme:budget{i}}}:addr:*")]
+        assert keys and {cluster.keyslot(k) for k in keys} == {cluster.keyslot(q.keys.tickets)}
+        await e.heartbeat({q: ([], [1, 2, 3], s)})
+        (st,) = await e.tick([(q, QueueSettings(capacity=0, opens_at=1), "0-0")])
+        assert st.opened and st.order is not None
+        assert sorted(st.line(t) for t in (1, 2, 3)) == [1, 2, 3]
+
+
 async def test_scripts_come_back_after_a_flush(cluster: RedisCluster) -> None:
     e = Engine(cluster, purge_slack_ms=0)
     q = QueueRef("acme", "flushed")

@@ -290,3 +290,57 @@ def test_pages_build_is_build_pages_and_publish_names_missing_settings(tmp_path:
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "ANTEROOM_S3_BUCKET" in r.stderr
+
+
+def test_opens_at_and_join_budget_from_env_toml_and_overrides(tmp_path: Path) -> None:
+    from sidecar.config import QueueSettings, queue_overrides
+
+    env = {
+        **SECRET,
+        "ANTEROOM_OPENS_AT": "2026-12-01T09:00:00Z",
+        "ANTEROOM_JOINS_PER_ADDRESS": "30",
+    }
+    s = load(env).tenants[0].settings_for("q")
+    assert (s.opens_at, s.joins_per_address) == (1796115600, 30)
+    assert load({**SECRET, "ANTEROOM_OPENS_AT": ""}).tenants[0].queue_defaults.opens_at == 0
+    toml = tmp_path / "a.toml"
+    toml.write_text(
+        '[tenants.a]\nhosts = ["a.test"]\n'
+        "[tenants.a.queues.sale]\nopens_at = 2026-12-01T10:00:00+01:00\n"
+        '[tenants.a.queues.later]\nopens_at = "1796119200"\njoins_per_address = 5\n'
+    )
+    (t,) = load({**SECRET, "ANTEROOM_CONFIG": str(toml)}).tenants
+    assert t.settings_for("sale").opens_at == 1796115600
+    assert (t.settings_for("later").opens_at, t.settings_for("later").joins_per_address) == (
+        1796119200,
+        5,
+    )
+    # the admin API and CLI: ISO or unix seconds in, unix seconds stored; 0 or "" = none
+    base = QueueSettings()
+    assert queue_overrides({"opens_at": "2026-12-01T09:00:00Z"}, base) == {"opens_at": 1796115600}
+    assert queue_overrides({"opens_at": ""}, base) == {"opens_at": 0}
+    assert queue_overrides({"joins_per_address": "30"}, base) == {"joins_per_address": 30}
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("2026-12-01T09:00:00", "time zone"),  # no zone: refused, never guessed
+        ("next friday", "ISO-8601"),
+        ("-5", "ISO-8601"),
+        ("999999999999", "between"),
+    ],
+)
+def test_bad_opens_at_is_named(value: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=f"ANTEROOM_OPENS_AT: .*{named}"):
+        load({**SECRET, "ANTEROOM_OPENS_AT": value})
+
+
+def test_bad_join_budget_is_named() -> None:
+    from sidecar.config import OverrideErrors, QueueSettings, queue_overrides
+
+    with pytest.raises(ConfigError, match="ANTEROOM_JOINS_PER_ADDRESS"):
+        load({**SECRET, "ANTEROOM_JOINS_PER_ADDRESS": "-1"})
+    with pytest.raises(OverrideErrors) as e:
+        queue_overrides({"joins_per_address": "lots", "opens_at": "soon"}, QueueSettings())
+    assert set(e.value.errors) == {"joins_per_address", "opens_at"}

@@ -2,7 +2,8 @@
 -- is already active (two tabs, a retried request). A ticket admits at most
 -- once: a turn that passed gives one second chance within one grace period,
 -- ahead of the line; after that the visitor joins at the back.
--- ARGV: ticket, sid, mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms
+-- ARGV: ticket, sid, mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
+--       opens_at, joins_per_address (unused here)
 -- Returns {1} admitted, {0} not yet (waiting or recalled), {-1} turn missed: join again
 local ticket, sid, mode = ARGV[1], ARGV[2], ARGV[3]
 local capacity, per_minute = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -17,14 +18,16 @@ if redis.call('ZREM', K_INVITED, ticket) == 1 then
   redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
   return {1}
 end
-if tonumber(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
+-- its turn comes when the line reaches its line number (shuffled after an opening)
+if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
   return {0}
 end
 if redis.call('ZSCORE', K_RECALL, ticket) then
   return {0}
 end
 if second_chance(ticket, grace_ms) then
-  local open = mode == 'on' or mode == 'queue-all'
+  -- nobody is admitted before a scheduled opening
+  local open = (mode == 'on' or mode == 'queue-all') and not is_closed(effective_opens_at(ARGV[9]))
   if open and free_slots(capacity, per_minute) > redis.call('ZCARD', K_RECALL) then
     admit(sid, confirm_ms)
     return {1}

@@ -1,38 +1,83 @@
 -- Takes the next tickets for a batch of newcomers, in arrival order. While
 -- nobody is ahead and there is free capacity, each is admitted at once; the
 -- rest wait in line, counted as present for a first-poll window only.
+-- Before a scheduled opening nobody is admitted: the tickets form the pre-queue
+-- (opening.from..to) that the first tick after the opening shuffles.
+-- A client address past its budget of joins this minute gets no ticket.
 -- ARGV: mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
---       first_poll_window_ms, sids...
--- Returns {ticket, admitted (0/1), ticket, admitted, ...}
+--       opens_at, joins_per_address, first_poll_window_ms, then (sid, address) pairs
+--       (address '' = unknown: no budget applies)
+-- Returns {ticket, admitted (0/1), ...}; ticket 0: refused (address over budget)
 local mode = ARGV[1]
 local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
 local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local closed = is_closed(effective_opens_at(ARGV[7]))
+local budget = tonumber(ARGV[8])
+
+-- Per-address counters, one per address and minute. Their names are built here
+-- from this queue's key prefix (KEYS[1] is "aq:{tenant:queue}:tickets"), so they
+-- carry the queue's hash tag and live in its Cluster slot, like the declared keys.
+local prefix = string.sub(K_TICKETS, 1, -#'tickets' - 1) .. 'addr:'
+local minute = math.floor(now_sec / 60)
+local accepted, n = {}, 0
+for i = 10, #ARGV, 2 do
+  local addr, ok = ARGV[i + 1], true
+  if budget > 0 and addr ~= '' then
+    local key = prefix .. addr .. ':' .. minute
+    local used = redis.call('INCR', key)
+    if used == 1 then redis.call('EXPIRE', key, 120) end  -- keys.ADDRESS_COUNTER_TTL
+    ok = used <= budget
+  end
+  accepted[#accepted + 1] = ok
+  if ok then n = n + 1 end
+end
 
 purge(grace_ms)
-local n = #ARGV - 7
+local out = {}
+if n == 0 then
+  for _ = 1, #accepted do
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  end
+  return out
+end
 local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local free = 0
-if mode == 'on' and serving == first - 1 then
+if closed then
+  -- While people of the last drawn pre-queue still wait, its order stays: this
+  -- closure's arrivals are not drawn again but queue in arrival order behind it.
+  local _, last = shuffled_range()
+  if serving >= last or redis.call('HEXISTS', K_OPENING, 'from') == 1 then
+    redis.call('HSETNX', K_OPENING, 'from', first)
+    redis.call('HSET', K_OPENING, 'to', first + n - 1)
+  end
+elseif mode == 'on' and serving == first - 1 then
   -- people recalled for a second chance come before newcomers
   free = free_slots(capacity, per_minute) - redis.call('ZCARD', K_RECALL)
 end
-local out = {}
-for i = 1, n do
-  local ticket, sid = first + i - 1, ARGV[7 + i]
-  if free > 0 then
-    free = free - 1
-    serving = ticket
-    admit(sid, confirm_ms)
-    out[#out + 1] = ticket
-    out[#out + 1] = 1
-  else
-    free = 0
-    -- negative: joined at this time and not seen since (see tick.lua)
-    redis.call('ZADD', K_WAITING, -now_ms, ticket)
-    count_in_line(ticket, 1)
-    out[#out + 1] = ticket
+local ticket = first - 1
+for i, ok in ipairs(accepted) do
+  local sid = ARGV[8 + 2 * i]
+  if not ok then
     out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    ticket = ticket + 1
+    if free > 0 then
+      free = free - 1
+      serving = ticket
+      admit(sid, confirm_ms)
+      out[#out + 1] = ticket
+      out[#out + 1] = 1
+    else
+      free = 0
+      -- negative: joined at this time and not seen since (see tick.lua)
+      redis.call('ZADD', K_WAITING, -now_ms, ticket)
+      count_in_line(ticket, 1)
+      out[#out + 1] = ticket
+      out[#out + 1] = 0
+    end
   end
 end
 if serving >= first then redis.call('SET', K_SERVING, serving) end

@@ -7,7 +7,7 @@
 -- Returns 1 if an active session or invitation was freed
 local ticket, sid, revoke_until = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local freed = redis.call('ZREM', K_ACTIVE, sid) + redis.call('ZREM', K_INVITED, ticket)
-if redis.call('ZREM', K_WAITING, ticket) == 1 then count_in_line(ticket, -1) end
+if redis.call('ZREM', K_WAITING, ticket) == 1 then count_in_line(line_of(ticket), -1) end
 redis.call('ZREM', K_MISSED, ticket)
 redis.call('ZREM', K_RECALL, ticket)
 if revoke_until > now_sec then

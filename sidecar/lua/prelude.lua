@@ -1,9 +1,9 @@
 -- Shared helpers, prepended to every script (engine.py does the joining).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
-  K_REVOKED, K_MISSED, K_RECALL, K_LIVE =
+  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11], KEYS[12]
+  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -12,10 +12,61 @@ local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
 local LIVE_BLOCK = 100  -- keys.LIVE_BLOCK
+local OPENS_AT_MAX = 1e11  -- config.OPENS_AT_MAX
 
--- People in line per block of tickets (live positions): +n or -n for ticket t.
-local function count_in_line(t, n)
-  local block = math.floor(tonumber(t) / LIVE_BLOCK)
+-- A scheduled opening (unix seconds, 0 = none): the operator's override in the
+-- settings hash wins over the configured time, as for every setting.
+local function effective_opens_at(configured)
+  local v = tonumber(redis.call('HGET', K_SETTINGS, 'opens_at'))
+  if v and v >= 0 and v <= OPENS_AT_MAX then return math.floor(v) end
+  return tonumber(configured) or 0
+end
+
+local function is_closed(opens_at)
+  return opens_at > 0 and now_sec < opens_at
+end
+
+-- Line order. The pre-queue of the last opening (tickets first..last) was put in a
+-- shuffled order (tick.lua); every other ticket's line number is the ticket itself.
+-- `serving`, `live` and the front window count line numbers; the other sets hold
+-- tickets. The order and rank strings hold 4 bytes per place.
+local shuffled
+local function shuffled_range()
+  if not shuffled then
+    local r = redis.call('HMGET', K_OPENING, 'first', 'last')
+    shuffled = {tonumber(r[1]) or 0, tonumber(r[2]) or -1}
+  end
+  return shuffled[1], shuffled[2]
+end
+
+local function line_of(t)
+  t = tonumber(t)
+  local first, last = shuffled_range()
+  if t < first or t > last then return t end
+  local i = 4 * (t - first)
+  return first + struct.unpack('>I4', redis.call('GETRANGE', K_RANK, i, i + 3))
+end
+
+-- The tickets at line numbers lo..hi, in line order (one read of the order string).
+local function tickets_at(lo, hi)
+  local first, last = shuffled_range()
+  local out = {}
+  local a, b = math.max(lo, first), math.min(hi, last)
+  local packed = ''
+  if a <= b then packed = redis.call('GETRANGE', K_ORDER, 4 * (a - first), 4 * (b - first) + 3) end
+  for n = lo, hi do
+    if n < a or n > b then
+      out[#out + 1] = n
+    else
+      out[#out + 1] = first + struct.unpack('>I4', packed, 4 * (n - a) + 1)
+    end
+  end
+  return out
+end
+
+-- People in line per block of line numbers (live positions): +n or -n for line number l.
+local function count_in_line(l, n)
+  local block = math.floor(tonumber(l) / LIVE_BLOCK)
   if redis.call('HINCRBY', K_LIVE, block, n) <= 0 then redis.call('HDEL', K_LIVE, block) end
 end
 
@@ -25,7 +76,7 @@ local function leave_line_by_score(lo, hi)
   if #gone == 0 then return 0 end
   local per_block = {}
   for _, t in ipairs(gone) do
-    local block = math.floor(tonumber(t) / LIVE_BLOCK)
+    local block = math.floor(line_of(t) / LIVE_BLOCK)
     per_block[block] = (per_block[block] or 0) + 1
   end
   for block, n in pairs(per_block) do count_in_line(block * LIVE_BLOCK, -n) end

@@ -5,15 +5,16 @@
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
 --       purge_slack_ms, last ended-stream id read, max advance steps,
 --       first_poll_window_ms, revoked reload max, session_max, front window,
---       ended stream maxlen, then (setting name, least allowed value) pairs for
---       operator overrides
+--       opens_at, joins_per_address, ended stream maxlen,
+--       then (setting name, least allowed value) pairs for operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
   session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
   abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
+  joins_per_address = tonumber(ARGV[15]),
 }
 local least = {}
-for i = 15, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 17, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
@@ -29,19 +30,87 @@ for i = 1, #overrides, 2 do
   end
 end
 local grace_ms = s.grace * 1000
+s.opens_at = effective_opens_at(ARGV[14])
+local closed = is_closed(s.opens_at)
 
 local lapsed = purge(grace_ms)
-local expired = end_idle_sessions(tonumber(ARGV[7]), s.session_ttl, tonumber(ARGV[14]))
+local expired = end_idle_sessions(tonumber(ARGV[7]), s.session_ttl, tonumber(ARGV[16]))
 redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
 -- Waiters who stopped polling leave the line here, in two calls whatever their
 -- number: seen too long ago (positive scores), or never seen since joining
 -- longer ago than the first-poll window (negative scores, see join.lua).
 leave_line_by_score(0, '(' .. (now_ms - s.abandon_after * 1000))
 leave_line_by_score('(' .. -(now_ms - tonumber(ARGV[10])), '(0')
+
+-- L'Ecuyer's combined generator (CACM 1988): exact in doubles, so engine.py
+-- replays the same order from the logged seed (engine.shuffled_order).
+local function shuffled_order(seed, count)
+  local s1 = seed % 2147483562 + 1
+  local s2 = math.floor(seed / 2147483562) % 2147483398 + 1
+  local a = {}
+  for i = 1, count do a[i] = i - 1 end
+  for i = count, 2, -1 do  -- Fisher-Yates
+    s1 = (40014 * s1) % 2147483563
+    s2 = (40692 * s2) % 2147483399
+    local j = math.floor((s1 - s2) % 2147483562 / 2147483562 * i) + 1
+    a[i], a[j] = a[j], a[i]
+  end
+  return a
+end
+
+-- The opening: the first call after it (this script, atomic, so exactly one
+-- replica) puts the pre-queue in a uniformly random order, once. Everyone who
+-- joins later has a higher ticket and queues FIFO behind it.
+local opened = 0
+local pending = redis.call('HMGET', K_OPENING, 'from', 'to')
+if not closed and pending[1] then
+  local first, last = tonumber(pending[1]), tonumber(pending[2])
+  local count = last - first + 1
+  local h = redis.call('TIME')
+  local seed = tonumber(string.sub(redis.sha1hex(K_OPENING .. h[1] .. '.' .. h[2] .. '.' .. count),
+    1, 13), 16)
+  local a = shuffled_order(seed, count)
+  local rank = {}
+  for i = 1, count do rank[i] = 0 end  -- filled in order first: Lua keeps it an array
+  for i = 1, count do rank[a[i] + 1] = i - 1 end
+  -- 4 bytes per place, packed 256 at a time (one struct.pack call each)
+  local function packed(values)
+    local out = {}
+    for i = 1, count, 256 do
+      local k = math.min(256, count - i + 1)
+      out[#out + 1] = struct.pack('>' .. string.rep('I4', k), unpack(values, i, i + k - 1))
+    end
+    return table.concat(out)
+  end
+  redis.call('SET', K_ORDER, packed(a))
+  redis.call('SET', K_RANK, packed(rank))
+  -- the live counts of who is still in line move from ticket to line number
+  local delta = {}
+  for _, t in ipairs(redis.call('ZRANGE', K_WAITING, 0, -1)) do
+    t = tonumber(t)
+    if t >= first and t <= last then
+      local from_block = math.floor(t / LIVE_BLOCK)
+      local to_block = math.floor((first + rank[t - first + 1]) / LIVE_BLOCK)
+      delta[from_block] = (delta[from_block] or 0) - 1
+      delta[to_block] = (delta[to_block] or 0) + 1
+    end
+  end
+  for block, d in pairs(delta) do
+    if d ~= 0 then count_in_line(block * LIVE_BLOCK, d) end
+  end
+  redis.call('HDEL', K_OPENING, 'from', 'to')
+  -- %d: a 52-bit seed would lose digits in Lua's default number format
+  redis.call('HSET', K_OPENING, 'first', first, 'last', last, 'seed', string.format('%d', seed),
+    'at', now_ms)
+  shuffled = {first, last}
+  opened = 1
+end
+
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
-if s.mode == 'on' or s.mode == 'queue-all' then
+-- nobody is invited before a scheduled opening, whatever the free capacity
+if (s.mode == 'on' or s.mode == 'queue-all') and not closed then
   local free = free_slots(s.capacity, s.admit_per_minute)
   -- second chances first: they were ahead of everyone still in line
   while free > 0 do
@@ -57,21 +126,23 @@ if s.mode == 'on' or s.mode == 'queue-all' then
     end
   end
   local steps, max_steps = 0, tonumber(ARGV[9])
+  -- serving is a line number; the ticket at it may differ after a shuffle
   while free > 0 and serving < tickets and steps < max_steps do
     serving = serving + 1
     steps = steps + 1
-    local seen = tonumber(redis.call('ZSCORE', K_WAITING, serving))
+    local t = tickets_at(serving, serving)[1]
+    local seen = tonumber(redis.call('ZSCORE', K_WAITING, t))
     if seen then
-      redis.call('ZREM', K_WAITING, serving)
+      redis.call('ZREM', K_WAITING, t)
       count_in_line(serving, -1)
       if seen > 0 then
-        redis.call('ZADD', K_INVITED, now_ms + grace_ms, serving)
+        redis.call('ZADD', K_INVITED, now_ms + grace_ms, t)
         free = free - 1
         invited = invited + 1
       else
         -- joined moments ago, not polled yet: a bot, or a visitor still loading
         -- the page; the visitor's first poll uses the second chance
-        redis.call('ZADD', K_MISSED, 'NX', now_ms + grace_ms, serving)
+        redis.call('ZADD', K_MISSED, 'NX', now_ms + grace_ms, t)
         skipped = skipped + 1
       end
     else
@@ -90,8 +161,7 @@ local front = ''
 local window_end = math.min(tickets,
   (math.floor((serving + tonumber(ARGV[13])) / LIVE_BLOCK) + 1) * LIVE_BLOCK - 1)
 if window_end > serving then
-  local members = {}
-  for t = serving + 1, window_end do members[#members + 1] = t end
+  local members = tickets_at(serving + 1, window_end)
   local bits = {}
   for i, score in ipairs(redis.call('ZMSCORE', K_WAITING, unpack(members))) do
     bits[i] = score and '1' or '0'
@@ -142,10 +212,13 @@ if redis.call('EXISTS', K_ENDED) == 1 then
   end
 end
 
+local sh_first, sh_last = shuffled_range()
 return {
   tickets, serving, redis.call('ZCARD', K_WAITING), redis.call('ZCARD', K_ACTIVE),
   redis.call('ZCARD', K_INVITED), minute, now_ms,
   s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
   expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
   front, blocks,
+  s.opens_at, closed and 1 or 0, s.joins_per_address, opened,
+  sh_first, sh_last, redis.call('HGET', K_OPENING, 'seed') or 0,
 }
