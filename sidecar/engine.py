@@ -116,6 +116,7 @@ class QueueState:
     ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
+    epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
 
     def position(self, ticket: int) -> int:
         """1 for the next in line; counts only people still in line ahead."""
@@ -130,6 +131,13 @@ class Claim(enum.Enum):
     ADMITTED = 1
     NOT_YET = 0  # not invited yet, or recalled for the next free slot
     MISSED = -1  # the turn passed and its second chance too: join again
+    STALE = -2  # a place from another epoch (Redis lost the queue since): join again
+
+
+class Joined(NamedTuple):
+    admitted: bool  # admitted at once (nobody ahead, room)
+    ticket: int
+    epoch: str  # the queue's epoch the ticket belongs to
 
 
 class Busy(Exception):
@@ -162,7 +170,7 @@ def confirm_ms(s: QueueSettings) -> int:
 class _Joins:
     settings: QueueSettings
     sids: list[str] = field(default_factory=list)
-    futures: list[asyncio.Future[tuple[bool, int]]] = field(default_factory=list)
+    futures: list[asyncio.Future[Joined]] = field(default_factory=list)
 
 
 class Engine:
@@ -268,12 +276,12 @@ class Engine:
 
     # -- joins, coalesced ----------------------------------------------------
 
-    async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> tuple[bool, int]:
-        """Takes a ticket; returns (admitted at once, ticket). Concurrent joins to one
+    async def join(self, q: QueueRef, sid: str, s: QueueSettings) -> Joined:
+        """Takes a ticket; returns (admitted at once, ticket, epoch). Concurrent joins to one
         queue in this process go to Redis together, in arrival order: one script
         call per event-loop turn (or per batch in flight), never one per visitor."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[bool, int]] = loop.create_future()
+        fut: asyncio.Future[Joined] = loop.create_future()
         joins = self._joins.get(q)
         if joins is None:
             joins = self._joins[q] = _Joins(s)
@@ -318,24 +326,34 @@ class Engine:
 
     async def join_many(
         self, q: QueueRef, sids: Sequence[str], s: QueueSettings
-    ) -> list[tuple[bool, int]]:
-        """Tickets for ``sids`` in order: [(admitted at once, ticket)]."""
+    ) -> list[Joined]:
+        """Tickets for ``sids`` in order: [(admitted at once, ticket, epoch)]."""
         reply = await self._call(
             "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *sids]
         )
-        return [(bool(reply[i + 1]), int(reply[i])) for i in range(0, len(reply), 2)]
+        epoch = _s(reply[-1])
+        return [Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)]
 
     # -- one visitor ---------------------------------------------------------
 
-    async def claim(self, q: QueueRef, ticket: int, sid: str, s: QueueSettings) -> Claim:
-        (result,) = await self._call("claim", q.keys.all(), [ticket, sid, *self._admission(s)])
+    async def claim(
+        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+    ) -> Claim:
+        """``epoch``: the one in the visitor's token; None trusts the ticket (tests)."""
+        (result,) = await self._call(
+            "claim", q.keys.all(), [ticket, sid, epoch or "", *self._admission(s)]
+        )
         return Claim(int(result))
 
-    async def leave(self, q: QueueRef, ticket: int, sid: str, revoke_until: int) -> bool:
+    async def leave(
+        self, q: QueueRef, ticket: int, sid: str, revoke_until: int, epoch: str | None = None
+    ) -> bool:
         """Ends the visitor's place or session; True if it freed capacity.
-        ``revoke_until``: when the admitted cookie would expire (0 for a place in line)."""
+        ``revoke_until``: when the admitted cookie would expire (0 for a place in line);
+        a ``ticket`` of another ``epoch`` is someone else's now and is left alone
+        (None trusts the ticket: operators and tests)."""
         freed = await self._call(
-            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN]
+            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN, epoch or ""]
         )
         return bool(freed)
 
@@ -424,4 +442,5 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         live=LiveLine.of(
             _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
         ),
+        epoch=_s(r[22]),
     )

@@ -159,12 +159,13 @@ class Gate:
         admitted: bool,
         return_to: str,
         now: int,
+        epoch: str,
     ) -> Token:
         if admitted:
-            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, self._expiry(now, now, s))
-        return Token(
-            q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
-        )
+            exp = self._expiry(now, now, s)
+            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, exp, epoch=epoch)
+        exp = now + WAITING_TOKEN_TTL
+        return Token(q.tenant, q.queue, WAITING, ticket, sid, now, exp, return_to, epoch)
 
     @staticmethod
     def _expiry(admitted_at: int, now: int, s: QueueSettings) -> int:
@@ -173,23 +174,38 @@ class Gate:
 
     async def join(self, q: QueueRef, s: QueueSettings, return_to: str, now: int) -> Token:
         sid = new_session_id()
-        admitted, ticket = await self.engine.join(q, sid, s)
-        self.refresher.note_join(q, ticket, admitted)
+        admitted, ticket, epoch = await self.engine.join(q, sid, s)
+        self.refresher.note_join(q, ticket, admitted, epoch)
         log.debug("joined", extra={"queue": str(q), "ticket": ticket, "admitted": admitted})
-        return self.token_for(q, s, sid, ticket, admitted, return_to, now)
+        return self.token_for(q, s, sid, ticket, admitted, return_to, now, epoch)
+
+    @staticmethod
+    def must_claim(tok: Token, state: QueueState) -> bool:
+        """Whether only Redis can say what a waiting token's place is worth now: its
+        turn came (by the cached state), or it is of another epoch than the cached
+        one (a place lost in a restart, or a state a moment older than the token)."""
+        return tok.ticket <= state.serving or tok.epoch != state.epoch
 
     async def claim(self, q: QueueRef, tok: Token, state: QueueState, now: int) -> Token | None:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
-        result = await self.engine.claim(q, tok.ticket, tok.sid, s)
+        result = await self.engine.claim(q, tok.ticket, tok.sid, s, tok.epoch)
         if result is Claim.ADMITTED:
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
+            exp = self._expiry(now, now, s)
             return Token(
-                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, self._expiry(now, now, s)
+                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, exp, epoch=tok.epoch
             )
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
+            return await self.join(q, s, tok.return_to, now)
+        if result is Claim.STALE:
+            # Redis lost the queue (restart without persistence): a new place
+            log.info(
+                "place from before a redis restart, rejoining",
+                extra={"queue": str(q), "ticket": tok.ticket, "epoch": tok.epoch},
+            )
             return await self.join(q, s, tok.return_to, now)
         return None
 
@@ -258,8 +274,9 @@ class Gate:
         return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
         try:
             if tok is not None:
-                self.refresher.touch_waiter(q, tok.ticket)
-                if tok.ticket > state.serving:
+                if tok.epoch == state.epoch:  # another epoch's number is someone else's
+                    self.refresher.touch_waiter(q, tok.ticket)
+                if not self.must_claim(tok, state):
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 new = await self.claim(q, tok, state, now)
                 if new is None:

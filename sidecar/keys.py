@@ -33,6 +33,10 @@ REVOKED_RELOAD_MAX = 100_000
 # LIVE_BLOCK - 1 too high (the visitor's own block is counted as a bound).
 FRONT_WINDOW = 1_000
 LIVE_BLOCK = 100
+# Shared admitted cookies: client addresses a session used in this window count
+# as "at once"; a session keeps at most ADDRESSES_KEPT of them (newest).
+ADDRESS_WINDOW_MS = 60_000
+ADDRESSES_KEPT = 64
 # Operator changes, newest first; a list capped at this length (LTRIM).
 AUDIT_KEY = PREFIX + ":admin:audit"
 AUDIT_MAXLEN = 1_000
@@ -59,6 +63,11 @@ class QueueKeys:
     recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
     live: str  # HASH ticket // LIVE_BLOCK -> how many of that block are still in line
     history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
+    # the queue's epoch: an id made when its keys are first written (SET NX). Redis
+    # restarted without persistence makes a new one; tokens carry it (see tokens.py)
+    epoch: str
+    # prefix of per-session ZSETs: client address -> last seen (ms); shared cookies
+    addresses: str
 
     def all(self) -> list[str]:
         return [
@@ -74,6 +83,7 @@ class QueueKeys:
             self.missed,
             self.recall,
             self.live,
+            self.epoch,
         ]
 
 
@@ -93,6 +103,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         recall=base + "recall",
         live=base + "live",
         history=base + "history",
+        epoch=base + "epoch",
+        addresses=base + "from:",
     )
 
 

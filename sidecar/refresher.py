@@ -79,11 +79,12 @@ class Refresher:
             for sid in list(itertools.islice(self.revoked, excess)):
                 del self.revoked[sid]
 
-    def note_join(self, q: QueueRef, ticket: int, admitted: bool) -> None:
+    def note_join(self, q: QueueRef, ticket: int, admitted: bool, epoch: str) -> None:
         """Folds a join this process just made into the cached state, so the next
-        status poll counts positions from it without waiting for the next tick."""
+        status poll counts positions from it without waiting for the next tick
+        (unless the queue has a new epoch: the next tick brings its state)."""
         st = self.states.get(q)
-        if st is None:
+        if st is None or st.epoch != epoch:
             return
         if admitted:
             st = replace(

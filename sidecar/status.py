@@ -152,8 +152,9 @@ class Status:
             self.gate.keep_alive(q, tok, state, resp, v.now)
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
-        self.gate.refresher.touch_waiter(q, tok.ticket)
-        if tok.ticket <= state.serving:
+        if tok.epoch == state.epoch:  # another epoch's number is someone else's
+            self.gate.refresher.touch_waiter(q, tok.ticket)
+        if self.gate.must_claim(tok, state):
             try:
                 new = await self.gate.claim(q, tok, state, v.now)
             except (RedisError, OSError, Busy) as e:
@@ -205,7 +206,7 @@ class Status:
         try:
             if tok is None:
                 tok = await self.gate.join(q, state.settings, "/", now)
-            elif not tok.admitted and tok.ticket <= state.serving:
+            elif not tok.admitted and self.gate.must_claim(tok, state):
                 tok = await self.gate.claim(q, tok, state, now) or tok
         except Busy:
             return _json({"error": "busy"}, 503, {"Retry-After": "2"})
@@ -245,7 +246,8 @@ class Status:
             if tok.admitted:
                 self.gate.refresher.revoke(tok.sid, until)
             try:
-                freed = await self.gate.engine.leave(q, tok.ticket, tok.sid, until) or freed
+                left = await self.gate.engine.leave(q, tok.ticket, tok.sid, until, tok.epoch)
+                freed = left or freed
             except (RedisError, OSError, Busy) as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})

@@ -34,7 +34,7 @@ async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
 
 async def join(e: Engine, sid: str, s: QueueSettings, q: QueueRef = Q) -> tuple[bool, int]:
     """A visitor joins and, sent to wait, opens the waiting page (polls once)."""
-    admitted, ticket = await e.join(q, sid, s)
+    admitted, ticket, _ = await e.join(q, sid, s)
     if not admitted:
         await seen(e, s, ticket, q=q)
     return admitted, ticket
@@ -80,15 +80,15 @@ async def test_capacity_never_exceeded_with_replicas_racing(
     capacity = 7
     s = QueueSettings(capacity=capacity, grace=30)
     joined = await asyncio.gather(*(replicas[i % 3].join(Q, f"sid{i}", s) for i in range(200)))
-    tickets = sorted(t for _, t in joined)
+    tickets = sorted(t for _, t, _ in joined)
     assert tickets == list(range(1, 201))  # every ticket handed out once
-    sid_of = {t: f"sid{i}" for i, (_, t) in enumerate(joined)}
-    admitted_order: list[int] = [t for admitted, t in joined if admitted]
+    sid_of = {t: f"sid{i}" for i, (_, t, _) in enumerate(joined)}
+    admitted_order: list[int] = [t for admitted, t, _ in joined if admitted]
     assert len(admitted_order) == capacity
     active = set(admitted_order)
     rng = random.Random(7)
 
-    waiting = [t for admitted, t in joined if not admitted]
+    waiting = [t for admitted, t, _ in joined if not admitted]
     while len(admitted_order) < 200:
         await seen(replicas[0], s, *waiting)  # everyone waiting keeps polling
         states = await asyncio.gather(*(tick(e, s) for e in replicas))
@@ -236,7 +236,7 @@ async def test_a_visitor_whose_turn_came_before_their_first_poll_gets_it(
     e = replicas[0]
     s = QueueSettings(capacity=1)
     await join(e, "holder", s)
-    _, t = await e.join(Q, "quick", s)  # still loading the waiting page
+    _, t, _ = await e.join(Q, "quick", s)  # still loading the waiting page
     await e.leave(Q, 1, "holder", 0)
     await tick(e, s)  # passed over: not seen yet
     _, after = await join(e, "next", s)
@@ -404,13 +404,13 @@ async def test_concurrent_joins_are_coalesced_in_arrival_order(
     joined = await asyncio.gather(*(replicas[i % 3].join(Q, f"s{i}", s) for i in range(1000)))
     calls = await evalsha_calls() - before
     assert calls <= 30, calls  # one call per replica per event-loop turn, not 1,000
-    tickets = [t for _, t in joined]
+    tickets = [t for _, t, _ in joined]
     assert sorted(tickets) == list(range(1, 1001))
     for r in range(3):  # each replica's joins got tickets in the order they arrived
         mine = tickets[r::3]
         assert mine == sorted(mine)
-    assert sum(a for a, _ in joined) == 5
-    admitted = sorted(t for a, t in joined if a)
+    assert sum(a for a, _, _ in joined) == 5
+    admitted = sorted(t for a, t, _ in joined if a)
     assert admitted == list(range(1, 6))  # the first five in line, nobody else
     assert await occupancy(redis) == 5
 
@@ -497,7 +497,7 @@ async def test_live_positions_far_back_are_close_and_never_go_up(
     s = QueueSettings(capacity=5)
     rng = random.Random(3)
     joined = await e.join_many(Q, [f"s{i}" for i in range(5000)], s)
-    line = [t for admitted, t in joined if not admitted]
+    line = [t for admitted, t, _ in joined if not admitted]
     await seen(e, s, *line)
     watched = line[2000::300]
     last = {t: 10**9 for t in watched}

@@ -3,12 +3,13 @@
 -- rest wait in line, counted as present for a first-poll window only.
 -- ARGV: mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
 --       first_poll_window_ms, sids...
--- Returns {ticket, admitted (0/1), ticket, admitted, ...}
+-- Returns {ticket, admitted (0/1), ticket, admitted, ..., epoch}
 local mode = ARGV[1]
 local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
 local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
 purge(slack_ms, grace_ms)
+local epoch = queue_epoch()
 local n = #ARGV - 7
 local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
@@ -36,4 +37,5 @@ for i = 1, n do
   end
 end
 if serving >= first then redis.call('SET', K_SERVING, serving) end
+out[#out + 1] = epoch
 return out

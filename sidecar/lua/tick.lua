@@ -28,6 +28,7 @@ for i = 1, #overrides, 2 do
   end
 end
 local grace_ms = s.grace * 1000
+local epoch = queue_epoch()
 
 local expired, lapsed = purge(tonumber(ARGV[7]), grace_ms)
 redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
@@ -145,5 +146,5 @@ return {
   redis.call('ZCARD', K_INVITED), minute, now_ms,
   s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
   expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
-  front, blocks,
+  front, blocks, epoch,
 }
