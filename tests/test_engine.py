@@ -517,3 +517,58 @@ async def test_live_positions_far_back_are_close_and_never_go_up(
             last[t] = got
             worst = max(worst, got - true)
     print(f"far-back positions at most {worst} too high (bound {LIVE_BLOCK - 1})")
+
+
+async def test_a_restart_without_persistence_starts_a_new_epoch(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    """Redis lost everything: places from before are recognised as gone (their
+    numbers are handed out again in the new epoch), never claimed by their old
+    holders, never left on someone else's behalf; the line moves from zero."""
+    e = replicas[0]
+    s = QueueSettings(capacity=2, grace=30)
+    old = [await e.join(Q, f"old{i}", s) for i in range(6)]
+    await seen(e, s, *(t for a, t, _ in old if not a))
+    before = (await tick(e, s)).epoch
+    assert before and {j.epoch for j in old} == {before}
+    assert await tick(replicas[1], s) and (await tick(e, s)).epoch == before  # stable
+
+    await redis.flushall()  # a restart without persistence
+    st = await tick(e, s)
+    assert st.epoch and st.epoch != before and (st.tickets, st.serving) == (0, 0)
+    # the holder of old ticket 3 finds no place (their number is nobody's yet)
+    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
+    new = [await e.join(Q, f"new{i}", s) for i in range(4)]
+    assert [(j.admitted, j.ticket, j.epoch) for j in new] == [
+        (True, 1, st.epoch),
+        (True, 2, st.epoch),
+        (False, 3, st.epoch),
+        (False, 4, st.epoch),
+    ]
+    await seen(e, s, 3, 4)
+    # ticket 3 is new3's now: the old holder can neither claim nor free it
+    await e.leave(Q, 1, "new0", 0, st.epoch)
+    st = await tick(e, s)
+    assert await ticket_members(redis, Q.keys.invited) == [3]
+    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
+    assert await e.leave(Q, 3, "old2", 0, before) is False
+    assert await ticket_members(redis, Q.keys.invited) == [3]
+    assert await e.claim(Q, 3, "new2", s, st.epoch) is Claim.ADMITTED
+    # sessions admitted before come back only while there is room (heartbeat.lua)
+    await e.heartbeat({Q: (["old0", "old1"], [], s)})
+    assert await occupancy(redis) == 2
+    assert await redis.zscore(Q.keys.revoked, "old0") and await redis.zscore(
+        Q.keys.revoked, "old1"
+    )
+
+
+async def test_the_epoch_survives_when_redis_keeps_its_data(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    first = await e.join(Q, "a", s)
+    second = await e.join(Q, "b", s)
+    await redis.delete(Q.keys.active)  # the session idled out; nothing else changed
+    assert (await tick(e, s)).epoch == first.epoch == second.epoch
+    assert await e.claim(Q, 2, "b", s, second.epoch) is Claim.ADMITTED
