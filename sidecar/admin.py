@@ -55,6 +55,8 @@ FIELD_LABELS = {
     "session_ttl": "Session TTL (s)",
     "grace": "Grace (s)",
     "abandon_after": "Abandon after (s)",
+    "session_max": "Session max (s)",
+    "max_addresses": "Addresses per session",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -505,7 +507,7 @@ class Admin:
             who=request["admin"],
             csrf=request["csrf"],
             errors=errors or {},
-            settings_fields=[k for k in OVERRIDABLE if k != "mode"],
+            settings_fields=[k for k in OVERRIDABLE if k in FIELD_LABELS],
             labels=FIELD_LABELS,
         )
 

@@ -19,6 +19,8 @@ from typing import Any
 
 MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
+# an admitted cookie used from more than max_addresses client addresses at once
+SHARED_SESSIONS = ("allow", "flag", "revoke")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
@@ -49,6 +51,8 @@ class QueueSettings:
     mode: str = "on"
     on_redis_error: str = "wait"
     session_max: int = 7200  # seconds an admitted session may last at most, however used
+    shared_sessions: str = "allow"  # allow | flag (log it) | revoke (end the session)
+    max_addresses: int = 4  # client addresses one session may use at once (last minute)
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -60,6 +64,7 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
     # hidden browser tabs may poll only once a minute (timer throttling)
     "abandon_after": ("ANTEROOM_ABANDON_AFTER", 90),
     "session_max": ("ANTEROOM_SESSION_MAX", 10),
+    "max_addresses": ("ANTEROOM_MAX_ADDRESSES", 1),
 }
 # (name, least value) pairs, flattened: the same rules for operator overrides in Redis
 OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
@@ -74,6 +79,8 @@ OVERRIDABLE = (
     "abandon_after",
     "session_max",
     "mode",
+    "shared_sessions",
+    "max_addresses",
 )
 ADMIN_TOKEN_MIN = 16
 
@@ -273,6 +280,8 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, MODES)
     if key == "on_redis_error":
         return _choice(name, value, ON_REDIS_ERROR)
+    if key == "shared_sessions":
+        return _choice(name, value, SHARED_SESSIONS)
     if key in _QUEUE_ENV:
         return _int(name, value, _QUEUE_ENV[key][1])
     raise ConfigError(f"{name}: unknown setting")
@@ -312,7 +321,11 @@ class OverrideErrors(ConfigError):
 def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
     values: dict[str, Any] = {}
     variables = {name: var for name, (var, _) in _QUEUE_ENV.items()}
-    variables.update(mode="ANTEROOM_MODE", on_redis_error="ANTEROOM_ON_REDIS_ERROR")
+    variables.update(
+        mode="ANTEROOM_MODE",
+        on_redis_error="ANTEROOM_ON_REDIS_ERROR",
+        shared_sessions="ANTEROOM_SHARED_SESSIONS",
+    )
     for name, var in variables.items():
         if var in env:
             values[name] = queue_setting(var, name, env[var])

@@ -14,7 +14,7 @@ import enum
 import hashlib
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
@@ -24,6 +24,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .config import OVERRIDE_MINIMUMS, QueueSettings
 from .keys import (
+    ADDRESS_WINDOW_MS,
+    ADDRESSES_KEPT,
     ADVANCE_MAX_STEPS,
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
@@ -138,6 +140,21 @@ class Joined(NamedTuple):
     admitted: bool  # admitted at once (nobody ahead, room)
     ticket: int
     epoch: str  # the queue's epoch the ticket belongs to
+
+
+class Shared(NamedTuple):
+    """An admitted session used from more client addresses at once than allowed."""
+
+    queue: QueueRef
+    sid: str
+    addresses: int  # seen within keys.ADDRESS_WINDOW_MS
+    revoked: bool  # ended by the queue's shared_sessions = "revoke"
+
+
+@dataclass(slots=True)
+class Heartbeats:
+    ended: int = 0  # sessions ended because Redis no longer had room for them
+    shared: list[Shared] = field(default_factory=list)
 
 
 class Busy(Exception):
@@ -324,15 +341,15 @@ class Engine:
         finally:
             self._joining.discard(q)
 
-    async def join_many(
-        self, q: QueueRef, sids: Sequence[str], s: QueueSettings
-    ) -> list[Joined]:
+    async def join_many(self, q: QueueRef, sids: Sequence[str], s: QueueSettings) -> list[Joined]:
         """Tickets for ``sids`` in order: [(admitted at once, ticket, epoch)]."""
         reply = await self._call(
             "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *sids]
         )
         epoch = _s(reply[-1])
-        return [Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)]
+        return [
+            Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)
+        ]
 
     # -- one visitor ---------------------------------------------------------
 
@@ -360,22 +377,40 @@ class Engine:
     # -- the refresher's batches ----------------------------------------------
 
     async def heartbeat(
-        self, batch: Mapping[QueueRef, tuple[Sequence[str], Sequence[int], QueueSettings]]
-    ) -> int:
-        """Extends sessions and marks waiters seen: {queue: (sids, tickets, settings)}.
-        Returns how many sessions ended because Redis no longer had room for them."""
+        self,
+        batch: Mapping[
+            QueueRef,
+            tuple[Sequence[str] | Mapping[str, Collection[str]], Sequence[int], QueueSettings],
+        ],
+    ) -> Heartbeats:
+        """Extends sessions and marks waiters seen: {queue: (sids, tickets, settings)};
+        sids may map each session to the client addresses it was used from."""
+        result = Heartbeats()
         if not batch:
-            return 0
+            return result
         calls: list[Call] = []
-        for q, (sids, tickets, s) in batch.items():
+        queues: list[QueueRef] = []
+        for q, (sessions, tickets, s) in batch.items():
+            sids = list(sessions)
+            if isinstance(sessions, Mapping) and s.shared_sessions != "allow":
+                addrs = [",".join(sessions[sid]) for sid in sids]
+            else:
+                addrs = [""] * len(sids)
+            head = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, s.shared_sessions]
+            head += [s.max_addresses, ADDRESS_WINDOW_MS, ADDRESSES_KEPT, q.keys.addresses]
             # chunks keep each script call short, whatever the crowd
             for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
-                some_sids = sids[i : i + HEARTBEAT_CHUNK]
-                some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
-                args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, len(some_sids)]
-                calls.append(("heartbeat", q.keys.all(), [*args, *some_sids, *some_tickets]))
+                chunk = slice(i, i + HEARTBEAT_CHUNK)
+                args = [*head, len(sids[chunk]), *sids[chunk], *addrs[chunk], *tickets[chunk]]
+                calls.append(("heartbeat", q.keys.all(), args))
+                queues.append(q)
         self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
-        return sum(int(r[1]) for r in await self._batch(calls))
+        for q, r in zip(queues, await self._batch(calls), strict=True):
+            result.ended += int(r[1])
+            found = r[2]
+            for j in range(0, len(found), 3):
+                result.shared.append(Shared(q, _s(found[j]), int(found[j + 1]), bool(found[j + 2])))
+        return result
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
@@ -400,6 +435,8 @@ class Engine:
                         REVOKED_RELOAD_MAX,
                         s.session_max,
                         FRONT_WINDOW,
+                        s.shared_sessions,
+                        s.max_addresses,
                         *OVERRIDE_MINIMUMS,
                     ],
                 )
@@ -420,6 +457,8 @@ def _state(r: list[Any], configured: QueueSettings) -> QueueState:
         mode=_s(r[7]),
         on_redis_error=configured.on_redis_error,
         session_max=int(r[18]),
+        shared_sessions=_s(r[23]),
+        max_addresses=int(r[24]),
     )
     return QueueState(
         tickets=int(r[0]),

@@ -210,12 +210,22 @@ class Gate:
         return None
 
     def keep_alive(
-        self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse, now: int
+        self,
+        q: QueueRef,
+        tok: Token,
+        state: QueueState,
+        resp: web.StreamResponse,
+        now: int,
+        request: web.Request,
     ) -> None:
-        """Counts an admitted request as activity; slides the cookie when half used,
-        never past the session's absolute lifetime."""
-        self.refresher.touch_session(q, tok.sid)
+        """Counts an admitted request as activity (with the client address nginx
+        passes, when the queue watches for shared cookies); slides the cookie when
+        half used, never past the session's absolute lifetime."""
         s = state.settings
+        if s.shared_sessions == "allow":
+            self.refresher.touch_session(q, tok.sid)
+        else:
+            self.refresher.touch_session(q, tok.sid, request.headers.get("X-Real-IP"))
         if tok.exp - now <= s.session_ttl / 2:
             exp = self._expiry(tok.iat, now, s)
             if exp > tok.exp:
@@ -264,7 +274,7 @@ class Gate:
             tok = self.token(request, tenant, now, queue)
         if tok is not None and tok.admitted:
             resp = _answer(204)
-            self.keep_alive(q, tok, state, resp, now)
+            self.keep_alive(q, tok, state, resp, now, request)
             if self.fast_pass is not None:  # renew nginx's pass
                 cookies = request.headers.get("Cookie", "")
                 self.fast_pass.renew(cookies, tok.sid, queue, now, resp.headers, self._cookie_attrs)

@@ -149,7 +149,7 @@ class Status:
             }
             return body, v, resp
         if tok.admitted:
-            self.gate.keep_alive(q, tok, state, resp, v.now)
+            self.gate.keep_alive(q, tok, state, resp, v.now, request)
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
         if tok.epoch == state.epoch:  # another epoch's number is someone else's
@@ -276,14 +276,20 @@ class Status:
             q = QueueRef(tenant.name, tok.queue)
             state = await self._state(q, tenant)
             if state is not None:
-                self._keep(q, tok, state, resp, now)
+                self._keep(q, tok, state, resp, now, request)
         return resp
 
     def _keep(
-        self, q: QueueRef, tok: Token, state: QueueState, resp: web.Response, now: int
+        self,
+        q: QueueRef,
+        tok: Token,
+        state: QueueState,
+        resp: web.Response,
+        now: int,
+        request: web.Request,
     ) -> None:
         # several sessions may slide at once: each keeps its own Set-Cookie
         probe = web.Response()
-        self.gate.keep_alive(q, tok, state, probe, now)
+        self.gate.keep_alive(q, tok, state, probe, now, request)
         if "Set-Cookie" in probe.headers:
             resp.headers.add("Set-Cookie", probe.headers["Set-Cookie"])

@@ -466,8 +466,8 @@ async def test_sessions_redis_lost_come_back_only_if_there_is_room(
     for sid in ("a", "b", "c"):
         await redis.zadd(Q.keys.active, {sid: 0})  # placeholders, purged below
     await redis.delete(Q.keys.active)
-    ended = await e.heartbeat({Q: (["a", "b", "c", "d"], [], s)})
-    assert ended == 2
+    beats = await e.heartbeat({Q: (["a", "b", "c", "d"], [], s)})
+    assert beats.ended == 2
     st = await tick(e, s)
     assert st.active == 2
     assert {sid for _, sid, _ in st.ended} == {"c", "d"}
@@ -557,9 +557,7 @@ async def test_a_restart_without_persistence_starts_a_new_epoch(
     # sessions admitted before come back only while there is room (heartbeat.lua)
     await e.heartbeat({Q: (["old0", "old1"], [], s)})
     assert await occupancy(redis) == 2
-    assert await redis.zscore(Q.keys.revoked, "old0") and await redis.zscore(
-        Q.keys.revoked, "old1"
-    )
+    assert await redis.zscore(Q.keys.revoked, "old0") and await redis.zscore(Q.keys.revoked, "old1")
 
 
 async def test_the_epoch_survives_when_redis_keeps_its_data(

@@ -5,14 +5,16 @@
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
 --       purge_slack_ms, last ended-stream id read, max advance steps,
 --       first_poll_window_ms, revoked reload max, session_max, front window,
+--       shared_sessions, max_addresses,
 --       then (setting name, least allowed value) pairs for operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
   session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
   abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
+  shared_sessions = ARGV[14], max_addresses = tonumber(ARGV[15]),
 }
 local least = {}
-for i = 14, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
@@ -22,6 +24,8 @@ for i = 1, #overrides, 2 do
     if value == 'on' or value == 'queue-all' or value == 'paused' or value == 'off' then
       s.mode = value
     end
+  elseif name == 'shared_sessions' then
+    if value == 'allow' or value == 'flag' or value == 'revoke' then s.shared_sessions = value end
   elseif least[name] ~= nil then
     local n = tonumber(value)
     if n and n >= least[name] and n <= 1e9 then s[name] = math.floor(n) end
@@ -146,5 +150,5 @@ return {
   redis.call('ZCARD', K_INVITED), minute, now_ms,
   s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
   expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
-  front, blocks, epoch,
+  front, blocks, epoch, s.shared_sessions, s.max_addresses,
 }
