@@ -256,8 +256,9 @@ class Stack:
             argv += ["--dir", str(node_dir)]
             if self.redis_cluster:
                 argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-                # a primary that stops answering is replaced by its replica within seconds
-                argv += ["--cluster-node-timeout", "1000"]
+                # a primary that stops answering is replaced by its replica within seconds;
+                # replicas sync at once (the default waits 5 s for more replicas)
+                argv += ["--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
             self._spawn(name, argv)
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
         if self.redis_cluster:
@@ -290,10 +291,21 @@ class Stack:
                 ).stdout
                 for p in ports
             ]
-            if all("cluster_state:ok" in st for st in states):
+            if all("cluster_state:ok" in st for st in states) and self._replicas_synced(ports):
                 return
             time.sleep(0.1)
-        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok with replicas synced")
+
+    def _replicas_synced(self, ports: list[int]) -> bool:
+        """Every replica has its primary's data: only then can it take over."""
+        cli = require("redis-cli", "redis-tools")
+        synced = 0
+        for p in ports:
+            info = subprocess.run(
+                [cli, "-p", str(p), "info", "replication"], capture_output=True, text=True
+            ).stdout
+            synced += "master_link_status:up" in info
+        return synced == 3 * self.cluster_replicas
 
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"
