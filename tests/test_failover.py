@@ -63,7 +63,8 @@ async def test_primary_killed_under_traffic(tmp_path, http: aiohttp.ClientSessio
         primary = cluster.get_node_from_key(keys.tickets)
         assert primary is not None
         ports = [stack.redis_port, *stack.cluster_ports]
-        name = "redis" if primary.port == ports[0] else f"redis{ports.index(primary.port)}"
+        port = int(primary.port)
+        name = "redis" if port == ports[0] else f"redis{ports.index(port)}"
         sampler = asyncio.create_task(sample(cluster, watch))
 
         admitted = [Visitor(http, stack.url) for _ in range(CAPACITY)]

@@ -46,7 +46,8 @@ class Occupancy:
         while True:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zcard(keys.active).zcard(keys.invited)
+                    pipe.zcard(keys.active)
+                    pipe.zcard(keys.invited)
                     active, invited = await pipe.execute()
                 self.samples.append(int(active) + int(invited))
             except (RedisError, OSError):
