@@ -225,7 +225,9 @@ class Gate:
         if s.shared_sessions == "allow":
             self.refresher.touch_session(q, tok.sid)
         else:
-            self.refresher.touch_session(q, tok.sid, request.headers.get("X-Real-IP"))
+            # nginx's $remote_addr; 45 characters hold any IPv6 address
+            address = request.headers.get("X-Real-IP", "")[:45]
+            self.refresher.touch_session(q, tok.sid, address.replace(",", ""))
         if tok.exp - now <= s.session_ttl / 2:
             exp = self._expiry(tok.iat, now, s)
             if exp > tok.exp:

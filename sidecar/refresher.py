@@ -165,8 +165,11 @@ class Refresher:
         while True:
             started = time.monotonic()
             try:
+                was_ok = self.redis_ok
                 await self.refresh()
-                if started >= next_flush:
+                # back from an outage: the sessions held meanwhile are counted again
+                # before newcomers can take their room (Redis may have lost them)
+                if started >= next_flush or (self.redis_ok and not was_ok):
                     await self.flush()
                     next_flush = started + self.heartbeat_interval
             except Exception:  # a bug must not freeze every queue of this process
