@@ -58,6 +58,7 @@ FIELD_LABELS = {
     "session_max": "Session max (s)",
     "joins_per_address": "Joins per address / min (0 = no limit)",
     "opens_at": "Opens at (unix time, 0 = none)",
+    "max_addresses": "Addresses per session",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -508,7 +509,7 @@ class Admin:
             who=request["admin"],
             csrf=request["csrf"],
             errors=errors or {},
-            settings_fields=[k for k in OVERRIDABLE if k != "mode"],
+            settings_fields=[k for k in OVERRIDABLE if k in FIELD_LABELS],
             labels=FIELD_LABELS,
         )
 

@@ -21,6 +21,8 @@ from typing import Any
 
 MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
+# an admitted cookie used from more than max_addresses client addresses at once
+SHARED_SESSIONS = ("allow", "flag", "revoke")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
@@ -53,6 +55,8 @@ class QueueSettings:
     session_max: int = 7200  # seconds an admitted session may last at most, however used
     opens_at: int = 0  # unix seconds of a scheduled opening (pre-queue before it); 0 = none
     joins_per_address: int = 0  # new places per client address per minute; 0 = no limit
+    shared_sessions: str = "allow"  # allow | flag (log it) | revoke (end the session)
+    max_addresses: int = 4  # client addresses one session may use at once (last minute)
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -65,6 +69,7 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
     "abandon_after": ("ANTEROOM_ABANDON_AFTER", 90),
     "session_max": ("ANTEROOM_SESSION_MAX", 10),
     "joins_per_address": ("ANTEROOM_JOINS_PER_ADDRESS", 0),
+    "max_addresses": ("ANTEROOM_MAX_ADDRESSES", 1),
 }
 # the largest opens_at accepted (year 5138): far beyond any sale, still exact in Lua
 OPENS_AT_MAX = 10**11
@@ -83,6 +88,8 @@ OVERRIDABLE = (
     "joins_per_address",
     "opens_at",
     "mode",
+    "shared_sessions",
+    "max_addresses",
 )
 ADMIN_TOKEN_MIN = 16
 
@@ -284,6 +291,8 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, ON_REDIS_ERROR)
     if key == "opens_at":
         return opens_at(name, value)
+    if key == "shared_sessions":
+        return _choice(name, value, SHARED_SESSIONS)
     if key in _QUEUE_ENV:
         return _int(name, value, _QUEUE_ENV[key][1])
     raise ConfigError(f"{name}: unknown setting")
@@ -345,7 +354,10 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
     values: dict[str, Any] = {}
     variables = {name: var for name, (var, _) in _QUEUE_ENV.items()}
     variables.update(
-        mode="ANTEROOM_MODE", on_redis_error="ANTEROOM_ON_REDIS_ERROR", opens_at="ANTEROOM_OPENS_AT"
+        mode="ANTEROOM_MODE",
+        on_redis_error="ANTEROOM_ON_REDIS_ERROR",
+        opens_at="ANTEROOM_OPENS_AT",
+        shared_sessions="ANTEROOM_SHARED_SESSIONS",
     )
     for name, var in variables.items():
         if var in env:

@@ -17,7 +17,7 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
@@ -27,6 +27,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .config import OVERRIDE_MINIMUMS, QueueSettings
 from .keys import (
+    ADDRESS_WINDOW_MS,
+    ADDRESSES_KEPT,
     ADVANCE_MAX_STEPS,
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
@@ -166,6 +168,7 @@ class QueueState:
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
     order: LineOrder | None = None  # the last opening's shuffled pre-queue
     opened: bool = False  # this tick performed the opening (the shuffle)
+    epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
 
     def line(self, ticket: int) -> int:
         """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
@@ -185,6 +188,28 @@ class Claim(enum.Enum):
     ADMITTED = 1
     NOT_YET = 0  # not invited yet, or recalled for the next free slot
     MISSED = -1  # the turn passed and its second chance too: join again
+    STALE = -2  # a place from another epoch (Redis lost the queue since): join again
+
+
+class Joined(NamedTuple):
+    admitted: bool  # admitted at once (nobody ahead, room)
+    ticket: int
+    epoch: str  # the queue's epoch the ticket belongs to
+
+
+class Shared(NamedTuple):
+    """An admitted session used from more client addresses at once than allowed."""
+
+    queue: QueueRef
+    sid: str
+    addresses: int  # seen within keys.ADDRESS_WINDOW_MS
+    revoked: bool  # ended by the queue's shared_sessions = "revoke"
+
+
+@dataclass(slots=True)
+class Heartbeats:
+    ended: int = 0  # sessions ended because Redis no longer had room for them
+    shared: list[Shared] = field(default_factory=list)
 
 
 class Busy(Exception):
@@ -219,7 +244,7 @@ class _Joins:
     settings: QueueSettings
     sids: list[str] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)
-    futures: list[asyncio.Future[tuple[bool, int]]] = field(default_factory=list)
+    futures: list[asyncio.Future[Joined]] = field(default_factory=list)
 
 
 class Engine:
@@ -328,16 +353,14 @@ class Engine:
 
     # -- joins, coalesced ----------------------------------------------------
 
-    async def join(
-        self, q: QueueRef, sid: str, s: QueueSettings, address: str = ""
-    ) -> tuple[bool, int]:
-        """Takes a ticket; returns (admitted at once, ticket), or (False, REFUSED) when
+    async def join(self, q: QueueRef, sid: str, s: QueueSettings, address: str = "") -> Joined:
+        """Takes a ticket; returns (admitted at once, ticket, epoch); ticket REFUSED when
         ``address`` (the client's, "" = unknown) has used its budget of joins for this
         minute (``joins_per_address``): no ticket is taken then. Concurrent joins to one
         queue in this process go to Redis together, in arrival order: one script
         call per event-loop turn (or per batch in flight), never one per visitor."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[bool, int]] = loop.create_future()
+        fut: asyncio.Future[Joined] = loop.create_future()
         joins = self._joins.get(q)
         if joins is None:
             joins = self._joins[q] = _Joins(s)
@@ -390,49 +413,79 @@ class Engine:
         sids: Sequence[str],
         s: QueueSettings,
         addresses: Sequence[str] | None = None,
-    ) -> list[tuple[bool, int]]:
-        """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED)]."""
+    ) -> list[Joined]:
+        """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
         reply = await self._call(
             "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *pairs]
         )
-        return [(bool(reply[i + 1]), int(reply[i])) for i in range(0, len(reply), 2)]
+        epoch = _s(reply[-1])
+        return [
+            Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)
+        ]
 
     # -- one visitor ---------------------------------------------------------
 
-    async def claim(self, q: QueueRef, ticket: int, sid: str, s: QueueSettings) -> Claim:
-        (result,) = await self._call("claim", q.keys.all(), [ticket, sid, *self._admission(s)])
+    async def claim(
+        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+    ) -> Claim:
+        """``epoch``: the one in the visitor's token; None trusts the ticket (tests)."""
+        (result,) = await self._call(
+            "claim", q.keys.all(), [ticket, sid, epoch or "", *self._admission(s)]
+        )
         return Claim(int(result))
 
-    async def leave(self, q: QueueRef, ticket: int, sid: str, revoke_until: int) -> bool:
+    async def leave(
+        self, q: QueueRef, ticket: int, sid: str, revoke_until: int, epoch: str | None = None
+    ) -> bool:
         """Ends the visitor's place or session; True if it freed capacity.
-        ``revoke_until``: when the admitted cookie would expire (0 for a place in line)."""
+        ``revoke_until``: when the admitted cookie would expire (0 for a place in line);
+        a ``ticket`` of another ``epoch`` is someone else's now and is left alone
+        (None trusts the ticket: operators and tests)."""
         freed = await self._call(
-            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN]
+            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN, epoch or ""]
         )
         return bool(freed)
 
     # -- the refresher's batches ----------------------------------------------
 
     async def heartbeat(
-        self, batch: Mapping[QueueRef, tuple[Sequence[str], Sequence[int], QueueSettings]]
-    ) -> int:
-        """Extends sessions and marks waiters seen: {queue: (sids, tickets, settings)}.
-        Returns how many sessions ended because Redis no longer had room for them."""
+        self,
+        batch: Mapping[
+            QueueRef,
+            tuple[Sequence[str] | Mapping[str, Collection[str]], Sequence[int], QueueSettings],
+        ],
+    ) -> Heartbeats:
+        """Extends sessions and marks waiters seen: {queue: (sids, tickets, settings)};
+        sids may map each session to the client addresses it was used from."""
+        result = Heartbeats()
         if not batch:
-            return 0
+            return result
         calls: list[Call] = []
-        for q, (sids, tickets, s) in batch.items():
+        queues: list[QueueRef] = []
+        for q, (sessions, tickets, s) in batch.items():
+            sids = list(sessions)
+            if isinstance(sessions, Mapping) and s.shared_sessions != "allow":
+                addrs = [",".join(sessions[sid]) for sid in sids]
+            else:
+                addrs = [""] * len(sids)
+            head = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, s.mode]
+            head += [s.shared_sessions]
+            head += [s.max_addresses, ADDRESS_WINDOW_MS, ADDRESSES_KEPT, q.keys.addresses]
             # chunks keep each script call short, whatever the crowd
             for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
-                some_sids = sids[i : i + HEARTBEAT_CHUNK]
-                some_tickets = tickets[i : i + HEARTBEAT_CHUNK]
-                args = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, s.mode]
-                args.append(len(some_sids))
-                calls.append(("heartbeat", q.keys.all(), [*args, *some_sids, *some_tickets]))
+                chunk = slice(i, i + HEARTBEAT_CHUNK)
+                args = [*head, len(sids[chunk]), *sids[chunk], *addrs[chunk], *tickets[chunk]]
+                calls.append(("heartbeat", q.keys.all(), args))
+                queues.append(q)
         self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
-        return sum(int(r[1]) for r in await self._batch(calls))
+        for q, r in zip(queues, await self._batch(calls), strict=True):
+            result.ended += int(r[1])
+            found = r[2]
+            for j in range(0, len(found), 3):
+                result.shared.append(Shared(q, _s(found[j]), int(found[j + 1]), bool(found[j + 2])))
+        return result
 
     async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
@@ -460,6 +513,8 @@ class Engine:
                         s.opens_at,
                         s.joins_per_address,
                         ENDED_STREAM_MAXLEN,
+                        s.shared_sessions,
+                        s.max_addresses,
                         *OVERRIDE_MINIMUMS,
                     ],
                 )
@@ -508,6 +563,8 @@ def _state(r: list[Any], configured: QueueSettings, order: LineOrder | None) -> 
         session_max=int(r[18]),
         opens_at=int(r[22]),
         joins_per_address=int(r[24]),
+        shared_sessions=_s(r[30]),
+        max_addresses=int(r[31]),
     )
     return QueueState(
         tickets=int(r[0]),
@@ -533,4 +590,5 @@ def _state(r: list[Any], configured: QueueSettings, order: LineOrder | None) -> 
         closed=bool(int(r[23])),
         order=order,
         opened=bool(int(r[25])),
+        epoch=_s(r[29]),
     )

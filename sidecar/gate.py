@@ -184,12 +184,13 @@ class Gate:
         admitted: bool,
         return_to: str,
         now: int,
+        epoch: str,
     ) -> Token:
         if admitted:
-            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, self._expiry(now, now, s))
-        return Token(
-            q.tenant, q.queue, WAITING, ticket, sid, now, now + WAITING_TOKEN_TTL, return_to
-        )
+            exp = self._expiry(now, now, s)
+            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, exp, epoch=epoch)
+        exp = now + WAITING_TOKEN_TTL
+        return Token(q.tenant, q.queue, WAITING, ticket, sid, now, exp, return_to, epoch)
 
     @staticmethod
     def _expiry(admitted_at: int, now: int, s: QueueSettings) -> int:
@@ -201,14 +202,21 @@ class Gate:
     ) -> Token:
         """A new place; :class:`TooManyJoins` if ``address`` used its budget."""
         sid = new_session_id()
-        admitted, ticket = await self.engine.join(q, sid, s, address)
+        admitted, ticket, epoch = await self.engine.join(q, sid, s, address)
         if ticket == REFUSED:
             # debug: a minting bot would fill the log (the metric counts them)
             log.debug("join refused", extra={"queue": str(q), "address": address})
             raise TooManyJoins(address)
-        self.refresher.note_join(q, ticket, admitted)
+        self.refresher.note_join(q, ticket, admitted, epoch)
         log.debug("joined", extra={"queue": str(q), "ticket": ticket, "admitted": admitted})
-        return self.token_for(q, s, sid, ticket, admitted, return_to, now)
+        return self.token_for(q, s, sid, ticket, admitted, return_to, now, epoch)
+
+    @staticmethod
+    def must_claim(tok: Token, state: QueueState) -> bool:
+        """Whether only Redis can say what a waiting token's place is worth now: its
+        turn came (by the cached state), or it is of another epoch than the cached
+        one (a place lost in a restart, or a state a moment older than the token)."""
+        return state.line(tok.ticket) <= state.serving or tok.epoch != state.epoch
 
     async def claim(
         self, q: QueueRef, tok: Token, state: QueueState, now: int, address: str = ""
@@ -216,24 +224,44 @@ class Gate:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
-        result = await self.engine.claim(q, tok.ticket, tok.sid, s)
+        result = await self.engine.claim(q, tok.ticket, tok.sid, s, tok.epoch)
         if result is Claim.ADMITTED:
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
+            exp = self._expiry(now, now, s)
             return Token(
-                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, self._expiry(now, now, s)
+                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, exp, epoch=tok.epoch
             )
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
             return await self.join(q, s, tok.return_to, now, address)
+        if result is Claim.STALE:
+            # Redis lost the queue (restart without persistence): a new place
+            log.info(
+                "place from before a redis restart, rejoining",
+                extra={"queue": str(q), "ticket": tok.ticket, "epoch": tok.epoch},
+            )
+            return await self.join(q, s, tok.return_to, now, address)
         return None
 
     def keep_alive(
-        self, q: QueueRef, tok: Token, state: QueueState, resp: web.StreamResponse, now: int
+        self,
+        q: QueueRef,
+        tok: Token,
+        state: QueueState,
+        resp: web.StreamResponse,
+        now: int,
+        request: web.Request,
     ) -> None:
-        """Counts an admitted request as activity; slides the cookie when half used,
-        never past the session's absolute lifetime."""
-        self.refresher.touch_session(q, tok.sid)
+        """Counts an admitted request as activity (with the client address nginx
+        passes, when the queue watches for shared cookies); slides the cookie when
+        half used, never past the session's absolute lifetime."""
         s = state.settings
+        if s.shared_sessions == "allow":
+            self.refresher.touch_session(q, tok.sid)
+        else:
+            # nginx's $remote_addr; 45 characters hold any IPv6 address
+            address = request.headers.get("X-Real-IP", "")[:45]
+            self.refresher.touch_session(q, tok.sid, address.replace(",", ""))
         if tok.exp - now <= s.session_ttl / 2:
             exp = self._expiry(tok.iat, now, s)
             if exp > tok.exp:
@@ -282,7 +310,7 @@ class Gate:
             tok = self.token(request, tenant, now, queue)
         if tok is not None and tok.admitted:
             resp = _answer(204)
-            self.keep_alive(q, tok, state, resp, now)
+            self.keep_alive(q, tok, state, resp, now, request)
             if self.fast_pass is not None:  # renew nginx's pass
                 cookies = request.headers.get("Cookie", "")
                 self.fast_pass.renew(cookies, tok.sid, queue, now, resp.headers, self._cookie_attrs)
@@ -292,17 +320,21 @@ class Gate:
         return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
         try:
             if tok is not None:
-                self.refresher.touch_waiter(q, tok.ticket)
-                if state.line(tok.ticket) > state.serving:
+                if tok.epoch == state.epoch:  # another epoch's number is someone else's
+                    self.refresher.touch_waiter(q, tok.ticket)
+                if not self.must_claim(tok, state):
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 new = await self.claim(q, tok, state, now, client_address(request))
                 if new is None:
                     return q, "waiting", self._wait(tenant, queue, return_to)
             else:
                 method = request.headers.get("X-Original-Method", "GET")
-                if method == "OPTIONS":  # CORS preflight: no cookies, no place, no slot
-                    return q, "off", _answer(204)
-                if method == "HEAD":  # link previews and checks take no place
+                # previews, checks and CORS preflights take no place (and are never
+                # let through: many origins answer OPTIONS with the page itself);
+                # nor does a cross-site form post, which would replace the place of
+                # a visitor whose SameSite cookie the browser did not send
+                cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+                if method in ("HEAD", "OPTIONS") or (cross_site and method != "GET"):
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 self._check_scheme(request)
                 new = await self.join(q, state.settings, return_to, now, client_address(request))

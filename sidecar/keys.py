@@ -37,6 +37,10 @@ LIVE_BLOCK = 100
 # aq:{tenant:queue}:addr:<address>:<minute>, built inside join.lua; it outlives
 # its minute so a clock step between replicas never resets it early.
 ADDRESS_COUNTER_TTL = 120
+# Shared admitted cookies: client addresses a session used in this window count
+# as "at once"; a session keeps at most ADDRESSES_KEPT of them (newest).
+ADDRESS_WINDOW_MS = 60_000
+ADDRESSES_KEPT = 64
 # Operator changes, newest first; a list capped at this length (LTRIM).
 AUDIT_KEY = PREFIX + ":admin:audit"
 AUDIT_MAXLEN = 1_000
@@ -68,6 +72,11 @@ class QueueKeys:
     opening: str
     order: str  # STRING, 4 bytes per place: line number first+i -> ticket first+value
     rank: str  # STRING, 4 bytes per ticket: ticket first+i -> line number first+value
+    # the queue's epoch: an id made when its keys are first written (SET NX). Redis
+    # restarted without persistence makes a new one; tokens carry it (see tokens.py)
+    epoch: str
+    # prefix of per-session ZSETs: client address -> last seen (ms); shared cookies
+    addresses: str
 
     def all(self) -> list[str]:
         return [
@@ -86,6 +95,7 @@ class QueueKeys:
             self.opening,
             self.order,
             self.rank,
+            self.epoch,
         ]
 
 
@@ -108,6 +118,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         opening=base + "opening",
         order=base + "order",
         rank=base + "rank",
+        epoch=base + "epoch",
+        addresses=base + "from:",
     )
 
 

@@ -21,7 +21,8 @@ from dataclasses import replace
 from redis.exceptions import RedisError
 
 from .config import QueueSettings
-from .engine import REFUSED, Engine, QueueRef, QueueState
+from .engine import REFUSED, Engine, QueueRef, QueueState, Shared
+from .keys import ADDRESSES_KEPT
 
 log = logging.getLogger("sidecar.refresher")
 
@@ -54,13 +55,21 @@ class Refresher:
         self._configured: dict[QueueRef, QueueSettings] = {}
         self._last_ended: dict[QueueRef, str] = {}
         self._first_tick: dict[QueueRef, asyncio.Future[QueueState]] = {}
-        self._sessions: defaultdict[QueueRef, set[str]] = defaultdict(set)
+        # session id -> client addresses seen since the last flush (shared cookies)
+        self._sessions: defaultdict[QueueRef, dict[str, set[str]]] = defaultdict(dict)
+        self._shared_logged: dict[str, float] = {}  # sid -> when last logged (monotonic)
         self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
 
     # -- hot path: plain dict work, no awaits -------------------------------
 
-    def touch_session(self, q: QueueRef, sid: str) -> None:
-        self._sessions[q].add(sid)
+    def touch_session(self, q: QueueRef, sid: str, address: str | None = None) -> None:
+        """``address``: the client's, when the queue watches for shared cookies."""
+        seen = self._sessions[q]
+        addrs = seen.get(sid)
+        if addrs is None:
+            addrs = seen[sid] = set()
+        if address and len(addrs) < ADDRESSES_KEPT:
+            addrs.add(address)
 
     def touch_waiter(self, q: QueueRef, ticket: int) -> None:
         self._waiters[q].add(ticket)
@@ -79,11 +88,12 @@ class Refresher:
             for sid in list(itertools.islice(self.revoked, excess)):
                 del self.revoked[sid]
 
-    def note_join(self, q: QueueRef, ticket: int, admitted: bool) -> None:
+    def note_join(self, q: QueueRef, ticket: int, admitted: bool, epoch: str) -> None:
         """Folds a join this process just made into the cached state, so the next
-        status poll counts positions from it without waiting for the next tick."""
+        status poll counts positions from it without waiting for the next tick
+        (unless the queue has a new epoch: the next tick brings its state)."""
         st = self.states.get(q)
-        if st is None or ticket == REFUSED:
+        if st is None or ticket == REFUSED or st.epoch != epoch:
             return
         if admitted:
             st = replace(
@@ -140,8 +150,11 @@ class Refresher:
         while True:
             started = time.monotonic()
             try:
+                was_ok = self.redis_ok
                 await self.refresh()
-                if started >= next_flush:
+                # back from an outage: the sessions held meanwhile are counted again
+                # before newcomers can take their room (Redis may have lost them)
+                if started >= next_flush or (self.redis_ok and not was_ok):
                     await self.flush()
                     next_flush = started + self.heartbeat_interval
             except Exception:  # a bug must not freeze every queue of this process
@@ -168,23 +181,50 @@ class Refresher:
         if not self._sessions and not self._waiters:
             return
         sessions, waiters = self._sessions, self._waiters
-        self._sessions, self._waiters = defaultdict(set), defaultdict(set)
-        batch = {}
+        self._sessions, self._waiters = defaultdict(dict), defaultdict(set)
+        batch: dict[QueueRef, tuple[dict[str, set[str]], list[int], QueueSettings]] = {}
         for q in sessions.keys() | waiters.keys():
             st = self.states.get(q)
             s = st.settings if st else self._configured[q]
-            batch[q] = (sorted(sessions.get(q, ())), sorted(waiters.get(q, ())), s)
+            batch[q] = (sessions.get(q, {}), sorted(waiters.get(q, ())), s)
         try:
-            ended = await self.engine.heartbeat(batch)
-            if ended:
-                log.info("sessions over capacity ended", extra={"count": ended})
+            beats = await self.engine.heartbeat(batch)
         except (RedisError, OSError) as e:
             self._redis_failed("heartbeat", e)
             # keep the signals for the next flush: nothing is lost while Redis is away
             for q, sids in sessions.items():
-                self._sessions[q] |= sids
+                for sid, addrs in sids.items():
+                    self._sessions[q].setdefault(sid, set()).update(addrs)
             for q, tickets in waiters.items():
                 self._waiters[q] |= tickets
+            return
+        if beats.ended:
+            log.info("sessions over capacity ended", extra={"count": beats.ended})
+        for shared in beats.shared:
+            self._report_shared(shared)
+
+    def _report_shared(self, shared: Shared) -> None:
+        """One line per shared session per minute from this process (flag), or at once
+        (revoke: the session ended; this process refuses its cookie from now on)."""
+        if shared.revoked:  # every replica reads it from the ended stream on its next tick
+            st = self.states.get(shared.queue)
+            s = st.settings if st else self._configured[shared.queue]
+            self.revoke(shared.sid, int(time.time()) + s.session_ttl)
+        now = time.monotonic()
+        if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
+            return
+        if len(self._shared_logged) > MAX_QUEUES * 10:
+            self._shared_logged.clear()
+        self._shared_logged[shared.sid] = now
+        log.warning(
+            "session shared",
+            extra={
+                "queue": str(shared.queue),
+                "sid": shared.sid,
+                "addresses": shared.addresses,
+                "action": "revoked" if shared.revoked else "flagged",
+            },
+        )
 
     def _absorb(self, q: QueueRef, st: QueueState) -> None:
         self.states[q] = st

@@ -169,7 +169,9 @@ class Stack:
     admin_port: int = field(default_factory=free_port)  # the first sidecar's admin listener
     replica_ports: list[int] = field(default_factory=list)  # more sidecars, same Redis
     redis_cluster: bool = False  # three Redis Cluster primaries instead of one server
-    cluster_ports: list[int] = field(default_factory=list)  # the primaries after the first
+    cluster_replicas: int = 0  # replicas per primary (failover), with redis_cluster
+    cluster_ports: list[int] = field(default_factory=list)  # the nodes after the first
+    redis_aof: bool = False  # persistence: an append-only file, fsynced on every write
     origin_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -233,10 +235,13 @@ class Stack:
 
     def start_redis(self) -> None:
         """One redis-server, or with ``redis_cluster`` a three-primary Redis Cluster
-        whose first node is ``redis_port``."""
+        (and ``cluster_replicas`` replicas of each) whose first node is ``redis_port``.
+        Started again after a stop, a single server comes back on the same port,
+        empty unless ``redis_aof``."""
         if self.redis_cluster and not self.cluster_ports:  # first start: bus ports too
             self.redis_port = cluster_port()
-            self.cluster_ports = [cluster_port(), cluster_port()]
+            nodes = 3 * (1 + self.cluster_replicas)
+            self.cluster_ports = [cluster_port() for _ in range(nodes - 1)]
         ports = [self.redis_port]
         if self.redis_cluster:
             ports += self.cluster_ports
@@ -245,10 +250,15 @@ class Stack:
             node_dir = self.workdir / name
             node_dir.mkdir(parents=True, exist_ok=True)
             argv = [require("redis-server", "redis-server"), "--port", str(port)]
-            argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            argv += ["--bind", "127.0.0.1", "--save", ""]
+            aof = ["yes", "--appendfsync", "always"] if self.redis_aof else ["no"]
+            argv += ["--appendonly", *aof]
             argv += ["--dir", str(node_dir)]
             if self.redis_cluster:
                 argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                # a primary that stops answering is replaced by its replica within seconds;
+                # replicas sync at once (the default waits 5 s for more replicas)
+                argv += ["--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
             self._spawn(name, argv)
             wait_for_port(port, self.procs[name], name, self.workdir / f"{name}.log")
         if self.redis_cluster:
@@ -258,7 +268,15 @@ class Stack:
         cli = require("redis-cli", "redis-tools")
         nodes = [f"127.0.0.1:{p}" for p in ports]
         made = subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                cli,
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                str(self.cluster_replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -273,10 +291,21 @@ class Stack:
                 ).stdout
                 for p in ports
             ]
-            if all("cluster_state:ok" in st for st in states):
+            if all("cluster_state:ok" in st for st in states) and self._replicas_synced(ports):
                 return
             time.sleep(0.1)
-        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok with replicas synced")
+
+    def _replicas_synced(self, ports: list[int]) -> bool:
+        """Every replica has its primary's data: only then can it take over."""
+        cli = require("redis-cli", "redis-tools")
+        synced = 0
+        for p in ports:
+            info = subprocess.run(
+                [cli, "-p", str(p), "info", "replication"], capture_output=True, text=True
+            ).stdout
+            synced += "master_link_status:up" in info
+        return synced == 3 * self.cluster_replicas
 
     def build_pages(self) -> Path:
         pages = self.workdir / "pages"

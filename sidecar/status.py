@@ -172,11 +172,12 @@ class Status:
             }
             return body, v, resp
         if tok.admitted:
-            self.gate.keep_alive(q, tok, state, resp, v.now)
+            self.gate.keep_alive(q, tok, state, resp, v.now, request)
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
-        self.gate.refresher.touch_waiter(q, tok.ticket)
-        if state.line(tok.ticket) <= state.serving:
+        if tok.epoch == state.epoch:  # another epoch's number is someone else's
+            self.gate.refresher.touch_waiter(q, tok.ticket)
+        if self.gate.must_claim(tok, state):
             try:
                 new = await self.gate.claim(q, tok, state, v.now, client_address(request))
             except (RedisError, OSError, Busy, TooManyJoins) as e:
@@ -211,6 +212,9 @@ class Status:
     async def join(self, request: web.Request) -> web.Response:
         """API clients: a place in a queue as JSON, the token to send as a Bearer."""
         tenant = self._tenant(request)
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            # a page of another site posting here would replace the visitor's place
+            return _json({"error": "cross-site request"}, 403)
         queue = _queue_param(request)
         if queue is None:
             return _json({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
@@ -229,7 +233,7 @@ class Status:
         try:
             if tok is None:
                 tok = await self.gate.join(q, state.settings, "/", now, client_address(request))
-            elif not tok.admitted and state.line(tok.ticket) <= state.serving:
+            elif not tok.admitted and self.gate.must_claim(tok, state):
                 tok = await self.gate.claim(q, tok, state, now, client_address(request)) or tok
         except TooManyJoins:
             retry = {"Retry-After": str(JOIN_REFUSED_RETRY)}
@@ -272,7 +276,8 @@ class Status:
             if tok.admitted:
                 self.gate.refresher.revoke(tok.sid, until)
             try:
-                freed = await self.gate.engine.leave(q, tok.ticket, tok.sid, until) or freed
+                left = await self.gate.engine.leave(q, tok.ticket, tok.sid, until, tok.epoch)
+                freed = left or freed
             except (RedisError, OSError, Busy) as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
@@ -301,14 +306,20 @@ class Status:
             q = QueueRef(tenant.name, tok.queue)
             state = await self._state(q, tenant)
             if state is not None:
-                self._keep(q, tok, state, resp, now)
+                self._keep(q, tok, state, resp, now, request)
         return resp
 
     def _keep(
-        self, q: QueueRef, tok: Token, state: QueueState, resp: web.Response, now: int
+        self,
+        q: QueueRef,
+        tok: Token,
+        state: QueueState,
+        resp: web.Response,
+        now: int,
+        request: web.Request,
     ) -> None:
         # several sessions may slide at once: each keeps its own Set-Cookie
         probe = web.Response()
-        self.gate.keep_alive(q, tok, state, probe, now)
+        self.gate.keep_alive(q, tok, state, probe, now, request)
         if "Set-Cookie" in probe.headers:
             resp.headers.add("Set-Cookie", probe.headers["Set-Cookie"])

@@ -1,11 +1,15 @@
 """Signed visitor tokens, carried as the cookie (or as a Bearer token by API clients).
 
-A token is ``1|tenant|queue|state|ticket|sid|iat|exp|return_to|signature``: the
+A token is ``2|tenant|queue|state|ticket|sid|iat|exp|epoch|return_to|signature``: the
 fields in clear (they are not secret, only tamper-proof), the signature an
 HMAC-SHA256 over everything before it, base64url without padding. Every
 character is valid in a cookie value, so no quoting is needed. The first
 secret signs; every secret verifies, so secrets can be rotated without
 logging anyone out. Verification is local: no Redis round trip.
+
+``epoch`` is the queue's epoch when the place was handed out (engine.QueueState):
+a waiting token of another epoch names a place Redis lost in a restart. A token
+of an older format (no epoch) is no token at all.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote
 
-VERSION = "1"
+VERSION = "2"
 MAX_TOKEN_LENGTH = 2048
 # Admitted tokens only (at most capacity x churn of them are valid at once, and
 # they carry no return_to): under 400 bytes an entry, so at most about 20 MB.
@@ -38,6 +42,7 @@ class Token:
     iat: int  # joined (waiting) or admitted at, unix seconds; sliding keeps it
     exp: int  # expires at, unix seconds
     return_to: str = "/"  # waiting tokens only: where the visitor goes once admitted
+    epoch: str = ""  # the queue's epoch the ticket belongs to (required for waiting tokens)
 
     @property
     def admitted(self) -> bool:
@@ -112,6 +117,7 @@ class Signer:
                 t.sid,
                 str(t.iat),
                 str(t.exp),
+                t.epoch,
                 quote(t.return_to, safe="/"),
             )
         )
@@ -135,14 +141,18 @@ class Signer:
         if not any(hmac.compare_digest(self._mac(k, data), sig) for k in self._keys):
             return None
         parts = payload.split("|")
-        if len(parts) != 9 or parts[0] != VERSION or parts[3] not in (WAITING, ADMITTED):
+        if len(parts) != 10 or parts[0] != VERSION or parts[3] not in (WAITING, ADMITTED):
             return None
+        if parts[3] == WAITING and not parts[8]:
+            return None  # a place means nothing without the epoch it belongs to
         try:
             ticket, iat, exp = int(parts[4]), int(parts[6]), int(parts[7])
         except ValueError:
             return None
         state: Literal["w", "a"] = WAITING if parts[3] == WAITING else ADMITTED
-        tok = Token(parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[8]))
+        tok = Token(
+            parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[9]), parts[8]
+        )
         if state == ADMITTED and len(raw) <= VERIFIED_CACHE_TOKEN:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.clear()  # crude but O(1) amortised; refills with live cookies

@@ -87,6 +87,8 @@ def test_demo_mode_needs_no_secret_and_allows_http() -> None:
         ({"ANTEROOM_SECRETS": "new-secret-0123456789,changeme-changeme"}, "ANTEROOM_SECRETS"),
         ({"ANTEROOM_SECRETS": DEMO_SECRET}, "ANTEROOM_SECRETS"),
         ({**SECRET, "ANTEROOM_BACKLOG": "0"}, "ANTEROOM_BACKLOG"),
+        ({**SECRET, "ANTEROOM_SHARED_SESSIONS": "ban"}, "ANTEROOM_SHARED_SESSIONS"),
+        ({**SECRET, "ANTEROOM_MAX_ADDRESSES": "0"}, "ANTEROOM_MAX_ADDRESSES"),
         ({**SECRET, "ANTEROOM_SHUTDOWN_TIMEOUT": "forever"}, "ANTEROOM_SHUTDOWN_TIMEOUT"),
         (
             {**SECRET, "ANTEROOM_REDIS_CLUSTER": "1", "ANTEROOM_REDIS_URL": "redis+sentinel://h/m"},
@@ -97,6 +99,22 @@ def test_demo_mode_needs_no_secret_and_allows_http() -> None:
 def test_invalid_settings_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load(env)
+
+
+def test_shared_sessions_from_environment_toml_and_overrides(tmp_path: Path) -> None:
+    from sidecar.config import QueueSettings, queue_overrides
+
+    env = {"ANTEROOM_SHARED_SESSIONS": "flag", "ANTEROOM_MAX_ADDRESSES": "6"}
+    (t,) = load({**SECRET, **env}).tenants
+    assert (t.queue_defaults.shared_sessions, t.queue_defaults.max_addresses) == ("flag", 6)
+    text = '[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\nshared_sessions = "revoke"\n'
+    (t,) = load(toml(tmp_path, text)).tenants
+    assert t.settings_for("q").shared_sessions == "revoke"
+    assert t.settings_for("other").shared_sessions == "allow"  # the default
+    changed = queue_overrides({"shared_sessions": "revoke", "max_addresses": "2"}, QueueSettings())
+    assert changed == {"shared_sessions": "revoke", "max_addresses": 2}
+    with pytest.raises(ConfigError, match="shared_sessions"):
+        queue_overrides({"shared_sessions": "sometimes"}, QueueSettings())
 
 
 def test_admin_tokens_named_for_the_audit_log() -> None:

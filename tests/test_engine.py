@@ -34,7 +34,7 @@ async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
 
 async def join(e: Engine, sid: str, s: QueueSettings, q: QueueRef = Q) -> tuple[bool, int]:
     """A visitor joins and, sent to wait, opens the waiting page (polls once)."""
-    admitted, ticket = await e.join(q, sid, s)
+    admitted, ticket, _ = await e.join(q, sid, s)
     if not admitted:
         await seen(e, s, ticket, q=q)
     return admitted, ticket
@@ -80,15 +80,15 @@ async def test_capacity_never_exceeded_with_replicas_racing(
     capacity = 7
     s = QueueSettings(capacity=capacity, grace=30)
     joined = await asyncio.gather(*(replicas[i % 3].join(Q, f"sid{i}", s) for i in range(200)))
-    tickets = sorted(t for _, t in joined)
+    tickets = sorted(t for _, t, _ in joined)
     assert tickets == list(range(1, 201))  # every ticket handed out once
-    sid_of = {t: f"sid{i}" for i, (_, t) in enumerate(joined)}
-    admitted_order: list[int] = [t for admitted, t in joined if admitted]
+    sid_of = {t: f"sid{i}" for i, (_, t, _) in enumerate(joined)}
+    admitted_order: list[int] = [t for admitted, t, _ in joined if admitted]
     assert len(admitted_order) == capacity
     active = set(admitted_order)
     rng = random.Random(7)
 
-    waiting = [t for admitted, t in joined if not admitted]
+    waiting = [t for admitted, t, _ in joined if not admitted]
     while len(admitted_order) < 200:
         await seen(replicas[0], s, *waiting)  # everyone waiting keeps polling
         states = await asyncio.gather(*(tick(e, s) for e in replicas))
@@ -236,7 +236,7 @@ async def test_a_visitor_whose_turn_came_before_their_first_poll_gets_it(
     e = replicas[0]
     s = QueueSettings(capacity=1)
     await join(e, "holder", s)
-    _, t = await e.join(Q, "quick", s)  # still loading the waiting page
+    _, t, _ = await e.join(Q, "quick", s)  # still loading the waiting page
     await e.leave(Q, 1, "holder", 0)
     await tick(e, s)  # passed over: not seen yet
     _, after = await join(e, "next", s)
@@ -404,13 +404,13 @@ async def test_concurrent_joins_are_coalesced_in_arrival_order(
     joined = await asyncio.gather(*(replicas[i % 3].join(Q, f"s{i}", s) for i in range(1000)))
     calls = await evalsha_calls() - before
     assert calls <= 30, calls  # one call per replica per event-loop turn, not 1,000
-    tickets = [t for _, t in joined]
+    tickets = [t for _, t, _ in joined]
     assert sorted(tickets) == list(range(1, 1001))
     for r in range(3):  # each replica's joins got tickets in the order they arrived
         mine = tickets[r::3]
         assert mine == sorted(mine)
-    assert sum(a for a, _ in joined) == 5
-    admitted = sorted(t for a, t in joined if a)
+    assert sum(a for a, _, _ in joined) == 5
+    admitted = sorted(t for a, t, _ in joined if a)
     assert admitted == list(range(1, 6))  # the first five in line, nobody else
     assert await occupancy(redis) == 5
 
@@ -466,8 +466,8 @@ async def test_sessions_redis_lost_come_back_only_if_there_is_room(
     for sid in ("a", "b", "c"):
         await redis.zadd(Q.keys.active, {sid: 0})  # placeholders, purged below
     await redis.delete(Q.keys.active)
-    ended = await e.heartbeat({Q: (["a", "b", "c", "d"], [], s)})
-    assert ended == 2
+    beats = await e.heartbeat({Q: (["a", "b", "c", "d"], [], s)})
+    assert beats.ended == 2
     st = await tick(e, s)
     assert st.active == 2
     assert {sid for _, sid, _ in st.ended} == {"c", "d"}
@@ -497,7 +497,7 @@ async def test_live_positions_far_back_are_close_and_never_go_up(
     s = QueueSettings(capacity=5)
     rng = random.Random(3)
     joined = await e.join_many(Q, [f"s{i}" for i in range(5000)], s)
-    line = [t for admitted, t in joined if not admitted]
+    line = [t for admitted, t, _ in joined if not admitted]
     await seen(e, s, *line)
     watched = line[2000::300]
     last = {t: 10**9 for t in watched}
@@ -517,3 +517,56 @@ async def test_live_positions_far_back_are_close_and_never_go_up(
             last[t] = got
             worst = max(worst, got - true)
     print(f"far-back positions at most {worst} too high (bound {LIVE_BLOCK - 1})")
+
+
+async def test_a_restart_without_persistence_starts_a_new_epoch(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    """Redis lost everything: places from before are recognised as gone (their
+    numbers are handed out again in the new epoch), never claimed by their old
+    holders, never left on someone else's behalf; the line moves from zero."""
+    e = replicas[0]
+    s = QueueSettings(capacity=2, grace=30)
+    old = [await e.join(Q, f"old{i}", s) for i in range(6)]
+    await seen(e, s, *(t for a, t, _ in old if not a))
+    before = (await tick(e, s)).epoch
+    assert before and {j.epoch for j in old} == {before}
+    assert await tick(replicas[1], s) and (await tick(e, s)).epoch == before  # stable
+
+    await redis.flushall()  # a restart without persistence
+    st = await tick(e, s)
+    assert st.epoch and st.epoch != before and (st.tickets, st.serving) == (0, 0)
+    # the holder of old ticket 3 finds no place (their number is nobody's yet)
+    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
+    new = [await e.join(Q, f"new{i}", s) for i in range(4)]
+    assert [(j.admitted, j.ticket, j.epoch) for j in new] == [
+        (True, 1, st.epoch),
+        (True, 2, st.epoch),
+        (False, 3, st.epoch),
+        (False, 4, st.epoch),
+    ]
+    await seen(e, s, 3, 4)
+    # ticket 3 is new3's now: the old holder can neither claim nor free it
+    await e.leave(Q, 1, "new0", 0, st.epoch)
+    st = await tick(e, s)
+    assert await ticket_members(redis, Q.keys.invited) == [3]
+    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
+    assert await e.leave(Q, 3, "old2", 0, before) is False
+    assert await ticket_members(redis, Q.keys.invited) == [3]
+    assert await e.claim(Q, 3, "new2", s, st.epoch) is Claim.ADMITTED
+    # sessions admitted before come back only while there is room (heartbeat.lua)
+    await e.heartbeat({Q: (["old0", "old1"], [], s)})
+    assert await occupancy(redis) == 2
+    assert await redis.zscore(Q.keys.revoked, "old0") and await redis.zscore(Q.keys.revoked, "old1")
+
+
+async def test_the_epoch_survives_when_redis_keeps_its_data(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    e = replicas[0]
+    s = QueueSettings(capacity=1)
+    first = await e.join(Q, "a", s)
+    second = await e.join(Q, "b", s)
+    await redis.delete(Q.keys.active)  # the session idled out; nothing else changed
+    assert (await tick(e, s)).epoch == first.epoch == second.epoch
+    assert await e.claim(Q, 2, "b", s, second.epoch) is Claim.ADMITTED

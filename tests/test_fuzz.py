@@ -159,7 +159,7 @@ def mutate(raw: str) -> st.SearchStrategy[str]:
 tokens = st.one_of(
     st.just(VALID),
     mutate(VALID),
-    st.just(token(state=WAITING)),
+    st.just(token(state=WAITING, epoch="1700000000000000")),  # a place of another epoch
     st.just(token(queue="other")),
     st.just(token(tenant="beta")),
     st.just(token(exp=int(time.time()) - 10)),

@@ -78,7 +78,7 @@ class Model:
     async def join(self, engine: int) -> None:
         self.joined += 1
         sid = f"s{self.joined}"
-        admitted, ticket = await self.engines[engine].join(Q, sid, S)
+        admitted, ticket, _ = await self.engines[engine].join(Q, sid, S)
         v = Visitor(ticket, sid, admitted=admitted, invited=admitted)
         self.visitors[ticket] = v
         if admitted:

@@ -46,8 +46,8 @@ async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
 async def pre_queue(e: Engine, q: QueueRef, n: int, s: QueueSettings) -> list[int]:
     """n visitors join before the opening and open the waiting page (one poll)."""
     joined = await e.join_many(q, [f"v{i}" for i in range(n)], s)
-    assert all(not admitted for admitted, _ in joined)
-    tickets = [t for _, t in joined]
+    assert all(not admitted for admitted, *_ in joined)
+    tickets = [t for _, t, *_ in joined]
     await e.heartbeat({q: ([], tickets, s)})
     return tickets
 
@@ -130,7 +130,7 @@ async def test_shuffled_first_then_fifo_in_admission_order(replicas: list[Engine
     drawn = sorted(early, key=st.line)
     late = []
     for i in range(4):
-        admitted, t = await e.join(Q, f"late{i}", opened)
+        admitted, t, _ = await e.join(Q, f"late{i}", opened)
         assert not admitted  # the pre-queue is ahead
         late.append(t)
     await e.heartbeat({Q: ([], late, opened)})
@@ -159,8 +159,8 @@ async def test_nobody_admitted_before_the_opening(replicas: list[Engine], redis:
     now = int((await redis.time())[0])
     s = QueueSettings(capacity=100, opens_at=now + 2)
     joined = await e.join_many(Q, ["a", "b", "c"], s)
-    assert [a for a, _ in joined] == [False, False, False]
-    tickets = [t for _, t in joined]
+    assert [a for a, *_ in joined] == [False, False, False]
+    tickets = [t for _, t, *_ in joined]
     admitted_at = None
     while admitted_at is None:
         await e.heartbeat({Q: ([], tickets, s)})
@@ -170,7 +170,7 @@ async def test_nobody_admitted_before_the_opening(replicas: list[Engine], redis:
             assert st.serving == 0 and st.invited == 0 and st.active == 0
             assert await e.claim(Q, tickets[0], "a", s) is Claim.NOT_YET
             if len(tickets) == 3:
-                admitted, t = await e.join(Q, "d", s)
+                admitted, t, _ = await e.join(Q, "d", s)
                 assert not admitted
                 tickets.append(t)
         elif st.invited:
@@ -223,7 +223,7 @@ async def test_a_second_closure_keeps_the_first_draw(replicas: list[Engine]) -> 
     st = await tick(e, replace(closed, opens_at=PAST))
     drawn = sorted(first_wave, key=st.line)
     joined = await e.join_many(Q, ["w0", "w1", "w2"], closed)  # closed again
-    second_wave = [t for _, t in joined]
+    second_wave = [t for _, t, *_ in joined]
     await e.heartbeat({Q: ([], first_wave + second_wave, closed)})
     st = await tick(e, QueueSettings(capacity=0, opens_at=PAST))
     assert not st.opened and st.order is not None and st.order.last == 5
@@ -242,12 +242,12 @@ async def test_join_budget_per_address(replicas: list[Engine], redis: Redis) -> 
     sids = [f"s{i}" for i in range(7)]
     addrs = ["10.0.0.1"] * 5 + ["10.0.0.2"] * 2
     joined = await e.join_many(Q, sids, s, addrs)
-    assert [t for _, t in joined] == [1, 2, 3, REFUSED, REFUSED, 4, 5]
+    assert [t for _, t, *_ in joined] == [1, 2, 3, REFUSED, REFUSED, 4, 5]
     # refused joins took no ticket; the next one continues the numbering
-    assert (await e.join(Q, "x", s, "10.0.0.3")) == (False, 6)
-    assert (await e.join(Q, "y", s, "10.0.0.1")) == (False, REFUSED)
+    assert (await e.join(Q, "x", s, "10.0.0.3"))[:2] == (False, 6)
+    assert (await e.join(Q, "y", s, "10.0.0.1"))[:2] == (False, REFUSED)
     # unknown address: no budget applies
-    assert [t for _, t in await e.join_many(Q, ["u1", "u2", "u3", "u4"], s)] == [7, 8, 9, 10]
+    assert [t for _, t, _ in await e.join_many(Q, ["u1", "u2", "u3", "u4"], s)] == [7, 8, 9, 10]
     keys = [k.decode() async for k in redis.scan_iter("aq:{acme:sale}:addr:*")]
     assert sorted(k.rsplit(":", 1)[0] for k in keys) == [
         "aq:{acme:sale}:addr:10.0.0.1",
@@ -266,7 +266,7 @@ async def test_join_budget_is_per_queue_and_off_by_default(replicas: list[Engine
     assert (await e.join(Q, "b", s, "10.0.0.1"))[1] == REFUSED
     assert (await e.join(other, "c", s, "10.0.0.1"))[1] == 1  # another queue, its own budget
     unlimited = replace(s, joins_per_address=0)
-    assert [t for _, t in await e.join_many(Q, ["d", "e"], unlimited, ["10.0.0.1"] * 2)] == [2, 3]
+    assert [t for _, t, _ in await e.join_many(Q, ["d", "e"], unlimited, ["10.0.0.1"] * 2)] == [2, 3]
 
 
 # -- through nginx: two sidecar processes, real nginx and Redis ------------------

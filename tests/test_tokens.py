@@ -6,7 +6,9 @@ from sidecar.gate import host_name, safe_path
 from sidecar.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
-T = Token("acme", "checkout", WAITING, 42, "sid-1", 1000, 2000, "/cart?item=1&q=a b|c")
+T = Token(
+    "acme", "checkout", WAITING, 42, "sid-1", 1000, 2000, "/cart?item=1&q=a b|c", "1700000000123456"
+)
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -14,6 +16,14 @@ def test_round_trip_keeps_every_field() -> None:
     assert s.loads(s.dumps(T)) == T
     admitted = Token("acme", "checkout", ADMITTED, 1, "x", 1, 2)
     assert s.loads(s.dumps(admitted)) == admitted
+
+
+def test_a_place_without_its_epoch_is_no_place() -> None:
+    s = Signer((NEW,))
+    assert s.loads(s.dumps(Token("acme", "checkout", WAITING, 1, "x", 1, 2))) is None
+    # the format before epochs (nine fields), even well signed, is no token
+    old = "1|acme|checkout|w|1|x|1|2|/"
+    assert s.loads(old + "|" + s._mac(NEW, old.encode())) is None
 
 
 def test_rotation_first_signs_all_verify() -> None:
@@ -35,7 +45,7 @@ def test_rotation_first_signs_all_verify() -> None:
         lambda raw: "",
         lambda raw: "|",
         lambda raw: "é" + raw,
-        lambda raw: "2" + raw[1:],
+        lambda raw: "1" + raw[1:],  # another format version
         lambda raw: "x" * 5000,
     ],
 )
@@ -87,7 +97,7 @@ def test_long_return_to_is_cut_so_its_token_fits() -> None:
     for value in ("/shop/?q=" + "%2F" * 1000, "/" + "%" * 1023, "/" + "a" * 1023):
         path = safe_path(value)
         assert path is not None
-        t = Token("acme", "checkout", WAITING, 10**9, "s" * 16, 1, 2, path)
+        t = Token("acme", "checkout", WAITING, 10**9, "s" * 16, 1, 2, path, "1" * 16)
         raw = signer.dumps(t)
         assert signer.loads(raw) == t and len(raw) < 1300
 

@@ -7,10 +7,10 @@
 -- ARGV: mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
 --       opens_at, joins_per_address, first_poll_window_ms, then (sid, address) pairs
 --       (address '' = unknown: no budget applies)
--- Returns {ticket, admitted (0/1), ...}; ticket 0: refused (address over budget)
+-- Returns {ticket, admitted (0/1), ..., epoch}; ticket 0: refused (address over budget)
 local mode = ARGV[1]
 local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
-local confirm_ms, slack_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local confirm_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[6])
 local closed = is_closed(effective_opens_at(ARGV[7]))
 local budget = tonumber(ARGV[8])
 
@@ -33,12 +33,14 @@ for i = 10, #ARGV, 2 do
 end
 
 purge(grace_ms)
+local epoch = queue_epoch()
 local out = {}
 if n == 0 then
   for _ = 1, #accepted do
     out[#out + 1] = 0
     out[#out + 1] = 0
   end
+  out[#out + 1] = epoch
   return out
 end
 local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
@@ -81,4 +83,5 @@ for i, ok in ipairs(accepted) do
   end
 end
 if serving >= first then redis.call('SET', K_SERVING, serving) end
+out[#out + 1] = epoch
 return out

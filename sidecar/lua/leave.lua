@@ -2,14 +2,19 @@
 -- admitted session's id is published so every replica refuses its cookie from
 -- now on; a place in line needs no revocation (its ticket can never admit once
 -- it is gone from the line: claim.lua).
+-- A ticket from another epoch (before a restart) names someone else's place now:
+-- only the session id is used then.
 -- ARGV: ticket, sid, revoke_until (unix seconds the cookie could still be valid; 0 = a
---       place in line), maxlen
+--       place in line), maxlen, epoch ('' trusts the ticket: operators and tests)
 -- Returns 1 if an active session or invitation was freed
 local ticket, sid, revoke_until = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local freed = redis.call('ZREM', K_ACTIVE, sid) + redis.call('ZREM', K_INVITED, ticket)
-if redis.call('ZREM', K_WAITING, ticket) == 1 then count_in_line(line_of(ticket), -1) end
-redis.call('ZREM', K_MISSED, ticket)
-redis.call('ZREM', K_RECALL, ticket)
+local freed = redis.call('ZREM', K_ACTIVE, sid)
+if ARGV[5] == '' or redis.call('GET', K_EPOCH) == ARGV[5] then
+  freed = freed + redis.call('ZREM', K_INVITED, ticket)
+  if redis.call('ZREM', K_WAITING, ticket) == 1 then count_in_line(line_of(ticket), -1) end
+  redis.call('ZREM', K_MISSED, ticket)
+  redis.call('ZREM', K_RECALL, ticket)
+end
 if revoke_until > now_sec then
   redis.call('ZADD', K_REVOKED, revoke_until, sid)
   redis.call('XADD', K_ENDED, 'MAXLEN', '~', ARGV[4], '*', 'sid', sid, 'until', revoke_until)

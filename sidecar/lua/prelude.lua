@@ -1,9 +1,9 @@
 -- Shared helpers, prepended to every script (engine.py does the joining).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
-  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK =
+  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK, K_EPOCH =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -11,6 +11,18 @@ local now_sec = tonumber(clock[1])
 local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
+
+-- The queue's epoch, made the first time it is touched: Redis' clock in
+-- microseconds, so a queue lost in a restart without persistence gets a new
+-- one and places handed out before it are recognised as gone.
+local function queue_epoch()
+  local epoch = redis.call('GET', K_EPOCH)
+  if not epoch then
+    epoch = clock[1] .. string.format('%06d', tonumber(clock[2]))
+    redis.call('SET', K_EPOCH, epoch)
+  end
+  return epoch
+end
 local LIVE_BLOCK = 100  -- keys.LIVE_BLOCK
 local OPENS_AT_MAX = 1e11  -- config.OPENS_AT_MAX
 

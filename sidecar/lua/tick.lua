@@ -5,16 +5,17 @@
 -- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
 --       purge_slack_ms, last ended-stream id read, max advance steps,
 --       first_poll_window_ms, revoked reload max, session_max, front window,
---       opens_at, joins_per_address, ended stream maxlen,
+--       opens_at, joins_per_address, ended stream maxlen, shared_sessions, max_addresses,
 --       then (setting name, least allowed value) pairs for operator overrides
 local s = {
   capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
   session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
   abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
   joins_per_address = tonumber(ARGV[15]),
+  shared_sessions = ARGV[17], max_addresses = tonumber(ARGV[18]),
 }
 local least = {}
-for i = 17, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 19, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
@@ -24,6 +25,8 @@ for i = 1, #overrides, 2 do
     if value == 'on' or value == 'queue-all' or value == 'paused' or value == 'off' then
       s.mode = value
     end
+  elseif name == 'shared_sessions' then
+    if value == 'allow' or value == 'flag' or value == 'revoke' then s.shared_sessions = value end
   elseif least[name] ~= nil then
     local n = tonumber(value)
     if n and n >= least[name] and n <= 1e9 then s[name] = math.floor(n) end
@@ -32,6 +35,7 @@ end
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(ARGV[14])
 local closed = is_closed(s.opens_at)
+local epoch = queue_epoch()
 
 local lapsed = purge(grace_ms)
 local expired = end_idle_sessions(tonumber(ARGV[7]), s.session_ttl, tonumber(ARGV[16]))
@@ -221,4 +225,5 @@ return {
   front, blocks,
   s.opens_at, closed and 1 or 0, s.joins_per_address, opened,
   sh_first, sh_last, redis.call('HGET', K_OPENING, 'seed') or 0,
+  epoch, s.shared_sessions, s.max_addresses,
 }
