@@ -65,6 +65,9 @@ class LiveLine:
     blocks: tuple[int, ...] = ()  # block numbers, ascending
     cumulative: tuple[int, ...] = ()  # people in line in blocks[0..i]
     counts: Mapping[int, int] = field(default_factory=dict)
+    # tickets this process handed out since the tick (sorted): positions right after
+    # joining count them, at O(log n) a join whatever the length of the line
+    recent: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, front: str, counts: Mapping[int, int]) -> LiveLine:
@@ -72,9 +75,8 @@ class LiveLine:
         return cls(front, blocks, tuple(itertools.accumulate(counts[b] for b in blocks)), counts)
 
     def joined(self, ticket: int) -> LiveLine:
-        counts = dict(self.counts)
-        counts[ticket // LIVE_BLOCK] = counts.get(ticket // LIVE_BLOCK, 0) + 1
-        return LiveLine.of(self.front, counts)
+        bisect.insort(self.recent, ticket)
+        return self
 
     def _in_blocks(self, lo: int, hi: int) -> int:
         """People in line in blocks lo..hi-1."""
@@ -99,6 +101,10 @@ class LiveLine:
         lo = mine * LIVE_BLOCK if mine > window_end // LIVE_BLOCK else window_end + 1
         # others of the visitor's own block, at most those numbered before them
         ahead += max(0, min(self.counts.get(mine, 0) - 1, ticket - lo))
+        # and those who joined through this process since the tick
+        ahead += bisect.bisect_left(self.recent, ticket) - bisect.bisect_right(
+            self.recent, window_end
+        )
         return ahead
 
 

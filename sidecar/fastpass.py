@@ -41,6 +41,8 @@ class FastPass:
     ttl: int = DEFAULT_TTL
 
     def digest(self, expires: int, sid: str, queue: str) -> str:
+        """``queue``: the pass's scope, "<queue> <host>" as fastpass.conf hashes it,
+        so a pass of one site (tenant) or queue is worth nothing on another."""
         raw = hashlib.md5(f"{expires} {sid} {queue} {self.secret}".encode()).digest()
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 

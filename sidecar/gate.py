@@ -313,7 +313,8 @@ class Gate:
             self.keep_alive(q, tok, state, resp, now, request)
             if self.fast_pass is not None:  # renew nginx's pass
                 cookies = request.headers.get("Cookie", "")
-                self.fast_pass.renew(cookies, tok.sid, queue, now, resp.headers, self._cookie_attrs)
+                scope = f"{queue} {host_name(request.host)}"  # as fastpass.conf hashes it
+                self.fast_pass.renew(cookies, tok.sid, scope, now, resp.headers, self._cookie_attrs)
             return q, "admitted", resp
 
         # where this request wanted to go: the waiting page sends them back there

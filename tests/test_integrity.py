@@ -147,17 +147,35 @@ async def test_a_client_that_drops_cookies_holds_no_slot_past_the_grace_time(
         stack.stop()
 
 
-async def test_preflight_and_head_take_no_place(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_preflights_previews_and_cross_site_posts_take_no_place(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """OPTIONS and HEAD without a session never reach the origin (many answer
+    OPTIONS with the page itself) and take no place; a form posted from another
+    site (the browser sends no SameSite=Lax cookie) must not replace the place of
+    the visitor it targets."""
     queue = new_queue()
     path = f"/q/{queue}/"
     redis = Redis.from_url(stack.redis_url)
     try:
         v = Visitor(http, stack.url)
-        r = await v.request("OPTIONS", path, headers={"Origin": "http://127.0.0.1"})
-        assert r.status == 200 and not r.set_cookies  # reaches the site, no place taken
-        r = await v.request("HEAD", path)
-        assert r.status == 302 and not r.set_cookies
+        for method, headers in (
+            ("OPTIONS", {"Origin": "http://127.0.0.1"}),
+            ("HEAD", {}),
+            ("POST", {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"}),
+        ):
+            r = await v.request(method, path, headers=headers)
+            assert r.status == 302 and not r.set_cookies, (method, r.status)
+            assert 'data-origin="demo"' not in r.text
         assert await redis.get(QueueRef("acme", queue).keys.tickets) is None
+        # the same post from the site's own pages takes a place as usual
+        r = await v.request("POST", path, headers={"Sec-Fetch-Site": "same-origin"})
+        assert r.status == 200 and r.set_cookies
+        # and the API join refuses a cross-site browser request
+        r = await v.request(
+            "POST", f"/_anteroom/join?queue={queue}", headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        assert r.status == 403
     finally:
         await redis.aclose()
 

@@ -423,7 +423,9 @@ async def test_valid_pass_never_asks_the_sidecar(site: Site, http) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["expired", "forged", "other-queue", "other-session", "alone"])
+@pytest.mark.parametrize(
+    "kind", ["expired", "forged", "other-queue", "other-session", "other-site", "alone"]
+)
 async def test_invalid_pass_goes_to_the_sidecar(site: Site, http, kind: str) -> None:
     path = f"/q/{queue()}/"
     v, fast = await admitted_with_pass(http, site, path)
@@ -438,12 +440,15 @@ async def test_invalid_pass_goes_to_the_sidecar(site: Site, http, kind: str) -> 
     elif kind == "other-queue":
         path = f"/q/{queue()}/"
         cookie = f"{session}; anteroom__pass={fast}"
+    elif kind == "other-site":  # the same nginx serves another tenant (Host)
+        cookie = f"{session}; anteroom__pass={fast}"
     elif kind == "other-session":
         cookie = f"{other.last}={other.cookie}; anteroom__pass={fast}"
     else:
         cookie = f"anteroom__pass={fast}"
     before = site.sidecar_asks()
-    r = await get_with(Visitor(http, site.stack.url), path, cookie)
+    host = "localhost" if kind == "other-site" else "127.0.0.1"
+    r = await get_with(Visitor(http, site.stack.url, host), path, cookie)
     assert site.sidecar_asks() == before + 1, "nginx let an invalid pass through"
     if kind == "alone":  # a pass alone is a newcomer to the sidecar, and never renewed
         assert pass_cookie(r.set_cookies) is None

@@ -266,7 +266,10 @@ async def test_join_budget_is_per_queue_and_off_by_default(replicas: list[Engine
     assert (await e.join(Q, "b", s, "10.0.0.1"))[1] == REFUSED
     assert (await e.join(other, "c", s, "10.0.0.1"))[1] == 1  # another queue, its own budget
     unlimited = replace(s, joins_per_address=0)
-    assert [t for _, t, _ in await e.join_many(Q, ["d", "e"], unlimited, ["10.0.0.1"] * 2)] == [2, 3]
+    assert [t for _, t, _ in await e.join_many(Q, ["d", "e"], unlimited, ["10.0.0.1"] * 2)] == [
+        2,
+        3,
+    ]
 
 
 # -- through nginx: two sidecar processes, real nginx and Redis ------------------
