@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
@@ -120,6 +121,22 @@ async def burst(url: str, n: int) -> dict[str, object]:
     }
 
 
+async def bytes_per_session(redis_url: str, n: int) -> float:
+    """Redis bytes per admitted session (everyone admitted at once)."""
+    redis = Redis.from_url(redis_url)
+    engine = Engine(redis)
+    q = QueueRef("bench", f"sessions{n}")
+    s = QueueSettings(capacity=n + 1)
+    await engine.join_many(q, ["first"], s)
+    before = int((await redis.info("memory"))["used_memory"])
+    for i in range(0, n, 500):
+        await engine.join_many(q, [f"{j:016d}" for j in range(i, min(n, i + 500))], s)
+    after = int((await redis.info("memory"))["used_memory"])
+    await redis.flushall()
+    await redis.aclose()
+    return (after - before) / n
+
+
 async def bytes_per_waiter(redis_url: str, n: int) -> float:
     redis = Redis.from_url(redis_url)
     engine = Engine(redis)
@@ -189,9 +206,16 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
             "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
         }
         best: dict[str, float] = {}
+        redis = SyncRedis.from_url(stack.redis_url)
+        cpu, joins = 0.0, 0  # Redis CPU seconds spent during the sidecar's join runs
         for _ in range(ROUNDS):
             for name, (url, headers) in runs.items():
+                before = _redis_cpu(redis), int(redis.get("aq:{default:bench}:tickets") or 0)
                 best[name] = max(best.get(name, 0.0), wrk_any(url, headers))
+                if name == "joins":
+                    cpu += _redis_cpu(redis) - before[0]
+                    joins += int(redis.get("aq:{default:bench}:tickets") or 0) - before[1]
+        redis.close()
     finally:
         for proc in (single, trivial):
             proc.terminate()
@@ -215,7 +239,17 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
             f"{best['status_nginx']:,.0f}",
             f"{best['status_nginx'] / best['plain']:.2f}",
         ),
+        (
+            "Redis CPU per 1,000 joins/s (coalesced)",
+            f"{100 * cpu / max(joins, 1) * 1000:.1f} % of a core",
+            f"{joins:,} joins",
+        ),
     ]
+
+
+def _redis_cpu(redis: SyncRedis) -> float:
+    info = redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def bursts(work: Path) -> list[tuple[int, int, dict[str, object]]]:
@@ -241,7 +275,9 @@ def memory(work: Path) -> dict[int, float]:
     mem.workdir.mkdir(parents=True, exist_ok=True)
     mem.start_redis()
     try:
-        return {n: asyncio.run(bytes_per_waiter(mem.redis_url, n)) for n in (100_000, 1_000_000)}
+        sizes = {n: asyncio.run(bytes_per_waiter(mem.redis_url, n)) for n in (100_000, 1_000_000)}
+        sizes[-10_000] = asyncio.run(bytes_per_session(mem.redis_url, 10_000))
+        return sizes
     finally:
         mem.stop()
 
@@ -294,10 +330,11 @@ def main() -> None:
                 f" {b['tickets']:,} | {b['p50']:.2f} s | {b['p99']:.2f} s |"
             )
     if per_waiter:
-        print("\n| people in line | Redis bytes per waiter |")
-        print("|---:|---:|")
+        print("\n| in Redis | bytes each |")
+        print("|---|---:|")
         for n, size in per_waiter.items():
-            print(f"| {n:,} | {size:.0f} |")
+            what = f"{n:,} people in line" if n > 0 else f"{-n:,} admitted sessions"
+            print(f"| {what} | {size:.0f} |")
 
 
 if __name__ == "__main__":
