@@ -25,11 +25,13 @@ fmt: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix sidecar tests loadtest
 	$(VENV)/bin/ruff format sidecar tests loadtest
 
-bench: system-deps $(VENV)/.installed-dev ## gated vs ungated throughput through nginx (needs wrk)
+bench: system-deps $(VENV)/.installed-dev ## throughput ratios, bursts and bytes per waiter (needs wrk)
 	$(PY) -m tests.bench
+	$(PY) -m tests.bench_queue
 
+# SHAPE=flash: 2,000 visitors within 4 s, then a plateau (45 s in all)
 loadtest: system-deps $(VENV)/.installed-dev ## Locust against a local stack (bounded: 60 s)
-	$(PY) -m loadtest.run
+	$(PY) -m loadtest.run $(if $(SHAPE),--shape $(SHAPE))
 
 # System packages: installed with apt when run as root, otherwise named.
 system-deps:

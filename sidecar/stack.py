@@ -73,7 +73,11 @@ error_log {dir}/error.log warn;
 daemon off;
 # the snippets' maps are regular expressions; compiled to machine code they cost less
 pcre_jit on;
-events {{ worker_connections 4096; }}
+# a launch burst holds a client and a sidecar connection per newcomer: room for
+# 10k at once per worker, each connection a file descriptor (raising the limit
+# past the hard one needs root; otherwise nginx logs an alert and keeps it)
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 http {{
     # $uri and $upstream_addr show auth subrequests (with log_subrequest on) and
     # whether the sidecar was asked ("-": nginx answered itself)

@@ -78,12 +78,12 @@ def fast_pass_ratio(static_location: str) -> dict[str, float]:
     ).start()
     try:
         cookie = with_fast_pass(
-            stack.url + "/bench/gated/waiting.css",
-            admitted_cookie(stack.url + "/bench/gated/waiting.css"),
+            stack.url + "/bench/gated/keepalive.js",
+            admitted_cookie(stack.url + "/bench/gated/keepalive.js"),
         )
         runs = {
-            "fast_static": (stack.url + "/bench/open/waiting.css", {}),
-            "fast_gated": (stack.url + "/bench/gated/waiting.css", {"Cookie": cookie}),
+            "fast_static": (stack.url + "/bench/open/keepalive.js", {}),
+            "fast_gated": (stack.url + "/bench/gated/keepalive.js", {"Cookie": cookie}),
         }
         time.sleep(1)
         best: dict[str, float] = {}

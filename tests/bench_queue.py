@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
@@ -43,7 +45,9 @@ return t
 
 def one_evalsha_per_join(port: int, redis_url: str) -> None:
     """The ceiling coalescing removes: a handler that takes a ticket with one
-    EVALSHA per request (what each join cost before)."""
+    EVALSHA per request (what each join cost before), with the sidecar's own
+    connection discipline (64 calls at once, the rest wait), so neither side
+    answers errors quickly under load."""
     import uvloop
     from aiohttp import web
 
@@ -51,9 +55,11 @@ def one_evalsha_per_join(port: int, redis_url: str) -> None:
         redis = Redis.from_url(redis_url, max_connections=72)
         script = redis.register_script(ONE_CALL_JOIN)
         keys = ["aq:{bench:single}:tickets", "aq:{bench:single}:waiting"]
+        slots = asyncio.Semaphore(64)
 
         async def handle(request: web.Request) -> web.Response:
-            await script(keys=keys)
+            async with slots:
+                await script(keys=keys)
             return web.Response(status=401)
 
         app = web.Application()
@@ -66,8 +72,6 @@ def one_evalsha_per_join(port: int, redis_url: str) -> None:
 
 def wrk_any(url: str, headers: dict[str, str]) -> float:
     """wrk's requests/s; non-2xx answers (401 "wait") are what is measured here."""
-    import re
-
     args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s"]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
@@ -117,6 +121,22 @@ async def burst(url: str, n: int) -> dict[str, object]:
     }
 
 
+async def bytes_per_session(redis_url: str, n: int) -> float:
+    """Redis bytes per admitted session (everyone admitted at once)."""
+    redis = Redis.from_url(redis_url)
+    engine = Engine(redis)
+    q = QueueRef("bench", f"sessions{n}")
+    s = QueueSettings(capacity=n + 1)
+    await engine.join_many(q, ["first"], s)
+    before = int((await redis.info("memory"))["used_memory"])
+    for i in range(0, n, 500):
+        await engine.join_many(q, [f"{j:016d}" for j in range(i, min(n, i + 500))], s)
+    after = int((await redis.info("memory"))["used_memory"])
+    await redis.flushall()
+    await redis.aclose()
+    return (after - before) / n
+
+
 async def bytes_per_waiter(redis_url: str, n: int) -> float:
     redis = Redis.from_url(redis_url)
     engine = Engine(redis)
@@ -132,9 +152,147 @@ async def bytes_per_waiter(redis_url: str, n: int) -> float:
     return (after - before) / n
 
 
+ENV = {
+    "ANTEROOM_CAPACITY": "3",
+    "ANTEROOM_SESSION_TTL": "600",
+    "ANTEROOM_GRACE": "600",  # the admitted sessions hold their slots for the whole run
+    "ANTEROOM_LOG_LEVEL": "warning",
+}
+if os.environ.get("BENCH_BACKLOG"):  # with net.core.somaxconn raised as much
+    ENV["ANTEROOM_BACKLOG"] = os.environ["BENCH_BACKLOG"]
+HERE = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
+def _cookie(url: str) -> str:
+    """The cookie nginx sets on a newcomer to ``url``."""
+    r = subprocess.run(
+        ["curl", "-s", "-D", "-", "-o", "/dev/null", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return next(
+        line.split(":", 1)[1].strip().split(";")[0]
+        for line in r.stdout.splitlines()
+        if line.lower().startswith("set-cookie:")
+    )
+
+
+def ratios(work: Path) -> list[tuple[str, str, str]]:
+    """Joins vs one EVALSHA each; status polls vs a trivial handler (interleaved rounds)."""
+    stack = Stack(workdir=work / "ratios", env=ENV, inherit_env=False).start()
+    port, trivial_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "tests.bench_queue", "single", "--port", str(port)]
+    single = subprocess.Popen([*argv, "--redis", stack.redis_url], env=HERE)
+    trivial = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench", "trivial", "--port", str(trivial_port)], env=HERE
+    )
+    try:
+        wait_for_port(port, single, "one-EVALSHA handler", work / "none.log")
+        wait_for_port(trivial_port, trivial, "trivial handler", work / "none.log")
+        for _ in range(3):  # fill the capacity: the next newcomer waits
+            _cookie(stack.url + "/shop/")
+        waiter = _cookie(stack.url + "/shop/")
+        sidecar = f"http://127.0.0.1:{stack.sidecar_port}"
+        runs = {
+            # what nginx sends on a newcomer's auth subrequest: a join each
+            "joins": (
+                sidecar + "/_anteroom/auth",
+                {"X-Anteroom-Queue": "bench", "X-Original-URI": "/shop/"},
+            ),
+            "single": (f"http://127.0.0.1:{port}/", {}),
+            "status": (sidecar + "/_anteroom/status?queue=shop", {"Cookie": waiter}),
+            "status_nginx": (stack.url + "/_anteroom/status?queue=shop", {"Cookie": waiter}),
+            "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
+        }
+        best: dict[str, float] = {}
+        redis = SyncRedis.from_url(stack.redis_url)
+        cpu, joins = 0.0, 0  # Redis CPU seconds spent during the sidecar's join runs
+        for _ in range(ROUNDS):
+            for name, (url, headers) in runs.items():
+                before = _redis_cpu(redis), int(redis.get("aq:{default:bench}:tickets") or 0)
+                best[name] = max(best.get(name, 0.0), wrk_any(url, headers))
+                if name == "joins":
+                    cpu += _redis_cpu(redis) - before[0]
+                    joins += int(redis.get("aq:{default:bench}:tickets") or 0) - before[1]
+        redis.close()
+    finally:
+        for proc in (single, trivial):
+            proc.terminate()
+            proc.wait()
+        stack.stop()
+    return [
+        ("one EVALSHA per newcomer (aiohttp handler)", f"{best['single']:,.0f}", "1.00"),
+        (
+            "coalesced joins, sidecar `/_anteroom/auth`",
+            f"{best['joins']:,.0f}",
+            f"{best['joins'] / best['single']:.2f}",
+        ),
+        ("trivial aiohttp 204 handler", f"{best['plain']:,.0f}", "1.00"),
+        (
+            "status poll of a waiter, sidecar",
+            f"{best['status']:,.0f}",
+            f"{best['status'] / best['plain']:.2f}",
+        ),
+        (
+            "status poll of a waiter, through nginx",
+            f"{best['status_nginx']:,.0f}",
+            f"{best['status_nginx'] / best['plain']:.2f}",
+        ),
+        (
+            "Redis CPU per 1,000 joins/s (coalesced)",
+            f"{100 * cpu / max(joins, 1) * 1000:.1f} % of a core",
+            f"{joins:,} joins",
+        ),
+    ]
+
+
+def _redis_cpu(redis: SyncRedis) -> float:
+    info = redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def bursts(work: Path) -> list[tuple[int, int, dict[str, object]]]:
+    done = []
+    for workers in (1, 2):
+        for n in (1_000, 5_000, 10_000):
+            s = Stack(
+                workdir=work / f"burst-{workers}-{n}",
+                env={**ENV, "ANTEROOM_WORKERS": str(workers)},
+                inherit_env=False,
+                nginx_workers=2,
+            ).start()
+            try:
+                time.sleep(0.5)
+                done.append((workers, n, asyncio.run(burst(s.url, n))))
+            finally:
+                s.stop()
+    return done
+
+
+def memory(work: Path) -> dict[int, float]:
+    mem = Stack(workdir=work / "mem", inherit_env=False)
+    mem.workdir.mkdir(parents=True, exist_ok=True)
+    mem.start_redis()
+    try:
+        sizes = {n: asyncio.run(bytes_per_waiter(mem.redis_url, n)) for n in (100_000, 1_000_000)}
+        sizes[-10_000] = asyncio.run(bytes_per_session(mem.redis_url, 10_000))
+        return sizes
+    finally:
+        mem.stop()
+
+
+def _machine() -> str:
+    somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores, load average {load}, net.core.somaxconn {somaxconn}"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("what", nargs="?", default="all")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench_queue")
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["all", "ratios", "bursts", "memory", "single"]
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--redis")
     args = parser.parse_args()
@@ -144,134 +302,39 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk not found; apt-get install -y wrk")
     work = Path(tempfile.mkdtemp(prefix="anteroom-bench-queue-"))
-    env = {
-        "ANTEROOM_CAPACITY": "3",
-        "ANTEROOM_SESSION_TTL": "600",
-        "ANTEROOM_LOG_LEVEL": "warning",
-    }
-    rows: list[tuple[str, str, str]] = []
-    bursts: list[tuple[int, int, dict[str, object]]] = []
-    stack = Stack(workdir=work, env=env, inherit_env=False).start()
-    port = free_port()
-    single = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.bench_queue",
-            "single",
-            "--port",
-            str(port),
-            "--redis",
-            stack.redis_url,
-        ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-    trivial_port = free_port()
-    trivial = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench", "trivial", "--port", str(trivial_port)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
+    print(f"start: {_machine()}")
     try:
-        wait_for_port(port, single, "one-EVALSHA handler", work / "none.log")
-        wait_for_port(trivial_port, trivial, "trivial handler", work / "none.log")
-        join_headers = {"X-Anteroom-Queue": "bench", "X-Original-URI": "/shop/"}
-        auth = f"http://127.0.0.1:{stack.sidecar_port}/_anteroom/auth"
-        # a waiter's cookie for the status polls
-        r = subprocess.run(
-            ["curl", "-s", "-D", "-", "-o", "/dev/null", stack.url + "/shop/"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        for _ in range(4):  # fill the capacity: the next is a waiter
-            r = subprocess.run(
-                ["curl", "-s", "-D", "-", "-o", "/dev/null", stack.url + "/shop/"],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        cookie = next(
-            line.split(":", 1)[1].strip().split(";")[0]
-            for line in r.stdout.splitlines()
-            if line.lower().startswith("set-cookie:")
-        )
-        runs = {
-            "joins": (auth, join_headers),
-            "single": (f"http://127.0.0.1:{port}/", {}),
-            "status": (stack.url + "/_anteroom/status?queue=shop", {"Cookie": cookie}),
-            "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
-        }
-        best: dict[str, float] = {}
-        for _ in range(ROUNDS):
-            for name, (url, headers) in runs.items():
-                best[name] = max(best.get(name, 0.0), wrk_any(url, headers))
-        rows += [
-            ("one EVALSHA per newcomer (aiohttp handler)", f"{best['single']:,.0f}", "1.00"),
-            (
-                "coalesced joins, sidecar `/_anteroom/auth`",
-                f"{best['joins']:,.0f}",
-                f"{best['joins'] / best['single']:.2f}",
-            ),
-            ("trivial aiohttp 204 handler", f"{best['plain']:,.0f}", "1.00"),
-            (
-                "status poll of a waiter, through nginx",
-                f"{best['status']:,.0f}",
-                f"{best['status'] / best['plain']:.2f}",
-            ),
-        ]
+        rows = ratios(work) if args.what in ("all", "ratios") else []
+        burst_rows = bursts(work) if args.what in ("all", "bursts") else []
+        per_waiter = memory(work) if args.what in ("all", "memory") else {}
     finally:
-        single.terminate()
-        trivial.terminate()
-        single.wait()
-        trivial.wait()
-        stack.stop()
-
-    for workers in (1, 2):
-        for n in (1_000, 5_000, 10_000):
-            d = work / f"burst-{workers}-{n}"
-            s = Stack(
-                workdir=d,
-                env={**env, "ANTEROOM_WORKERS": str(workers)},
-                inherit_env=False,
-                nginx_workers=2,
-            ).start()
-            try:
-                time.sleep(0.5)
-                bursts.append((workers, n, asyncio.run(burst(s.url, n))))
-            finally:
-                s.stop()
-
-    mem = Stack(workdir=work / "mem", inherit_env=False)
-    mem.workdir.mkdir(parents=True, exist_ok=True)
-    mem.start_redis()
-    try:
-        per_waiter = {
-            n: asyncio.run(bytes_per_waiter(mem.redis_url, n)) for n in (100_000, 1_000_000)
-        }
-    finally:
-        mem.stop()
         shutil.rmtree(work, ignore_errors=True)
+    print(f"end: {_machine()}\n")
 
-    print(f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s, {os.cpu_count()} cores, best of {ROUNDS}\n")
-    print("| what | requests/s | ratio |")
-    print("|---|---:|---:|")
-    for label, rps, ratio in rows:
-        print(f"| {label} | {rps} | {ratio} |")
-    print(
-        "\n| sidecar processes | newcomers at once | answers | 5xx | admitted without cookie"
-        " | tickets minted | p50 | p99 |"
-    )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|")
-    for workers, n, b in bursts:
-        answers = ", ".join(f"{k}: {v}" for k, v in b["answers"].items())  # type: ignore[attr-defined]
+    if rows:
+        print(f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s, best of {ROUNDS} interleaved rounds\n")
+        print("| what | requests/s | ratio |")
+        print("|---|---:|---:|")
+        for label, rps, ratio in rows:
+            print(f"| {label} | {rps} | {ratio} |")
+    if burst_rows:
         print(
-            f"| {workers} | {n:,} | {answers} | {b['5xx']} | {b['admitted_without_cookie']} |"
-            f" {b['tickets']:,} | {b['p50']:.2f} s | {b['p99']:.2f} s |"
+            "\n| sidecar processes | newcomers at once | answers | 5xx or no answer"
+            " | admitted without cookie | tickets minted | p50 | p99 |"
         )
-    print("\n| people in line | Redis bytes per waiter |")
-    print("|---:|---:|")
-    for n, size in per_waiter.items():
-        print(f"| {n:,} | {size:.0f} |")
+        print("|---:|---:|---|---:|---:|---:|---:|---:|")
+        for workers, n, b in burst_rows:
+            answers = ", ".join(f"{k}: {v:,}" for k, v in b["answers"].items())  # type: ignore[attr-defined]
+            print(
+                f"| {workers} | {n:,} | {answers} | {b['5xx']} | {b['admitted_without_cookie']} |"
+                f" {b['tickets']:,} | {b['p50']:.2f} s | {b['p99']:.2f} s |"
+            )
+    if per_waiter:
+        print("\n| in Redis | bytes each |")
+        print("|---|---:|")
+        for n, size in per_waiter.items():
+            what = f"{n:,} people in line" if n > 0 else f"{-n:,} admitted sessions"
+            print(f"| {what} | {size:.0f} |")
 
 
 if __name__ == "__main__":
