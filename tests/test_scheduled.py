@@ -77,7 +77,8 @@ async def test_pre_queue_order_is_a_permutation_replayed_from_the_seed(
 async def test_each_arrival_lands_anywhere_with_equal_chance(replicas: list[Engine]) -> None:
     """300 openings of 6 visitors: for each arrival (1st .. 6th to join), how often
     it ends at each place. Chi-square per arrival, 5 degrees of freedom, must stay
-    under 25.7 (p = 0.0001 for a truly uniform shuffle)."""
+    under 35.9 (p = 1e-6 for a truly uniform shuffle: a false alarm about once in
+    170,000 runs; a biased draw, e.g. early arrivals favoured, lands in the hundreds)."""
     e = replicas[0]
     runs, n = 300, 6
     counts = [[0] * n for _ in range(n)]
@@ -91,7 +92,7 @@ async def test_each_arrival_lands_anywhere_with_equal_chance(replicas: list[Engi
     expected = runs / n
     for arrival, row in enumerate(counts):
         chi2 = sum((c - expected) ** 2 / expected for c in row)
-        assert chi2 < 25.7, f"arrival {arrival + 1}: places {row}, chi-square {chi2:.1f}"
+        assert chi2 < 35.9, f"arrival {arrival + 1}: places {row}, chi-square {chi2:.1f}"
 
 
 async def test_exactly_one_shuffle_with_replicas_racing(
