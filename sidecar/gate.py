@@ -137,19 +137,14 @@ class Gate:
             tok = self.verify(auth[7:].strip(), tenant, now)
             if tok is not None and (queue is None or tok.queue == queue):
                 return tok
-        header = request.headers.get("Cookie", "")
         if queue is not None:
-            raw = cookie_value(header, cookie_name(self.config.cookie_name, queue))
+            raw = cookie_value(
+                request.headers.get("Cookie", ""), cookie_name(self.config.cookie_name, queue)
+            )
             tok = self.verify(raw, tenant, now)
             return tok if tok is not None and tok.queue == queue else None
-        best = None
-        for name, raw in cookie_values(header, self.config.cookie_name):
-            tok = self.verify(raw, tenant, now)
-            if tok is not None and tok.queue == name:
-                if not tok.admitted:
-                    return tok
-                best = best or tok
-        return best
+        held = self.tokens(request, tenant, now)
+        return next((t for t in held if not t.admitted), held[0] if held else None)
 
     def tokens(self, request: web.Request, tenant: Tenant, now: int) -> list[Token]:
         """Every valid place or session the visitor holds on this site."""
@@ -166,7 +161,9 @@ class Gate:
         return f"{name}={value}; Max-Age={tok.exp - now}{self._cookie_attrs}"
 
     def set_cookie(self, resp: web.StreamResponse, tok: Token, now: int) -> None:
-        resp.headers["Set-Cookie"] = self.cookie_header(tok, now)
+        # added, not replaced: a keepalive may slide several queues' sessions at once
+        # (an auth answer sets one cookie at most: nginx passes on the first only)
+        resp.headers.add("Set-Cookie", self.cookie_header(tok, now))
 
     def clear_cookie(self, resp: web.StreamResponse, queue: str) -> None:
         name = cookie_name(self.config.cookie_name, queue)
@@ -227,10 +224,7 @@ class Gate:
         result = await self.engine.claim(q, tok.ticket, tok.sid, s, tok.epoch)
         if result is Claim.ADMITTED:
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
-            exp = self._expiry(now, now, s)
-            return Token(
-                q.tenant, q.queue, ADMITTED, tok.ticket, tok.sid, now, exp, epoch=tok.epoch
-            )
+            return self.token_for(q, s, tok.sid, tok.ticket, True, "/", now, tok.epoch)
         if result is Claim.MISSED:
             log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
             return await self.join(q, s, tok.return_to, now, address)

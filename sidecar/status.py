@@ -306,20 +306,5 @@ class Status:
             q = QueueRef(tenant.name, tok.queue)
             state = await self._state(q, tenant)
             if state is not None:
-                self._keep(q, tok, state, resp, now, request)
+                self.gate.keep_alive(q, tok, state, resp, now, request)
         return resp
-
-    def _keep(
-        self,
-        q: QueueRef,
-        tok: Token,
-        state: QueueState,
-        resp: web.Response,
-        now: int,
-        request: web.Request,
-    ) -> None:
-        # several sessions may slide at once: each keeps its own Set-Cookie
-        probe = web.Response()
-        self.gate.keep_alive(q, tok, state, probe, now, request)
-        if "Set-Cookie" in probe.headers:
-            resp.headers.add("Set-Cookie", probe.headers["Set-Cookie"])
