@@ -110,45 +110,40 @@ class Status:
         return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
 
     def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
-        opens_at = state.settings.opens_at or None
-        if state.closed:
-            # a pre-queue: the order is drawn at the opening, so no place yet
-            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
-            return {
-                "state": "waiting",
-                "queue": tok.queue,
-                "ticket": tok.ticket,
-                "position": None,
-                "ahead": None,
-                "in_line": state.waiting,
-                "eta_seconds": None,
-                "eta_range": None,
-                "mode": state.settings.mode,
-                "opens_at": opens_at,
-                "opens_in": opens_in,
-                "notice": "opens_later",
-                "updated": state.redis_time_ms,
-                # come back at the opening, and often enough to count as present
-                "poll_after": max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
-                "redirect": None,
-            }
-        position = state.position(tok.ticket)
-        eta, eta_range = estimate(position, state)
-        return {
+        body: dict[str, Any] = {
             "state": "waiting",
             "queue": tok.queue,
             "ticket": tok.ticket,
-            "position": position,
-            "ahead": position - 1,
             "in_line": state.waiting,
-            "eta_seconds": eta,
-            "eta_range": eta_range,
             "mode": state.settings.mode,
-            "opens_at": opens_at,
+            "opens_at": state.settings.opens_at or None,
             "updated": state.redis_time_ms,
-            "poll_after": poll_after(position, state.settings.abandon_after),
             "redirect": None,
         }
+        if state.closed:
+            # a pre-queue: the order is drawn at the opening, so no place yet
+            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
+            body.update(
+                position=None,
+                ahead=None,
+                eta_seconds=None,
+                eta_range=None,
+                opens_in=opens_in,
+                notice="opens_later",
+                # come back at the opening, and often enough to count as present
+                poll_after=max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+            )
+            return body
+        position = state.position(tok.ticket)
+        eta, eta_range = estimate(position, state)
+        body.update(
+            position=position,
+            ahead=position - 1,
+            eta_seconds=eta,
+            eta_range=eta_range,
+            poll_after=poll_after(position, state.settings.abandon_after),
+        )
+        return body
 
     async def _decide(self, request: web.Request) -> tuple[dict[str, Any], Visit, web.Response]:
         """The visitor's state as JSON-ready data; claims the place when it is their turn.
