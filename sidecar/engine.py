@@ -351,7 +351,6 @@ class Engine:
             s.capacity,
             s.admit_per_minute,
             confirm_ms(s),
-            self.purge_slack_ms,
             s.grace * 1000,
             s.opens_at,
             s.joins_per_address,
@@ -423,9 +422,7 @@ class Engine:
         """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
-        reply = await self._call(
-            "join", q.keys.all(), [*self._admission(s), FIRST_POLL_WINDOW_MS, *pairs]
-        )
+        reply = await self._call("join", q.keys.all(), [*self._admission(s), *pairs])
         epoch = _s(reply[-1])
         return [
             Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)

@@ -4,8 +4,8 @@
 -- ahead of the line; after that the visitor joins at the back.
 -- A place from another epoch (Redis lost the queue since) is no place: its
 -- number may belong to someone else now ('' trusts the ticket: tests).
--- ARGV: ticket, sid, epoch, mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms,
---       grace_ms, opens_at, joins_per_address (unused here)
+-- ARGV: ticket, sid, epoch, mode, capacity, admit_per_minute, confirm_ms, grace_ms,
+--       opens_at, joins_per_address (unused here)
 -- Returns {1} admitted, {0} not yet (waiting or recalled), {-1} turn missed: join again,
 --         {-2} place from before a restart: join again
 local ticket, sid = ARGV[1], ARGV[2]
@@ -14,7 +14,7 @@ if ARGV[3] ~= '' and redis.call('GET', K_EPOCH) ~= ARGV[3] then
 end
 local mode = ARGV[4]
 local capacity, per_minute = tonumber(ARGV[5]), tonumber(ARGV[6])
-local confirm_ms, grace_ms = tonumber(ARGV[7]), tonumber(ARGV[9])
+local confirm_ms, grace_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 purge(grace_ms)
 if redis.call('ZSCORE', K_ACTIVE, sid) then
@@ -34,7 +34,7 @@ if redis.call('ZSCORE', K_RECALL, ticket) then
 end
 if second_chance(ticket, grace_ms) then
   -- nobody is admitted before a scheduled opening
-  local open = (mode == 'on' or mode == 'queue-all') and not is_closed(effective_opens_at(ARGV[10]))
+  local open = (mode == 'on' or mode == 'queue-all') and not is_closed(effective_opens_at(ARGV[9]))
   if open and free_slots(capacity, per_minute) > redis.call('ZCARD', K_RECALL) then
     admit(sid, confirm_ms)
     return {1}

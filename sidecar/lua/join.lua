@@ -4,15 +4,15 @@
 -- Before a scheduled opening nobody is admitted: the tickets form the pre-queue
 -- (opening.from..to) that the first tick after the opening shuffles.
 -- A client address past its budget of joins this minute gets no ticket.
--- ARGV: mode, capacity, admit_per_minute, confirm_ms, purge_slack_ms, grace_ms,
---       opens_at, joins_per_address, first_poll_window_ms, then (sid, address) pairs
+-- ARGV: mode, capacity, admit_per_minute, confirm_ms, grace_ms, opens_at,
+--       joins_per_address, then (sid, address) pairs
 --       (address '' = unknown: no budget applies)
 -- Returns {ticket, admitted (0/1), ..., epoch}; ticket 0: refused (address over budget)
 local mode = ARGV[1]
 local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
-local confirm_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[6])
-local closed = is_closed(effective_opens_at(ARGV[7]))
-local budget = tonumber(ARGV[8])
+local confirm_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local closed = is_closed(effective_opens_at(ARGV[6]))
+local budget = tonumber(ARGV[7])
 
 -- Per-address counters, one per address and minute. Their names are built here
 -- from this queue's key prefix (KEYS[1] is "aq:{tenant:queue}:tickets"), so they
@@ -20,7 +20,7 @@ local budget = tonumber(ARGV[8])
 local prefix = string.sub(K_TICKETS, 1, -#'tickets' - 1) .. 'addr:'
 local minute = math.floor(now_sec / 60)
 local accepted, n = {}, 0
-for i = 10, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local addr, ok = ARGV[i + 1], true
   if budget > 0 and addr ~= '' then
     local key = prefix .. addr .. ':' .. minute
@@ -60,7 +60,7 @@ elseif mode == 'on' and serving == first - 1 then
 end
 local ticket = first - 1
 for i, ok in ipairs(accepted) do
-  local sid = ARGV[8 + 2 * i]
+  local sid = ARGV[6 + 2 * i]
   if not ok then
     out[#out + 1] = 0
     out[#out + 1] = 0
