@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from sidecar.engine import Engine
 from sidecar.stack import Stack, free_port
 from tests.visitors import Visitor
 
@@ -97,6 +98,16 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def replicas(redis: Redis, redis_url: str) -> AsyncIterator[list[Engine]]:
+    """Three engines with their own Redis clients, standing in for sidecar replicas;
+    no purge slack, for exact timing."""
+    clients = [Redis.from_url(redis_url) for _ in range(3)]
+    yield [Engine(c, purge_slack_ms=0) for c in clients]
+    for c in clients:
+        await c.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
@@ -16,15 +14,6 @@ from sidecar.keys import LIVE_BLOCK
 from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")
-
-
-@pytest.fixture
-async def replicas(redis: Redis, redis_url: str) -> AsyncIterator[list[Engine]]:
-    """Three replicas, each with its own Redis client; no purge slack, for exact timing."""
-    clients = [Redis.from_url(redis_url) for _ in range(3)]
-    yield [Engine(c, purge_slack_ms=0) for c in clients]
-    for c in clients:
-        await c.aclose()
 
 
 async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:

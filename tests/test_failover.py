@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from sidecar.keys import queue_keys
 from tests.conftest import make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, fill_then_queue
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +67,7 @@ async def test_primary_killed_under_traffic(tmp_path, http: aiohttp.ClientSessio
         name = "redis" if port == ports[0] else f"redis{ports.index(port)}"
         sampler = asyncio.create_task(sample(cluster, watch))
 
-        admitted = [Visitor(http, stack.url) for _ in range(CAPACITY)]
-        for v in admitted:
-            assert (await v.get(PATH)).status == 200
-        waiters = [Visitor(http, stack.url) for _ in range(6)]
-        for v in waiters:
-            assert (await v.get(PATH)).status == 302
-            assert (await v.status())["state"] == "waiting"
+        admitted, waiters = await fill_then_queue(http, stack.url, PATH, CAPACITY, 6)
         await asyncio.sleep(0.5)  # replication catches up (it is asynchronous)
 
         # SIGKILL: no goodbye to the cluster; the replica is promoted after the node timeout

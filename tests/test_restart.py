@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sidecar.keys import queue_keys
 from sidecar.stack import Stack
 from tests.conftest import eventually, make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, fill_then_queue
 
 pytestmark = pytest.mark.integration
 
@@ -114,13 +114,7 @@ async def test_restart_without_persistence_nobody_stuck_no_ticket_twice(
     sampled: tuple[Stack, Occupancy], http: aiohttp.ClientSession
 ) -> None:
     stack, occupancy = sampled
-    admitted = [Visitor(http, stack.url) for _ in range(CAPACITY)]
-    for v in admitted:
-        assert (await v.get(PATH)).status == 200
-    waiters = [Visitor(http, stack.url) for _ in range(4)]
-    for v in waiters:
-        assert (await v.get(PATH)).status == 302
-        assert (await v.status())["state"] == "waiting"
+    admitted, waiters = await fill_then_queue(http, stack.url, PATH, CAPACITY, 4)
     assert [fields(v.cookie)[1] for v in waiters] == [3, 4, 5, 6]
     before = fields(waiters[0].cookie)[2]
 
@@ -196,13 +190,7 @@ async def test_restart_with_an_append_only_file_changes_nothing(
     sampled: tuple[Stack, Occupancy], http: aiohttp.ClientSession
 ) -> None:
     stack, occupancy = sampled
-    admitted = [Visitor(http, stack.url) for _ in range(CAPACITY)]
-    for v in admitted:
-        assert (await v.get(PATH)).status == 200
-    waiters = [Visitor(http, stack.url) for _ in range(4)]
-    for v in waiters:
-        assert (await v.get(PATH)).status == 302
-        assert (await v.status())["state"] == "waiting"
+    admitted, waiters = await fill_then_queue(http, stack.url, PATH, CAPACITY, 4)
     places = [fields(v.cookie) for v in waiters]
 
     restart_redis(stack)

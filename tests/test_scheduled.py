@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,14 +28,6 @@ from tests.visitors import Visitor
 Q = QueueRef("acme", "sale")
 FAR = 4_000_000_000  # an opening far in the future (year 2096): the queue is closed
 PAST = 1  # an opening long gone: the next tick opens the queue
-
-
-@pytest.fixture
-async def replicas(redis: Redis, redis_url: str) -> AsyncIterator[list[Engine]]:
-    clients = [Redis.from_url(redis_url) for _ in range(3)]
-    yield [Engine(c, purge_slack_ms=0) for c in clients]
-    for c in clients:
-        await c.aclose()
 
 
 async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:

@@ -91,3 +91,18 @@ class Visitor:
         r = await self.get(path)
         assert r.status == 200, (r.status, r.text)
         return dict(r.json())
+
+
+async def fill_then_queue(
+    http: aiohttp.ClientSession, base: str, path: str, admitted: int, waiting: int
+) -> tuple[list[Visitor], list[Visitor]]:
+    """``admitted`` visitors let in on ``path`` (capacity full), then ``waiting``
+    sent to the waiting page, each having polled once (present in line)."""
+    inside = [Visitor(http, base) for _ in range(admitted)]
+    for v in inside:
+        assert (await v.get(path)).status == 200
+    line = [Visitor(http, base) for _ in range(waiting)]
+    for v in line:
+        assert (await v.get(path)).status == 302
+        assert (await v.status())["state"] == "waiting"
+    return inside, line
