@@ -184,9 +184,7 @@ class Refresher:
         self._sessions, self._waiters = defaultdict(dict), defaultdict(set)
         batch: dict[QueueRef, tuple[dict[str, set[str]], list[int], QueueSettings]] = {}
         for q in sessions.keys() | waiters.keys():
-            st = self.states.get(q)
-            s = st.settings if st else self._configured[q]
-            batch[q] = (sessions.get(q, {}), sorted(waiters.get(q, ())), s)
+            batch[q] = (sessions.get(q, {}), sorted(waiters.get(q, ())), self._settings(q))
         try:
             beats = await self.engine.heartbeat(batch)
         except (RedisError, OSError) as e:
@@ -199,17 +197,22 @@ class Refresher:
                 self._waiters[q] |= tickets
             return
         if beats.ended:
-            log.info("sessions over capacity ended", extra={"count": beats.ended})
+            # sessions Redis had lost (a restart) that no longer had room: their cookies
+            # stop passing everywhere and their visitors join the line again
+            log.info("lost sessions ended", extra={"count": beats.ended})
         for shared in beats.shared:
             self._report_shared(shared)
+
+    def _settings(self, q: QueueRef) -> QueueSettings:
+        """The queue's effective settings as last seen (configured ones before a tick)."""
+        st = self.states.get(q)
+        return st.settings if st else self._configured[q]
 
     def _report_shared(self, shared: Shared) -> None:
         """One line per shared session per minute from this process (flag), or at once
         (revoke: the session ended; this process refuses its cookie from now on)."""
         if shared.revoked:  # every replica reads it from the ended stream on its next tick
-            st = self.states.get(shared.queue)
-            s = st.settings if st else self._configured[shared.queue]
-            self.revoke(shared.sid, int(time.time()) + s.session_ttl)
+            self.revoke(shared.sid, int(time.time()) + self._settings(shared.queue).session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
             return
