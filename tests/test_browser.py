@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,27 @@ pytestmark = [
 ]
 
 
+def keep_present(path: str, holder: Visitor, ahead: list[Visitor]) -> asyncio.Task[None]:
+    """As real visitors would while the browser starts (seconds, under load): the
+    holder keeps using the site (its session stays confirmed), those ahead keep
+    polling (they stay present in line)."""
+
+    async def carry_on() -> None:
+        while True:
+            await holder.get(path)
+            for v in ahead:
+                await v.status()
+            await asyncio.sleep(0.5)
+
+    return asyncio.create_task(carry_on())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 @pytest.fixture(scope="module")
 def one_seat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = make_stack(tmp_path_factory.mktemp("browser"), ANTEROOM_CAPACITY="1")
@@ -37,6 +59,7 @@ async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Pa
         for v in ahead:
             assert (await v.get(path)).status == 302
 
+        others = keep_present(path, holder, ahead)
         async with Browser() as browser:
             page = await browser.page(390, 844, mobile=True)
             await page.goto(one_seat.url + path)
@@ -60,6 +83,7 @@ async def test_waiting_page_moves_on_when_admitted(one_seat: Stack, tmp_path: Pa
             await laptop.screenshot(shots / "waiting-laptop.png")
 
             # the holder finishes and the three ahead give up: the browser's turn
+            await stop(others)
             await holder.post("/_anteroom/leave")
             for v in ahead:
                 await v.post("/_anteroom/leave")
@@ -140,6 +164,7 @@ async def test_second_tenant_themed_page_walks_through_to_admission(
         for v in ahead:
             assert (await v.get(path)).status == 302
 
+        others = keep_present(path, holder, ahead)
         async with Browser() as browser:
             shots = shots_dir(tmp_path)
             page = await browser.page(390, 844, mobile=True)
@@ -170,6 +195,7 @@ async def test_second_tenant_themed_page_walks_through_to_admission(
             await laptop.screenshot(shots / "waiting-tickets-laptop-de.png")
             await laptop.close()
 
+            await stop(others)
             await holder.post("/_anteroom/leave")
             for v in ahead:
                 await v.post("/_anteroom/leave")
