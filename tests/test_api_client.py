@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.stack import ROOT
+from devstack.stack import ROOT
 from tests.conftest import make_stack
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 from tests.browser import Browser, chromium_path, shots_dir
 from tests.conftest import ADMIN_TOKEN, FAST, QUEUE_LOCATIONS, eventually, make_stack
 from tests.visitors import Visitor

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from redis.asyncio import RedisCluster
 
+from devstack.stack import Stack
 from sidecar.config import QueueSettings
-from sidecar.engine import Claim, Engine, QueueRef
-from sidecar.stack import Stack
+from sidecar.queue.engine import Claim, Engine, QueueRef
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 

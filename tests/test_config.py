@@ -281,7 +281,7 @@ def test_no_catch_all_means_unknown_hosts_have_no_tenant(tmp_path: Path) -> None
 
 
 def test_a_tenant_language_the_theme_lacks_is_named(tmp_path: Path) -> None:
-    from sidecar.themes import build_pages
+    from sidecar.pages.themes import build_pages
 
     c = load(toml(tmp_path, "[tenants.acme]\nhosts = ['a']\nlanguage = 'de'"), serving=False)
     with pytest.raises(ConfigError, match=r"tenants\.acme\.language: .*'de'.*en, fr"):

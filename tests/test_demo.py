@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.demo import Supervisor, demo_stack
-from sidecar.stack import ROOT, free_port, port_in_use
+from devstack.demo import Supervisor, demo_stack
+from devstack.stack import ROOT, free_port, port_in_use
 from tests.conftest import eventually
 from tests.visitors import Visitor
 
@@ -79,7 +79,7 @@ async def test_redis_is_restarted_while_the_site_stays_up(
 def test_ctrl_c_stops_cleanly_and_the_demo_starts_again(tmp_path: Path) -> None:
     ports = free_ports()
     code = (
-        "import sys; from pathlib import Path; from sidecar.demo import run_demo; "
+        "import sys; from pathlib import Path; from devstack.demo import run_demo; "
         f"run_demo({ports!r}, Path({str(tmp_path)!r}))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTEROOM_")}

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.app import create_app
+from devstack.stack import ROOT
 from sidecar.config import ConfigError, load
-from sidecar.stack import ROOT
+from sidecar.web.app import create_app
 from tests.conftest import FAST
 from tests.test_packaging import NGINX, nginx_t
 

@@ -9,8 +9,8 @@ import random
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
-from sidecar.engine import Claim, Engine, QueueRef, QueueState
-from sidecar.keys import LIVE_BLOCK
+from sidecar.queue.engine import Claim, Engine, QueueRef, QueueState
+from sidecar.queue.keys import LIVE_BLOCK
 from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")

@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
-from sidecar.keys import queue_keys
+from sidecar.queue.keys import queue_keys
 from tests.conftest import make_stack
 from tests.visitors import Visitor, fill_then_queue
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 

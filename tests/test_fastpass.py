@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from sidecar.config import ConfigError
-from sidecar.fastpass import FastPass, from_env, nginx_conf
+from sidecar.web.fastpass import FastPass, from_env, nginx_conf
 
 SECRET = "fast-pass-secret-0123456789"
 

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from sidecar.gate import host_name
-from sidecar.keys import queue_keys
-from sidecar.stack import Stack
-from sidecar.tokens import ADMITTED, WAITING, Signer, Token
+from devstack.stack import Stack
+from sidecar.queue.keys import queue_keys
+from sidecar.web.gate import host_name
+from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token
 from tests.conftest import SECRET
 from tests.visitors import COOKIE
 

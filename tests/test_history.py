@@ -8,9 +8,9 @@ from dataclasses import replace
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
-from sidecar.engine import Engine, QueueRef
-from sidecar.history import History, read
-from sidecar.keys import HISTORY_SECONDS
+from sidecar.queue.engine import Engine, QueueRef
+from sidecar.queue.history import History, read
+from sidecar.queue.keys import HISTORY_SECONDS
 
 
 async def test_replicas_writing_one_bucket_keep_one_point(redis: Redis) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
-from sidecar.engine import Claim, Engine, QueueRef
+from sidecar.queue.engine import Claim, Engine, QueueRef
 
 Q = QueueRef("acme", "interleave")
 S = QueueSettings(capacity=2, grace=1, session_ttl=30, abandon_after=90)

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.engine import Engine
-from sidecar.health import Health
-from sidecar.keys import queue_keys
-from sidecar.refresher import Refresher
-from sidecar.stack import Stack
+from devstack.stack import Stack
+from sidecar.queue.engine import Engine
+from sidecar.queue.keys import queue_keys
+from sidecar.queue.refresher import Refresher
+from sidecar.web.health import Health
 from tests.conftest import eventually, make_stack
 from tests.visitors import COOKIE, Visitor
 

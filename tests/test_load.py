@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sidecar.stack import ROOT
+from devstack.stack import ROOT
 
 pytestmark = pytest.mark.integration
 

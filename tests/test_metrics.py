@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack
 from tests.visitors import Visitor
 

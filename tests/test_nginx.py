@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.fastpass import FastPass, nginx_conf
-from sidecar.keys import queue_keys
-from sidecar.stack import NGINX_SNIPPETS, ROOT, Stack, free_port
+from devstack.stack import NGINX_SNIPPETS, ROOT, Stack, free_port
+from sidecar.queue.keys import queue_keys
+from sidecar.web.fastpass import FastPass, nginx_conf
 from tests.conftest import make_stack
 from tests.visitors import COOKIE, Visitor
 

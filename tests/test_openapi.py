@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.core.failures import FailureGroup
 
-from sidecar.stack import ROOT, Stack
+from devstack.stack import ROOT, Stack
 from tests.visitors import COOKIE
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.keys import queue_keys
-from sidecar.stack import ROOT, Stack
+from devstack.stack import ROOT, Stack
+from sidecar.queue.keys import queue_keys
 from tests.conftest import SECRET
 from tests.visitors import COOKIE, Visitor
 

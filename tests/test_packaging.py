@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.stack import NGINX_SNIPPETS, ROOT
+from devstack.stack import NGINX_SNIPPETS, ROOT
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
 
@@ -62,10 +62,6 @@ def test_dockerfile_copies_what_exists() -> None:
     assert re.search(r'^CMD \["python", "-m", "sidecar"\]$', dockerfile, re.M)
 
 
-def test_wheel_carries_the_lua_scripts_and_templates(tmp_path: Path) -> None:
-    """The image installs the package (not editable): scripts must be package data."""
-
-
 def test_wheel_carries_the_lua_scripts_and_themes(tmp_path: Path) -> None:
     """The image installs the package (not editable): scripts and themes are package data."""
     r = subprocess.run(
@@ -76,17 +72,20 @@ def test_wheel_carries_the_lua_scripts_and_themes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("anteroom-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    lua = {Path(scripts).name for scripts in (ROOT / "sidecar" / "lua").glob("*.lua")}
-    assert lua and {f"sidecar/lua/{name}" for name in lua} <= set(names)
-    templates = {p.name for p in (ROOT / "sidecar" / "templates").iterdir() if p.is_file()}
+    lua = {Path(scripts).name for scripts in (ROOT / "sidecar" / "queue" / "lua").glob("*.lua")}
+    assert lua and {f"sidecar/queue/lua/{name}" for name in lua} <= set(names)
+    folder = ROOT / "sidecar" / "control" / "templates"
+    templates = {p.name for p in folder.iterdir() if p.is_file()}
     assert {"dashboard.html", "login.html", "dashboard.js", "dashboard.css"} <= templates
-    assert {f"sidecar/templates/{name}" for name in templates} <= set(names)
+    assert {f"sidecar/control/templates/{name}" for name in templates} <= set(names)
     themes = {
         "sidecar/theme_assets/" + str(p.relative_to(ROOT / "theme_assets"))
         for p in (ROOT / "theme_assets").rglob("*")
         if p.is_file()
     }
     assert themes and themes <= set(names)
+    # the local stack (demo, test origin) is development tooling, never shipped
+    assert not [n for n in names if n.startswith(("devstack/", "tests/"))]
 
 
 def test_systemd_files_name_real_settings() -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from devstack.stack import S3Server, Stack
 from sidecar.config import load
-from sidecar.publish import IMMUTABLE, publish
-from sidecar.s3 import S3Settings
-from sidecar.stack import S3Server, Stack
+from sidecar.pages.publish import IMMUTABLE, publish
+from sidecar.pages.s3 import S3Settings
 from tests.conftest import FAST, QUEUE_LOCATIONS
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,7 @@ async def test_a_waiter_lands_on_the_page_from_the_bucket(site: Stack) -> None:
 
 
 def test_a_wrong_secret_is_refused_with_a_clear_message(site: Stack, s3: S3Server) -> None:
-    from sidecar.s3 import S3Error
+    from sidecar.pages.s3 import S3Error
 
     env = {**s3.env("site"), "ANTEROOM_S3_SECRET_ACCESS_KEY": "not-the-secret"}
     with pytest.raises(S3Error, match="access denied"):

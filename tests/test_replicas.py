@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.engine import QueueRef
-from sidecar.stack import Stack
+from devstack.stack import Stack
+from sidecar.queue.engine import QueueRef
 from tests.conftest import eventually, make_stack, ticket_members
 from tests.visitors import Visitor
 

@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sidecar.keys import queue_keys
-from sidecar.stack import Stack
+from devstack.stack import Stack
+from sidecar.queue.keys import queue_keys
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor, fill_then_queue
 

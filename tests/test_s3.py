@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from sidecar.config import ConfigError
-from sidecar.s3 import EMPTY_SHA256, S3Settings, sign
+from sidecar.pages.s3 import EMPTY_SHA256, S3Settings, sign
 
 
 def test_signature_matches_the_aws_documented_example() -> None:

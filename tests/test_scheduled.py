@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from devstack.stack import Stack
 from sidecar.config import QueueSettings
-from sidecar.engine import REFUSED, Claim, Engine, QueueRef, QueueState, shuffled_order
-from sidecar.stack import Stack
+from sidecar.queue.engine import REFUSED, Claim, Engine, QueueRef, QueueState, shuffled_order
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack, ticket_members
 from tests.visitors import Visitor
 

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.app import create_app
+from devstack.stack import Stack, free_port, require, wait_for_port
 from sidecar.config import load
-from sidecar.sentinel import SentinelURLError, parse
-from sidecar.stack import Stack, free_port, require, wait_for_port
+from sidecar.queue.client import SentinelURLError, parse
+from sidecar.web.app import create_app
 from tests.conftest import FAST
 
 

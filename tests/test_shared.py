@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 from tests.conftest import ADMIN_TOKEN, make_stack
 from tests.visitors import Visitor
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import aiohttp
 import pytest
 
-from sidecar.tokens import ADMITTED, WAITING, Signer, Token
+from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token
 from tests.conftest import SECRET, eventually, make_stack
 from tests.visitors import Visitor
 

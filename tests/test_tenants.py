@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from sidecar.stack import Stack
+from devstack.stack import Stack
 from tests.conftest import FAST, QUEUE_LOCATIONS
 from tests.visitors import Visitor
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.gate import host_name, safe_path
-from sidecar.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
+from sidecar.web.gate import host_name, safe_path
+from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
 T = Token(

@@ -18,11 +18,11 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from ..config import NAME_RE, Config, QueueSettings, Tenant
+from ..metrics import Metrics
+from ..queue.engine import REFUSED, Busy, Claim, Engine, QueueRef, QueueState
+from ..queue.refresher import Refresher, TooManyQueues
 from . import fastpass
-from .config import NAME_RE, Config, QueueSettings, Tenant
-from .engine import REFUSED, Busy, Claim, Engine, QueueRef, QueueState
-from .metrics import Metrics
-from .refresher import Refresher, TooManyQueues
 from .tokens import (
     ADMITTED,
     WAITING,

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from .config import ConfigError, admin_tokens_from
+from ..config import ConfigError, admin_tokens_from
 
 DEFAULT_URL = "http://127.0.0.1:9091"
 

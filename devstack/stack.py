@@ -1,7 +1,7 @@
 """A whole local stack: Redis, the sidecar (one or more), nginx with the shipped
 snippets and the demo origin, each a child process on 127.0.0.1.
 
-``make demo`` runs one on fixed ports (``sidecar.demo``); the tests, the
+``make demo`` runs one on fixed ports (``devstack.demo``); the tests, the
 benchmark and the load test start theirs on free ports.
 """
 
@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from devstack.origin import TICKETS_PAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_SNIPPETS = ROOT / "nginx" / "anteroom"
@@ -350,7 +352,7 @@ class Stack:
                 wait_for_port(self.admin_port, self.procs[name], name, self.workdir / f"{name}.log")
 
     def start_origin(self) -> None:
-        argv = [sys.executable, "-m", "sidecar.demo", "origin", "--port", str(self.origin_port)]
+        argv = [sys.executable, "-m", "devstack.origin", "--port", str(self.origin_port)]
         self._spawn("origin", argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
         wait_for_port(
             self.origin_port, self.procs["origin"], "demo origin", self.workdir / "origin.log"
@@ -358,7 +360,6 @@ class Stack:
 
     def write_static(self) -> Path:
         """The demo's static /tickets/ pages, served by nginx itself."""
-        from .demo import TICKETS_PAGES
 
         static = self.workdir / "static"
         for name, text in TICKETS_PAGES.items():
@@ -376,7 +377,7 @@ class Stack:
             if not link.is_symlink():
                 link.symlink_to(snippet)
         if self.fast_pass:
-            from .fastpass import from_env, nginx_conf
+            from sidecar.web.fastpass import from_env, nginx_conf
 
             fast = from_env(self.sidecar_env())
             if fast is None:
@@ -536,7 +537,7 @@ class S3Server:
 
     def _wait_ready(self, log: Path, timeout: float) -> None:
         """The S3 port opens before the filer and volumes are ready for writes."""
-        from .s3 import S3, S3Error, S3Settings
+        from sidecar.pages.s3 import S3, S3Error, S3Settings
 
         client = S3(S3Settings.from_env(self.env()))
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from .config import LANGUAGE_RE, Config, ConfigError, Tenant
+from ..config import LANGUAGE_RE, Config, ConfigError, Tenant
 
 API = "/_anteroom"
 FIXED_NAMES = frozenset({"keepalive.js"})  # linked from the site by this name
@@ -36,9 +36,9 @@ def themes_dir() -> Path:
     env = os.environ.get("ANTEROOM_THEMES")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    shipped = here / "theme_assets"
-    return shipped if shipped.is_dir() else here.parent / "theme_assets"
+    package = Path(__file__).resolve().parent.parent
+    shipped = package / "theme_assets"
+    return shipped if shipped.is_dir() else package.parent / "theme_assets"
 
 
 def fingerprinted(name: str, data: bytes) -> str:

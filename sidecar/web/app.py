@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from .config import Config
-from .engine import Engine
+from ..config import Config
+from ..metrics import Metrics
+from ..queue.client import primary_client
+from ..queue.engine import Engine
+from ..queue.history import History
+from ..queue.refresher import Refresher
 from .gate import Gate
 from .health import Health
-from .history import History
-from .metrics import Metrics
-from .refresher import Refresher
-from .sentinel import primary_client
 from .status import Status
 
 log = logging.getLogger("sidecar.app")
@@ -174,7 +174,7 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
 async def start_admin(
     config: Config, engine: Engine, refresher: Refresher, metrics: Metrics
 ) -> web.AppRunner:
-    from .admin import Admin
+    from ..control.admin import Admin
 
     runner = web.AppRunner(Admin(config, engine, refresher, metrics).app(), access_log=None)
     await runner.setup()

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from .config import OVERRIDE_MINIMUMS, QueueSettings
+from ..config import OVERRIDE_MINIMUMS, QueueSettings
+from ..metrics import Metrics
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
@@ -39,7 +40,6 @@ from .keys import (
     QueueKeys,
     queue_keys,
 )
-from .metrics import Metrics
 
 
 class QueueRef(NamedTuple):
@@ -232,7 +232,7 @@ Call = tuple[str, list[str], list[Any]]
 
 
 def _source(name: str) -> str:
-    lua = resources.files("sidecar.lua")
+    lua = resources.files("sidecar.queue.lua")
     return lua.joinpath("prelude.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
-from .config import ConfigError
+from ..config import ConfigError
 from .tokens import cookie_value
 
 # two underscores: queue names start with a letter or digit, so no queue cookie

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path, PurePosixPath
 
-from .config import Config
+from ..config import Config
 from .s3 import S3, ObjectInfo, S3Settings
 from .themes import FIXED_NAMES, HASHED_RE, render_tenant
 

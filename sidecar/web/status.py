@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from .config import NAME_RE, Tenant
-from .engine import Busy, QueueRef, QueueState
+from ..config import NAME_RE, Tenant
+from ..queue.engine import Busy, QueueRef, QueueState
+from ..queue.refresher import TooManyQueues
 from .gate import JOIN_REFUSED_RETRY, Gate, TooManyJoins, client_address, safe_path
-from .refresher import TooManyQueues
 from .tokens import Token
 
 log = logging.getLogger("sidecar.status")

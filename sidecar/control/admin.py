@@ -31,14 +31,27 @@ from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from . import history
-from .config import NAME_RE as NAME
-from .config import OVERRIDABLE, Config, ConfigError, OverrideErrors, QueueSettings, queue_overrides
-from .engine import Engine, QueueRef, QueueState
-from .gate import WAITING_TOKEN_TTL
-from .keys import AUDIT_KEY, AUDIT_MAXLEN, SCAN_MAX_QUEUES, TICKETS_PATTERN, queue_of_tickets_key
-from .metrics import CONTENT_TYPE, Metrics, QueueFigures
-from .refresher import Refresher, TooManyQueues
+from ..config import NAME_RE as NAME
+from ..config import (
+    OVERRIDABLE,
+    Config,
+    ConfigError,
+    OverrideErrors,
+    QueueSettings,
+    queue_overrides,
+)
+from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
+from ..queue import history
+from ..queue.engine import Engine, QueueRef, QueueState
+from ..queue.keys import (
+    AUDIT_KEY,
+    AUDIT_MAXLEN,
+    SCAN_MAX_QUEUES,
+    TICKETS_PATTERN,
+    queue_of_tickets_key,
+)
+from ..queue.refresher import Refresher, TooManyQueues
+from ..web.gate import WAITING_TOKEN_TTL
 
 log = logging.getLogger("sidecar.admin")
 
@@ -163,7 +176,7 @@ class Admin:
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
         self.templates = jinja2.Environment(
-            loader=jinja2.PackageLoader("sidecar", "templates"),
+            loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
             trim_blocks=True,
             lstrip_blocks=True,
@@ -555,7 +568,7 @@ class Admin:
         types = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
         if name not in types:
             raise web.HTTPNotFound()
-        text = resources.files("sidecar").joinpath("templates", name).read_text()
+        text = resources.files("sidecar.control").joinpath("templates", name).read_text()
         return web.Response(
             text=text, content_type=types[name], headers={"Cache-Control": "no-cache"}
         )

@@ -16,8 +16,8 @@ from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from .engine import Engine
-from .refresher import Refresher
+from ..queue.engine import Engine
+from ..queue.refresher import Refresher
 
 log = logging.getLogger("sidecar.health")
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from redis.exceptions import RedisError
 
-from .config import QueueSettings
+from ..config import QueueSettings
 from .engine import REFUSED, Engine, QueueRef, QueueState, Shared
 from .keys import ADDRESSES_KEPT
 

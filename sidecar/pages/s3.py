@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import quote, urlsplit
 
-from .config import ConfigError
+from ..config import ConfigError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 TIMEOUT = 30.0  # seconds per request
