@@ -51,7 +51,7 @@ async def test_queues_spread_over_shards_with_the_same_guarantees(cluster: Redis
         first = next(f"s{i}" for i, (_, t, _) in enumerate(joined) if t == 1)
         assert await replicas[0].leave(q, 1, first, 0)
     # one batch touching every shard, from two replicas at once
-    states = await asyncio.gather(*(e.tick([(q, s, "0-0") for q in queues]) for e in replicas))
+    states = await asyncio.gather(*(e.tick([(q, s) for q in queues]) for e in replicas))
     for a, b in zip(*states, strict=True):
         assert a.tickets == b.tickets == 5
         assert b.active + b.invited == 2 and b.serving == 3  # ticket 3 invited once
@@ -71,7 +71,7 @@ async def test_join_budget_and_opening_on_a_cluster(cluster: RedisCluster) -> No
         keys = [k async for k in cluster.scan_iter(match=f"aq:{{acme:budget{i}}}:addr:*")]
         assert keys and {cluster.keyslot(k) for k in keys} == {cluster.keyslot(q.keys.tickets)}
         await e.heartbeat({q: ([], [1, 2, 3], s)})
-        (st,) = await e.tick([(q, QueueSettings(capacity=0, opens_at=1), "0-0")])
+        (st,) = await e.tick([(q, QueueSettings(capacity=0, opens_at=1))])
         assert st.opened and st.order is not None
         assert sorted(st.line(t) for t in (1, 2, 3)) == [1, 2, 3]
 
@@ -84,11 +84,11 @@ async def test_scripts_come_back_after_a_flush(cluster: RedisCluster) -> None:
     await cluster.script_flush()  # every primary forgets the scripts (as after a failover)
     assert (await e.join(q, "b", s))[:2] == (False, 2)
     await e.heartbeat({q: ([], [2], s)})  # b polls
-    (st,) = await e.tick([(q, s, "0-0")])
+    (st,) = await e.tick([(q, s)])
     assert st.tickets == 2
     await cluster.script_flush()
     await e.leave(q, 1, "a", 0)
-    (st,) = await e.tick([(q, s, "0-0")])
+    (st,) = await e.tick([(q, s)])
     assert st.invited == 1
     assert await e.claim(q, 2, "b", s) is Claim.ADMITTED
 

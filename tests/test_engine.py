@@ -11,13 +11,14 @@ from redis.asyncio import Redis
 from sidecar.config import QueueSettings
 from sidecar.queue.engine import Claim, Engine, QueueRef, QueueState
 from sidecar.queue.keys import LIVE_BLOCK
+from sidecar.queue.refresher import Refresher
 from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")
 
 
 async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
-    (st,) = await e.tick([(q, s, "0-0")])
+    (st,) = await e.tick([(q, s)])
     return st
 
 
@@ -293,7 +294,8 @@ async def test_leave_frees_at_once_and_is_published(replicas: list[Engine]) -> N
     assert await e.leave(Q, 1, "a", 2_000_000_000) is True
     st = await tick(replicas[1], s)
     assert st.invited == 1  # the slot went to b on the next advance
-    assert [(sid, until) for _, sid, until in st.ended] == [("a", 2_000_000_000)]
+    ((entries, behind),) = await replicas[1].ended([(Q, "0-0")])
+    assert [(sid, until) for _, sid, until in entries] == [("a", 2_000_000_000)] and not behind
     # a heartbeat still in some replica's batch must not bring the session back
     await replicas[2].heartbeat({Q: (["a"], [], s)})
     assert (await tick(e, s)).active == 0
@@ -368,7 +370,7 @@ async def test_scripts_reload_after_redis_forgets_them(
     s = QueueSettings(capacity=1)
     await join(e, "a", s)
     await redis.script_flush()  # as after a restart or failover
-    (st,) = await e.tick([(Q, s, "0-0")])  # the pipelined path
+    (st,) = await e.tick([(Q, s)])  # the pipelined path
     assert st.tickets == 1
     await redis.script_flush()
     assert await join(e, "b", s) == (False, 2)  # the single-call path
@@ -419,16 +421,18 @@ async def test_a_new_or_lagging_replica_refuses_every_ended_session(
         await asyncio.gather(
             *(e.leave(Q, j + 1, sids[j], until) for j in range(i, min(i + 500, len(sids))))
         )
-    (fresh,) = await replicas[1].tick([(Q, s, "0-0")])
-    assert {sid for _, sid, _ in fresh.ended} == set(sids)
-    # one that read a little and then fell behind the cap gets them all too
-    (lagging,) = await replicas[2].tick([(Q, s, "1-0")])
-    assert {sid for _, sid, _ in lagging.ended} == set(sids)
+    fresh = Refresher(replicas[1], 0.25, 1.0)
+    await fresh.state(Q, s)  # first sight: every revocation in force, a slice per call
+    assert all(sid in fresh.revoked for sid in sids)
+    # one that read a little and then fell behind the cap is told so (and reloads)
+    ((_, behind),) = await replicas[2].ended([(Q, "1-0")])
+    assert behind
     # and one that is up to date reads only what is new
-    last = fresh.ended[-1][0]
     await e.leave(Q, 0, "late", until)
-    (current,) = await replicas[1].tick([(Q, s, last)])
-    assert [sid for _, sid, _ in current.ended] == ["late"]
+    await fresh.refresh()  # the leave moved the queue's version: the stream is read
+    assert "late" in fresh.revoked
+    ((entries, behind),) = await replicas[1].ended([(Q, fresh._tracked[Q].last_ended)])
+    assert entries == [] and not behind
 
 
 async def test_a_place_in_line_that_leaves_costs_no_revocation(
@@ -459,7 +463,8 @@ async def test_sessions_redis_lost_come_back_only_if_there_is_room(
     assert beats.ended == 2
     st = await tick(e, s)
     assert st.active == 2
-    assert {sid for _, sid, _ in st.ended} == {"c", "d"}
+    ((entries, _),) = await e.ended([(Q, "0-0")])
+    assert {sid for _, sid, _ in entries} == {"c", "d"}
 
 
 async def test_live_position_counts_only_people_still_in_line(replicas: list[Engine]) -> None:

@@ -1,46 +1,52 @@
-"""The dashboard's history in Redis: one point per 5 s bucket, whoever writes it."""
+"""The dashboard's history in Redis: written by the queue's tick (its ticker), one
+point per 5 s bucket whoever ticks, trimmed to the hour in the same script."""
 
 from __future__ import annotations
-
-import time
-from dataclasses import replace
 
 from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
 from sidecar.queue.engine import Engine, QueueRef
-from sidecar.queue.history import History, read
-from sidecar.queue.keys import HISTORY_SECONDS
+from sidecar.queue.history import read
+from sidecar.queue.keys import HISTORY_SECONDS, HISTORY_STEP
 
 
-async def test_replicas_writing_one_bucket_keep_one_point(redis: Redis) -> None:
+async def test_ticks_in_one_bucket_keep_one_point(redis: Redis) -> None:
     q = QueueRef("acme", "history")
-    (state,) = await Engine(redis).tick([(q, QueueSettings(), "0-0")])
-    one, other = History(redis), History(redis)
-    await one.record({q: replace(state, waiting=7, active=2)})
-    await other.record({q: replace(state, waiting=9, active=3)})  # same bucket, later
-    await one.record({q: replace(state, waiting=8)})  # already written: nothing
-    now = state.redis_time_ms // 1000
-    (point,) = await read(redis, q, now)
-    assert (point.waiting, point.active) == (7, 2)
-    assert point.at % 5 == 0 and now - 5 < point.at <= now
-
-    # the next bucket is a new point; points older than an hour are not read back
-    later = replace(state, redis_time_ms=state.redis_time_ms + 5000, waiting=4)
-    await other.record({q: later})
-    assert [p.waiting for p in await read(redis, q, now + 5)] == [7, 4]
+    s = QueueSettings(capacity=0)
+    one, other = Engine(redis), Engine(redis)
+    (first,) = await one.tick([(q, s)])
+    await one.join_many(q, ["a", "b"], s)  # two waiting now
+    (later,) = await other.tick([(q, s)])  # same bucket (most likely), another process
+    now = later.redis_time_ms // 1000
+    points = await read(redis, q, now)
+    assert points and points[0].waiting == 0  # the first write of a bucket wins
+    if first.redis_time_ms // 1000 // HISTORY_STEP == now // HISTORY_STEP:
+        assert len(points) == 1
+    assert points[-1].at % HISTORY_STEP == 0 and now - HISTORY_STEP < points[-1].at <= now
     assert await read(redis, q, now + HISTORY_SECONDS + 10) == []
     ttl = await redis.ttl(q.keys.history)
-    assert 0 < ttl <= HISTORY_SECONDS + 60  # the whole hash goes if nobody writes
+    assert 0 < ttl <= HISTORY_SECONDS + 60  # the whole hash goes if nobody ticks
 
 
-async def test_history_is_trimmed_to_an_hour(redis: Redis) -> None:
+async def test_history_is_trimmed_to_an_hour_by_the_tick(redis: Redis) -> None:
     q = QueueRef("acme", "trimmed")
-    (state,) = await Engine(redis).tick([(q, QueueSettings(), "0-0")])
-    h = History(redis)
-    start = int(time.time()) // 5 * 5
-    old = replace(state, redis_time_ms=(start - HISTORY_SECONDS - 600) * 1000)
-    await h.record({q: old})
-    await h.record({q: replace(state, redis_time_ms=start * 1000)})  # trims what is older
-    fields = await redis.hkeys(q.keys.history)
-    assert [int(f) for f in fields] == [start]
+    e = Engine(redis)
+    (st,) = await e.tick([(q, QueueSettings())])
+    bucket = st.redis_time_ms // 1000 // HISTORY_STEP * HISTORY_STEP
+    # points from before the hour: the one that just left it, and a backlog left by
+    # ticks that stopped for a while (more than an hour of points)
+    just_out = bucket - HISTORY_SECONDS - HISTORY_STEP
+    await redis.hset(q.keys.history, str(just_out), "1,1,1")
+    await redis.hdel(q.keys.history, str(bucket))  # the next tick writes a bucket again
+    await e.tick([(q, QueueSettings())])
+    fields = {int(f) for f in await redis.hkeys(q.keys.history)}
+    assert just_out not in fields and fields
+    backlog = {
+        str(bucket - HISTORY_SECONDS - 10_000 - i * HISTORY_STEP): "1,1,1" for i in range(800)
+    }
+    await redis.hset(q.keys.history, mapping=backlog)  # type: ignore[arg-type]
+    await redis.hdel(q.keys.history, *[str(b) for b in fields])
+    await e.tick([(q, QueueSettings())])
+    fields = {int(f) for f in await redis.hkeys(q.keys.history)}
+    assert fields and all(f >= bucket - HISTORY_SECONDS for f in fields), sorted(fields)[:3]

@@ -114,7 +114,7 @@ class Model:
         assert result is not Claim.ADMITTED, f"ticket {v.ticket} admitted again after it ended"
 
     async def tick(self, engine: int) -> None:
-        (st_,) = await self.engines[engine].tick([(Q, S, "0-0")])
+        (st_,) = await self.engines[engine].tick([(Q, S)])
         passed = range(self.serving + 1, st_.serving + 1)
         for t in passed:
             w = self.visitors.get(t)

@@ -31,7 +31,7 @@ PAST = 1  # an opening long gone: the next tick opens the queue
 
 
 async def tick(e: Engine, s: QueueSettings, q: QueueRef = Q) -> QueueState:
-    (st,) = await e.tick([(q, s, "0-0")])
+    (st,) = await e.tick([(q, s)])
     return st
 
 

@@ -280,9 +280,9 @@ class Admin:
         return self.tenants[q.tenant].settings_for(q.queue)
 
     async def _state(self, q: QueueRef) -> QueueState | None:
-        st = self.refresher.states.get(q)
+        st = self.refresher.current(q)
         if st is None:
-            try:  # from now on this process ticks it too (and records its history)
+            try:  # from now on this process follows it too (and may become its ticker)
                 st = await self.refresher.state(q, self.configured(q))
             except TooManyQueues:
                 return None
@@ -364,6 +364,7 @@ class Admin:
                 if cleaned.get("mode", "paused") != "paused":
                     pipe.hdel(q.keys.settings, DRAIN)  # resuming ends a drain
                 await pipe.execute()
+            await self.engine.poke(q)  # its ticker applies it now, every replica reads it
             await self.audit(who, "set", q, changes=diff)
         return await self.view(q)
 
@@ -378,6 +379,7 @@ class Admin:
         }
         fields = [*names, DRAIN] if "mode" in names else names
         await self.redis.hdel(q.keys.settings, *fields)
+        await self.engine.poke(q)
         if removed:
             await self.audit(who, "reset", q, changes=removed)
         return await self.view(q)
@@ -387,6 +389,7 @@ class Admin:
         await self.redis.hset(
             q.keys.settings, mapping={"mode": "paused", DRAIN: str(int(time.time()))}
         )
+        await self.engine.poke(q)
         await self.audit(who, "drain", q, changes={"mode": [before.mode, "paused"]})
         return await self.view(q)
 

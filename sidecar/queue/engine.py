@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import enum
 import hashlib
 import itertools
+import json
 import struct
 import sys
 import time
@@ -29,12 +31,26 @@ from ..metrics import Metrics
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
+    ENDED_READ_CHUNK,
     HEARTBEAT_CHUNK,
     LIVE_BLOCK,
+    REVOKED_RELOAD_CHUNK,
+    TICKERS_KEY,
     QueueKeys,
     queue_keys,
 )
-from .scripts import CLAIM, HEARTBEAT, JOIN, LEAVE, SCRIPTS, TICK, Script, source
+from .scripts import (
+    CLAIM,
+    HEARTBEAT,
+    JOIN,
+    LEAVE,
+    SCRIPTS,
+    SNAPSHOT,
+    TICK,
+    TICKERS,
+    Script,
+    source,
+)
 
 
 class QueueRef(NamedTuple):
@@ -163,13 +179,14 @@ class QueueState:
     lapsed: int = 0  # invitations that ran out by this tick
     newly_invited: int = 0
     skipped: int = 0
-    ended: tuple[tuple[str, str, int], ...] = field(default=())  # (stream id, sid, until)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
     order: LineOrder | None = None  # the last opening's shuffled pre-queue
     opened: bool = False  # this tick performed the opening (the shuffle)
     epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
+    version: int = 0  # the snapshot's version (moves when anything above changed)
+    changed: bool = False  # this tick published a new version
 
     def line(self, ticket: int) -> int:
         """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
@@ -211,6 +228,16 @@ class Shared(NamedTuple):
 class Heartbeats:
     ended: int = 0  # sessions ended because Redis no longer had room for them
     shared: list[Shared] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Tickers:
+    """One refresh's view of the queues' tickers (tickers.lua)."""
+
+    now_ms: int  # Redis' clock
+    versions: list[str]  # per queue read: its version ("" = none yet)
+    leases: list[str]  # per queue read: "holder deadline_ms" ("" = nobody)
+    held: list[bool]  # per queue claimed: this process holds it now
 
 
 class Busy(Exception):
@@ -292,8 +319,11 @@ class Engine:
         finally:
             self.metrics.redis_call(name, time.perf_counter() - started)
 
-    async def _call(self, script: Script, keys: list[str], args: list[Any]) -> dict[str, Any]:
-        """A request's script call: waits its turn for a connection (back-pressure)."""
+    async def _call(
+        self, script: Script, keys: list[str], args: list[Any], poke: QueueRef | None = None
+    ) -> dict[str, Any]:
+        """A request's script call: waits its turn for a connection (back-pressure);
+        then moves ``poke``'s version (see :meth:`poke`) on the same connection slot."""
         try:
             async with asyncio.timeout(self.pool_timeout):
                 await self._slots.acquire()
@@ -301,7 +331,10 @@ class Engine:
             raise Busy(script.name) from None
         try:
             self.calls += 1
-            return script.decode(await self._evalsha(script, keys, args))
+            reply = script.decode(await self._evalsha(script, keys, args))
+            if poke is not None:
+                await self.poke(poke)
+            return reply
         finally:
             self._slots.release()
 
@@ -415,7 +448,8 @@ class Engine:
         """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
-        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(self._admission(s), pairs))
+        # someone may wait now: its ticker need not wait for its idle tick
+        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(self._admission(s), pairs), q)
         epoch, places = _s(reply["epoch"]), reply["places"]
         return [
             Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
@@ -439,7 +473,8 @@ class Engine:
         a ``ticket`` of another ``epoch`` is someone else's now and is left alone
         (None trusts the ticket: operators and tests)."""
         args = {"ticket": ticket, "sid": sid, "revoke_until": revoke_until, "epoch": epoch or ""}
-        reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args))
+        # every replica reads the ended stream at its next refresh
+        reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args), q)
         return bool(reply["freed"])
 
     # -- the refresher's batches ----------------------------------------------
@@ -482,15 +517,22 @@ class Engine:
                 calls.append((HEARTBEAT, q.keys.all(), args))
                 queues.append(q)
         self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
+        poked: set[QueueRef] = set()
         for q, r in zip(queues, await self._batch(calls), strict=True):
             result.ended += int(r["ended"])
             found = r["shared"]
             for j in range(0, len(found), 3):
                 result.shared.append(Shared(q, _s(found[j]), int(found[j + 1]), bool(found[j + 2])))
+                if found[j + 2]:
+                    poked.add(q)
+            if int(r["ended"]):
+                poked.add(q)
+        for q in poked:  # sessions ended: every replica reads them at its next refresh
+            await self.poke(q)
         return result
 
-    async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings, str]]) -> list[QueueState]:
-        """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
+    async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings]]) -> list[QueueState]:
+        """Purges, advances, records and publishes each queue: [(queue, configured settings)]."""
         if not queues:
             return []
         replies = await self._batch(
@@ -512,17 +554,132 @@ class Engine:
                             "shared_sessions": s.shared_sessions,
                             "max_addresses": s.max_addresses,
                             "purge_slack_ms": self.purge_slack_ms,
-                            "last_ended": last_ended,
                         }
                     ),
                 )
-                for q, s, last_ended in queues
+                for q, s in queues
             ]
         )
         return [
             _state(r, s, await self._line_order(q, r))
-            for r, (q, s, _) in zip(replies, queues, strict=True)
+            for r, (q, s) in zip(replies, queues, strict=True)
         ]
+
+    # -- tickers and snapshots ------------------------------------------------
+
+    async def tickers(
+        self,
+        holder: str,
+        lease_ms: int,
+        reads: Sequence[QueueRef],
+        claims: Sequence[QueueRef] = (),
+        releases: Sequence[QueueRef] = (),
+    ) -> Tickers:
+        """Versions and leases of ``reads``; renews or takes the leases of ``claims``
+        (free, expired or already ``holder``'s); gives back those of ``releases``."""
+        args = {
+            "holder": holder,
+            "lease_ms": lease_ms,
+            "reads": len(reads),
+            "claims": len(claims),
+            "releases": len(releases),
+        }
+        names = [str(q) for q in (*reads, *claims, *releases)]
+        r = TICKERS.decode(await self._evalsha(TICKERS, [TICKERS_KEY], TICKERS.argv(args, names)))
+        return Tickers(
+            int(r["now_ms"]),
+            [_s(v) for v in r["versions"]],
+            [_s(v) for v in r["leases"]],
+            [bool(h) for h in r["held"]],
+        )
+
+    async def bump(self, queues: Sequence[QueueRef]) -> list[int]:
+        """Moves each queue's version: every replica reads it again at its next refresh
+        (and its ticker ticks it at once, if another process moved it)."""
+        if not queues:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.hincrby(TICKERS_KEY, f"v:{q}", 1)
+            return [int(v) for v in await pipe.execute()]
+
+    async def poke(self, q: QueueRef) -> None:
+        """After a change made outside the ticker (join, leave, operator): the ticker
+        ticks the queue at once and every replica reads what changed. Best effort:
+        the ticker's own ticks catch up within keys.IDLE_TICK if this is lost."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.hincrby(TICKERS_KEY, f"v:{q}", 1)
+
+    async def snapshots(
+        self, queues: Sequence[tuple[QueueRef, QueueSettings]]
+    ) -> list[QueueState | None]:
+        """Each queue's state as its ticker last published it (None: none yet)."""
+        if not queues:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q, _ in queues:
+                pipe.hmget(q.keys.snapshot, "body", "version", "at")
+            replies = await pipe.execute()
+        out: list[QueueState | None] = []
+        for (q, s), (body, version, at) in zip(queues, replies, strict=True):
+            if body is None:
+                out.append(None)
+                continue
+            r: dict[str, Any] = dict(zip(SNAPSHOT, json.loads(body), strict=True))
+            r.update(
+                redis_time_ms=int(at or 0),
+                version=int(version or 0),
+                changed=0,
+                expired=0,
+                lapsed=0,
+                newly_invited=0,
+                skipped=0,
+                opened=0,
+            )
+            out.append(_state(r, s, await self._line_order(q, r)))
+        return out
+
+    async def ended(
+        self, reads: Sequence[tuple[QueueRef, str]]
+    ) -> list[tuple[list[tuple[str, str, int]], bool]]:
+        """Sessions ended after each (queue, last stream id read): [(id, sid, until)],
+        and whether entries may have been trimmed unread (then reload the revoked set)."""
+        if not reads:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q, last in reads:
+                pipe.xrange(q.keys.ended, last, "+", count=ENDED_READ_CHUNK + 1)
+            replies = await pipe.execute()
+        out = []
+        for (_, last), entries in zip(reads, replies, strict=True):
+            found = []
+            for entry_id, f in entries:
+                got = {_s(k): _s(v) for k, v in f.items()}
+                found.append((_s(entry_id), got.get("sid", ""), int(float(got.get("until", 0)))))
+            # the last entry read is still there: nothing was trimmed unread
+            if found and found[0][0] == last:
+                out.append((found[1:], False))
+            else:  # "0-0": the stream was empty when this process loaded the revocations
+                out.append((found, bool(found) and last != "0-0"))
+        return out
+
+    async def ended_heads(self, queues: Sequence[QueueRef]) -> list[str]:
+        """The newest entry of each queue's ended stream ("0-0": none)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.xrevrange(q.keys.ended, "+", "-", count=1)
+            replies = await pipe.execute()
+        return [_s(r[0][0]) if r else "0-0" for r in replies]
+
+    async def revoked_chunk(self, q: QueueRef, cursor: int) -> tuple[int, list[tuple[str, int]]]:
+        """A slice of every revocation of ``q`` (ZSCAN: cursor 0 starts, 0 back = done)."""
+        cursor, entries = await self.redis.zscan(q.keys.revoked, cursor, count=REVOKED_RELOAD_CHUNK)
+        return int(cursor), [(_s(sid), int(until)) for sid, until in entries]
+
+    async def revoked_until(self, q: QueueRef, sid: str) -> int:
+        """Unix second until which ``sid`` is revoked in ``q`` (0: it is not)."""
+        until = await self.redis.zscore(q.keys.revoked, sid)
+        return int(until or 0)
 
     async def _line_order(self, q: QueueRef, r: Mapping[str, Any]) -> LineOrder | None:
         """The queue's drawn order, read once per process and opening (about 4 MB
@@ -549,7 +706,7 @@ class Engine:
 
 
 def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
-    ended, blocks = r["ended"], r["blocks"]
+    blocks = r["blocks"]
     settings = QueueSettings(
         capacity=int(r["capacity"]),
         admit_per_minute=int(r["admit_per_minute"]),
@@ -577,10 +734,6 @@ def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | N
         lapsed=int(r["lapsed"]),
         newly_invited=int(r["newly_invited"]),
         skipped=int(r["skipped"]),
-        ended=tuple(
-            (_s(ended[i]), _s(ended[i + 1]), int(float(ended[i + 2])))
-            for i in range(0, len(ended), 3)
-        ),
         recalled=int(r["recalled"]),
         live=LiveLine.of(
             _s(r["front"]), {int(blocks[i]): int(blocks[i + 1]) for i in range(0, len(blocks), 2)}
@@ -589,4 +742,6 @@ def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | N
         order=order,
         opened=bool(int(r["opened"])),
         epoch=_s(r["epoch"]),
+        version=int(r["version"]),
+        changed=bool(int(r["changed"])),
     )

@@ -1,26 +1,19 @@
 """The dashboard's last hour: one point per queue every few seconds, kept in Redis.
 
-Each process records after its tick, at most once per ``HISTORY_STEP`` bucket and
-queue. The bucket number is the field of a hash written with HSETNX, so replicas
-writing the same bucket agree on one point (the first), and the hash stays
-bounded: fields older than an hour are dropped every few minutes.
+The queue's ticker writes the points in its tick (lua/history.lua: the first
+write of a ``HISTORY_STEP`` bucket wins, and the hash is trimmed to the hour in
+the same call); this module reads them back.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
-from .engine import QueueRef, QueueState
-from .keys import HISTORY_SECONDS, HISTORY_STEP
-
-log = logging.getLogger("sidecar.history")
-
-TRIM_EVERY = 300  # seconds between trims of one queue's history
+from .engine import QueueRef
+from .keys import HISTORY_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,47 +22,6 @@ class Point:
     waiting: int
     active: int
     admitted_last_minute: int
-
-
-class History:
-    def __init__(self, redis: Redis | RedisCluster, step: int = HISTORY_STEP) -> None:
-        self.redis = redis
-        self.step = step
-        self._recorded: dict[QueueRef, int] = {}  # queue -> last bucket written
-        self._trimmed: dict[QueueRef, int] = {}
-
-    async def record(self, states: Mapping[QueueRef, QueueState]) -> None:
-        """Called after every tick; writes only queues whose bucket has moved on."""
-        due: list[tuple[QueueRef, int, QueueState]] = []
-        for q, st in states.items():
-            bucket = st.redis_time_ms // 1000 // self.step * self.step  # Redis' clock: agreed
-            if self._recorded.get(q, -1) < bucket:
-                due.append((q, bucket, st))
-        if not due:
-            return
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for q, bucket, st in due:
-                    key = q.keys.history
-                    pipe.hsetnx(
-                        key, str(bucket), f"{st.waiting},{st.active},{st.admitted_last_minute}"
-                    )
-                    pipe.expire(key, HISTORY_SECONDS + 60)
-                await pipe.execute()
-            for q, bucket, _ in due:
-                self._recorded[q] = bucket
-                if bucket - self._trimmed.get(q, 0) >= TRIM_EVERY:
-                    await self._trim(q, bucket)
-        except (RedisError, OSError) as e:  # the refresher reports Redis outages itself
-            log.debug("history not recorded", extra={"error": str(e)})
-
-    async def _trim(self, q: QueueRef, now: int) -> None:
-        fields = [
-            f for f in await self.redis.hkeys(q.keys.history) if int(f) < now - HISTORY_SECONDS
-        ]
-        if fields:
-            await self.redis.hdel(q.keys.history, *fields)
-        self._trimmed[q] = now
 
 
 async def read(redis: Redis | RedisCluster, q: QueueRef, now: int) -> list[Point]:

@@ -23,9 +23,11 @@ ADVANCE_MAX_STEPS = 10_000
 # JavaScript, the page's 20 s refresh). Bots that take a place and never come
 # back are dropped from the line after it.
 FIRST_POLL_WINDOW_MS = 30_000
-# Revoked sessions a (new or lagging) replica loads at once; revocations only
-# concern admitted sessions, so this is far above capacity x session churn.
-REVOKED_RELOAD_MAX = 100_000
+# Revoked sessions a (new or lagging) replica reads per call (ZSCAN COUNT): the
+# reload of every revocation in force goes on call after call, each a millisecond or so.
+REVOKED_RELOAD_CHUNK = 2_000
+# Ended-stream entries a replica reads per call; more come with the next one.
+ENDED_READ_CHUNK = 1_000
 # Live positions: the tick reports exactly who is still in line among the next
 # FRONT_WINDOW tickets (rounded up to whole blocks), and beyond that how many
 # are in line per block of LIVE_BLOCK tickets, so every process answers status
@@ -47,6 +49,15 @@ AUDIT_MAXLEN = 1_000
 # Dashboard history: one point per queue every HISTORY_STEP seconds, an hour kept.
 HISTORY_STEP = 5
 HISTORY_SECONDS = 3_600
+# One ticker per queue: the process holding a queue's lease (a field of TICKERS_KEY,
+# "holder deadline_ms", renewed at every refresh) runs its tick; the others read its
+# snapshot when the queue's version (another field) moves. One key for every queue,
+# so each process learns every change with one call per refresh, whatever Q.
+TICKERS_KEY = PREFIX + ":{anteroom}:tickers"
+LEASE_MIN_MS = 750  # a lease lasts max(this, 3 refreshes): taken over within about a second
+# A queue with nobody in line, invited or recalled is ticked this often (seconds);
+# a join, leave or operator change wakes its ticker at once.
+IDLE_TICK = 2.0
 # Queues found in Redis by the admin (SCAN for their ticket counters), at most.
 SCAN_MAX_QUEUES = 1_000
 TICKETS_PATTERN = PREFIX + ":{*}:tickets"
@@ -75,6 +86,8 @@ class QueueKeys:
     # the queue's epoch: an id made when its keys are first written (SET NX). Redis
     # restarted without persistence makes a new one; tokens carry it (see tokens.py)
     epoch: str
+    # HASH: the ticker's snapshot {version, body (JSON array of scripts.SNAPSHOT fields)}
+    snapshot: str
     # prefix of per-session ZSETs: client address -> last seen (ms); shared cookies
     addresses: str
 
@@ -96,6 +109,8 @@ class QueueKeys:
             self.order,
             self.rank,
             self.epoch,
+            self.history,
+            self.snapshot,
         ]
 
 
@@ -119,6 +134,7 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         order=base + "order",
         rank=base + "rank",
         epoch=base + "epoch",
+        snapshot=base + "snapshot",
         addresses=base + "from:",
     )
 

@@ -1,39 +1,62 @@
 """Per-process view of the queues, kept fresh by one background task.
 
-Every ``refresh_interval`` the refresher runs the tick script for every
-queue this process has seen (one round trip): it purges, advances the line and
-reads the state that gate and status answer from. Ended sessions come back
-with it, so a revoked cookie stops passing here within one tick. Every
-``heartbeat_interval`` it writes the batched "still here" signals of admitted
-sessions and waiters in one round trip.
+One process at a time ticks a queue (purge, advance, history, snapshot): the
+one holding its lease, a field of ``keys.TICKERS_KEY`` renewed at every refresh
+and taken over by another process within about a second if its holder dies or
+stalls. Every ``refresh_interval`` each process makes one call for all the
+queues it knows (tickers.lua): it renews its leases, and learns which queues'
+versions moved; only those are read again (the snapshot, the ended stream), so
+an idle queue costs each process nothing but its share of that one call, and
+its ticker one tick every ``keys.IDLE_TICK`` seconds. A join, a leave or an
+operator's change moves the version at once (``Engine.poke``): its ticker ticks
+the queue and every replica refuses an ended session's cookie within a refresh
+or two. Every ``heartbeat_interval`` the batched "still here" signals of
+admitted sessions and waiters are written in one round trip.
+
+A queue nobody asked about for ``FORGET_AFTER`` seconds is forgotten (its lease
+given back). At most ``MAX_QUEUES`` are tracked; a new queue beyond that, when
+none can be forgotten, is answered "busy" (wait), never admitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import os
+import secrets
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from redis.exceptions import RedisError
 
 from ..config import QueueSettings
-from .engine import REFUSED, Engine, QueueRef, QueueState, Shared
-from .keys import ADDRESSES_KEPT
+from .engine import REFUSED, Busy, Engine, QueueRef, QueueState, Shared
+from .keys import ADDRESSES_KEPT, ENDED_READ_CHUNK, IDLE_TICK, LEASE_MIN_MS
+from .revocations import Revocations
 
 log = logging.getLogger("sidecar.refresher")
 
-MAX_QUEUES = 1000  # queue names come from nginx config; a runaway regex should not grow this
-# Revoked admitted sessions kept in memory (about 200 bytes each): admissions are
-# bounded by capacity, so this is only reached if sessions churn very fast.
-MAX_REVOKED = 100_000
+MAX_QUEUES = 3_000  # tracked at once by one process (bounds each refresh's call)
+FORGET_AFTER = 300.0  # seconds without a request before a queue is forgotten
+EVICT_AFTER = 60.0  # a full set makes room by forgetting queues quiet this long
+SHARED_LOGGED_MAX = 10_000
 
 
-class TooManyQueues(Exception):
-    pass
+class TooManyQueues(Busy):
+    """Every tracked queue was asked about within EVICT_AFTER: the new one waits."""
+
+
+@dataclass(slots=True)
+class _Tracked:
+    configured: QueueSettings
+    asked: float  # monotonic: the last request that asked about the queue
+    version: str = ""  # as last read from the tickers' key
+    lease: str = ""  # "holder deadline_ms" as last read
+    held: bool = False  # this process ticks it
+    next_tick: float = 0.0  # monotonic
+    last_ended: str = "0-0"  # the last ended-stream entry read
 
 
 class Refresher:
@@ -42,25 +65,39 @@ class Refresher:
         engine: Engine,
         refresh_interval: float,
         heartbeat_interval: float,
-        on_tick: Callable[[Mapping[QueueRef, QueueState]], Awaitable[None]] | None = None,
     ) -> None:
         self.engine = engine
-        self.on_tick = on_tick  # after each tick (the dashboard's history)
         self.refresh_interval = refresh_interval
         self.heartbeat_interval = heartbeat_interval
+        self.lease_ms = max(LEASE_MIN_MS, int(3000 * refresh_interval))
+        # the pid first: operators (and tests) can tell which process ticks a queue
+        self.holder = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.states: dict[QueueRef, QueueState] = {}
-        self.revoked: dict[str, int] = {}  # session id -> unix second its cookie would expire
+        self.revoked = Revocations(engine)  # `sid in revoked`: ended for certain
         self.redis_ok = True
         self._next_prune = 0.0
-        self._configured: dict[QueueRef, QueueSettings] = {}
-        self._last_ended: dict[QueueRef, str] = {}
+        self._tracked: dict[QueueRef, _Tracked] = {}
+        self._asked: set[QueueRef] = set()  # since the last refresh
+        self._releases: list[QueueRef] = []
+        self._unread: set[QueueRef] = set()  # more ended entries than one read takes
+        self._clock = (0, 0.0)  # (Redis ms, monotonic) at the last tickers call
         self._first_tick: dict[QueueRef, asyncio.Future[QueueState]] = {}
         # session id -> client addresses seen since the last flush (shared cookies)
         self._sessions: defaultdict[QueueRef, dict[str, set[str]]] = defaultdict(dict)
         self._shared_logged: dict[str, float] = {}  # sid -> when last logged (monotonic)
         self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
 
+    @property
+    def held(self) -> list[QueueRef]:
+        """The queues this process ticks."""
+        return [q for q, t in self._tracked.items() if t.held]
+
     # -- hot path: plain dict work, no awaits -------------------------------
+
+    def current(self, q: QueueRef) -> QueueState | None:
+        """The cached state (None: not tracked yet, await :meth:`state`)."""
+        self._asked.add(q)
+        return self.states.get(q)
 
     def touch_session(self, q: QueueRef, sid: str, address: str | None = None) -> None:
         """``address``: the client's, when the queue watches for shared cookies."""
@@ -75,18 +112,7 @@ class Refresher:
         self._waiters[q].add(ticket)
 
     def revoke(self, sid: str, until: int) -> None:
-        self.revoked[sid] = until
-        if len(self.revoked) > MAX_REVOKED:
-            self._prune_revoked()
-
-    def _prune_revoked(self) -> None:
-        now = int(time.time())
-        self.revoked = {sid: until for sid, until in self.revoked.items() if until > now}
-        if len(self.revoked) > MAX_REVOKED:  # the oldest revocations go first
-            log.warning("revocation list full; dropping the oldest", extra={"size": MAX_REVOKED})
-            excess = len(self.revoked) - MAX_REVOKED
-            for sid in list(itertools.islice(self.revoked, excess)):
-                del self.revoked[sid]
+        self.revoked.add(sid, until)
 
     def note_join(self, q: QueueRef, ticket: int, admitted: bool, epoch: str) -> None:
         """Folds a join this process just made into the cached state, so the next
@@ -114,34 +140,65 @@ class Refresher:
     # -- first sight of a queue --------------------------------------------
 
     async def state(self, q: QueueRef, configured: QueueSettings) -> QueueState:
-        """The cached state; the first request for a queue waits for one tick of it.
-        Hot callers read ``states`` first and await this only on a miss."""
+        """The cached state; the first request for a queue waits for one tick of it
+        and for its revocations. Hot callers use :meth:`current` first."""
+        self._asked.add(q)
         st = self.states.get(q)
         if st is not None:
             return st
         fut = self._first_tick.get(q)
-        if fut is None:
-            if len(self._configured) >= MAX_QUEUES:
-                raise TooManyQueues(str(q))
-            fut = asyncio.get_running_loop().create_future()
-            self._first_tick[q] = fut
-            try:
-                (st,) = await self.engine.tick([(q, configured, "0-0")])
-            except Exception as e:
-                del self._first_tick[q]
-                fut.set_exception(e)
-                fut.exception()  # mark retrieved: waiters (if any) re-raise it
-                raise
-            except BaseException:  # cancelled (shutdown): waiters are cancelled too
-                del self._first_tick[q]
-                fut.cancel()
-                raise
-            self._configured[q] = configured
-            self._absorb(q, st)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        self._make_room(q)
+        fut = asyncio.get_running_loop().create_future()
+        self._first_tick[q] = fut
+        try:
+            (st,) = await self.engine.tick([(q, configured)])
+            if st.changed:
+                await self.engine.bump([q])
+            tracked = _Tracked(configured, time.monotonic())
+            await self._reload_revoked(q, tracked)
+        except Exception as e:
             del self._first_tick[q]
-            fut.set_result(st)
-            return st
-        return await asyncio.shield(fut)
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: waiters (if any) re-raise it
+            raise
+        except BaseException:  # cancelled (shutdown): waiters are cancelled too
+            del self._first_tick[q]
+            fut.cancel()
+            raise
+        self._tracked[q] = tracked
+        self._absorb(q, st)
+        del self._first_tick[q]
+        fut.set_result(st)
+        return st
+
+    def _make_room(self, q: QueueRef) -> None:
+        if len(self._tracked) < MAX_QUEUES:
+            return
+        now = time.monotonic()
+        self._note_asked(now)
+        quiet = min(self._tracked, key=lambda r: self._tracked[r].asked)
+        if now - self._tracked[quiet].asked < EVICT_AFTER:
+            log.error("too many queues; check the nginx config", extra={"queue": str(q)})
+            raise TooManyQueues(str(q))
+        self._forget(quiet)
+
+    async def _reload_revoked(self, q: QueueRef, t: _Tracked) -> None:
+        """Every revocation of ``q`` in force, a slice per call (each a millisecond or
+        so, never one long script), then the ended stream from where the reload began."""
+        (head,) = await self.engine.ended_heads([q])
+        cursor, loaded = 0, 0
+        while True:
+            cursor, found = await self.engine.revoked_chunk(q, cursor)
+            for sid, until in found:
+                self.revoke(sid, until)
+            loaded += len(found)
+            if cursor == 0:
+                break
+        t.last_ended = head
+        if loaded:
+            log.info("revocations loaded", extra={"queue": str(q), "count": loaded})
 
     # -- background loop ----------------------------------------------------
 
@@ -162,20 +219,126 @@ class Refresher:
             await asyncio.sleep(max(0.0, self.refresh_interval - (time.monotonic() - started)))
 
     async def refresh(self) -> None:
-        queues = [(q, s, self._last_ended.get(q, "0-0")) for q, s in self._configured.items()]
+        now = time.monotonic()
+        self._note_asked(now)
+        for q in [q for q, t in self._tracked.items() if now - t.asked > FORGET_AFTER]:
+            self._forget(q)
+        queues = list(self._tracked)
+        if not queues and not self._releases:
+            return
+        redis_now = self._clock[0] + (now - self._clock[1]) * 1000
+        claims = [q for q in queues if self._wants(self._tracked[q], redis_now)]
+        releases, self._releases = self._releases, []
         try:
-            states = await self.engine.tick(queues)
+            view = await self.engine.tickers(self.holder, self.lease_ms, queues, claims, releases)
+        except (RedisError, OSError) as e:
+            self._releases = releases  # given back at the next call (or they expire)
+            self._redis_failed("tickers", e)
+            return
+        self._redis_recovered()
+        self._clock = (view.now_ms, now)
+        moved, self._unread = self._unread & self._tracked.keys(), set()
+        for q, version, lease in zip(queues, view.versions, view.leases, strict=True):
+            t = self._tracked[q]
+            t.lease = lease
+            if version != t.version:
+                moved.add(q)
+                t.version = version
+        for q, held in zip(claims, view.held, strict=True):
+            t = self._tracked[q]
+            if held and not t.held:
+                t.next_tick = 0.0  # just taken over: tick it now
+            t.held = held
+        try:
+            await self._tick(
+                [
+                    q
+                    for q in queues
+                    if self._tracked[q].held and (q in moved or now >= self._tracked[q].next_tick)
+                ],
+                now,
+                moved,
+            )
+            await self._read([q for q in moved if not self._tracked[q].held])
+            await self._read_ended(sorted(moved, key=str))
         except (RedisError, OSError) as e:
             self._redis_failed("tick", e)
             return
-        self._redis_recovered()
-        for (q, _, _), st in zip(queues, states, strict=True):
-            self._absorb(q, st)
-        if self.on_tick is not None:
-            await self.on_tick(self.states)
-        if self.revoked and time.monotonic() >= self._next_prune:
-            self._prune_revoked()
+        self._age(view.now_ms)
+        if time.monotonic() >= self._next_prune:
+            self.revoked.prune()
             self._next_prune = time.monotonic() + 10.0
+
+    def _wants(self, t: _Tracked, redis_now: float) -> bool:
+        """Renew a held lease; try one that is free or about to run out."""
+        if t.held or not t.lease:
+            return True
+        _, _, deadline = t.lease.partition(" ")
+        return not deadline.isdigit() or int(deadline) < redis_now + self.refresh_interval * 1000
+
+    async def _tick(self, due: Sequence[QueueRef], now: float, moved: set[QueueRef]) -> None:
+        if not due:
+            return
+        states = await self.engine.tick([(q, self._tracked[q].configured) for q in due])
+        changed = [q for q, st in zip(due, states, strict=True) if st.changed]
+        for q, st in zip(due, states, strict=True):
+            self._absorb(q, st)
+            busy = st.waiting or st.invited or st.recalled
+            opens_in = st.settings.opens_at - st.redis_time_ms / 1000
+            soon = st.closed and opens_in <= IDLE_TICK
+            self._tracked[q].next_tick = now + (
+                self.refresh_interval if busy or soon else IDLE_TICK
+            )
+            if st.expired:  # sessions ended by this tick: read them from the stream
+                moved.add(q)
+        for q, version in zip(changed, await self.engine.bump(changed), strict=True):
+            t = self._tracked[q]
+            expected = int(t.version or 0) + 1
+            # another process moved it meanwhile (a join, a leave): look again next time
+            t.version = str(version if version == expected else expected)
+
+    async def _read(self, queues: Sequence[QueueRef]) -> None:
+        """The snapshots of queues another process ticks whose version moved."""
+        states = await self.engine.snapshots([(q, self._tracked[q].configured) for q in queues])
+        for q, st in zip(queues, states, strict=True):
+            if st is not None:
+                self.states[q] = st
+
+    async def _read_ended(self, queues: Sequence[QueueRef]) -> None:
+        if not queues:
+            return
+        reads = [(q, self._tracked[q].last_ended) for q in queues]
+        for (q, _), (entries, behind) in zip(reads, await self.engine.ended(reads), strict=True):
+            t = self._tracked[q]
+            if behind:  # entries were trimmed unread: everything in force, again
+                log.warning("ended stream trimmed unread; reloading", extra={"queue": str(q)})
+                await self._reload_revoked(q, t)
+                continue
+            for stream_id, sid, until in entries:
+                if sid:
+                    self.revoke(sid, until)
+                t.last_ended = stream_id
+            if len(entries) >= ENDED_READ_CHUNK:
+                self._unread.add(q)
+
+    def _age(self, redis_now_ms: int) -> None:
+        """States not read again lately still carry Redis' clock of now (countdowns)."""
+        for q, st in self.states.items():
+            if redis_now_ms - st.redis_time_ms > 1000:
+                self.states[q] = replace(st, redis_time_ms=redis_now_ms)
+
+    def _note_asked(self, now: float) -> None:
+        asked, self._asked = self._asked, set()
+        for q in asked:
+            t = self._tracked.get(q)
+            if t is not None:
+                t.asked = now
+
+    def _forget(self, q: QueueRef) -> None:
+        t = self._tracked.pop(q)
+        self.states.pop(q, None)
+        if t.held:
+            self._releases.append(q)
 
     async def flush(self) -> None:
         if not self._sessions and not self._waiters:
@@ -184,7 +347,9 @@ class Refresher:
         self._sessions, self._waiters = defaultdict(dict), defaultdict(set)
         batch: dict[QueueRef, tuple[dict[str, set[str]], list[int], QueueSettings]] = {}
         for q in sessions.keys() | waiters.keys():
-            batch[q] = (sessions.get(q, {}), sorted(waiters.get(q, ())), self._settings(q))
+            s = self._settings(q)
+            if s is not None:  # a queue forgotten meanwhile had nobody to count
+                batch[q] = (sessions.get(q, {}), sorted(waiters.get(q, ())), s)
         try:
             beats = await self.engine.heartbeat(batch)
         except (RedisError, OSError) as e:
@@ -203,20 +368,24 @@ class Refresher:
         for shared in beats.shared:
             self._report_shared(shared)
 
-    def _settings(self, q: QueueRef) -> QueueSettings:
+    def _settings(self, q: QueueRef) -> QueueSettings | None:
         """The queue's effective settings as last seen (configured ones before a tick)."""
         st = self.states.get(q)
-        return st.settings if st else self._configured[q]
+        if st is not None:
+            return st.settings
+        t = self._tracked.get(q)
+        return t.configured if t is not None else None
 
     def _report_shared(self, shared: Shared) -> None:
         """One line per shared session per minute from this process (flag), or at once
         (revoke: the session ended; this process refuses its cookie from now on)."""
-        if shared.revoked:  # every replica reads it from the ended stream on its next tick
-            self.revoke(shared.sid, int(time.time()) + self._settings(shared.queue).session_ttl)
+        s = self._settings(shared.queue)
+        if shared.revoked and s is not None:  # every replica reads it from the ended stream
+            self.revoke(shared.sid, int(time.time()) + s.session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
             return
-        if len(self._shared_logged) > MAX_QUEUES * 10:
+        if len(self._shared_logged) > SHARED_LOGGED_MAX:
             self._shared_logged.clear()
         self._shared_logged[shared.sid] = now
         log.warning(
@@ -243,10 +412,6 @@ class Refresher:
                     "in_line": st.waiting,
                 },
             )
-        for stream_id, sid, until in st.ended:
-            if sid:
-                self.revoke(sid, until)
-            self._last_ended[q] = stream_id
         if st.expired or st.lapsed or st.newly_invited or st.skipped:
             log.debug(
                 "queue advanced",

@@ -25,8 +25,9 @@ from .keys import (
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
+    HISTORY_SECONDS,
+    HISTORY_STEP,
     LIVE_BLOCK,
-    REVOKED_RELOAD_MAX,
 )
 
 # name -> value, as Lua locals of the same name
@@ -38,7 +39,8 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "ENDED_STREAM_MAXLEN": ENDED_STREAM_MAXLEN,
     "FIRST_POLL_WINDOW_MS": FIRST_POLL_WINDOW_MS,
     "FRONT_WINDOW": FRONT_WINDOW,
-    "REVOKED_RELOAD_MAX": REVOKED_RELOAD_MAX,
+    "HISTORY_STEP": HISTORY_STEP,
+    "HISTORY_SECONDS": HISTORY_SECONDS,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
@@ -55,6 +57,7 @@ class Script:
     args: tuple[str, ...]
     reply: tuple[str, ...]
     rest: str = ""  # what the variadic ARGV tail holds ("" = none)
+    parts: tuple[str, ...] = ()  # lua/<part>.lua files put between the prelude and the script
 
     def argv(self, values: Mapping[str, Any], rest: Sequence[Any] = ()) -> list[Any]:
         """ARGV in the script's order; every named argument exactly once."""
@@ -76,6 +79,7 @@ class Script:
         lines += [f"local {name} = {_lua(value)}" for name, value in CONSTANTS.items()]
         lines.append(f"local REST = {len(self.args) + 1}")
         lines.append(f"local REPLY_FIELDS = {_lua(self.reply, as_set=False)}")
+        lines.append(f"local SNAPSHOT_FIELDS = {_lua(SNAPSHOT, as_set=False)}")
         return "\n".join(lines) + "\n"
 
 
@@ -90,6 +94,36 @@ def _lua(value: Any, as_set: bool = True) -> str:
         return "{" + ", ".join(f"[{_lua(v)}] = true" for v in value) + "}"
     return "{" + ", ".join(_lua(v) for v in value) + "}"
 
+
+# What the ticker publishes for the other replicas (snapshot.lua): the tick's reply
+# without what only concerns the tick itself (its counts, its clock, the version).
+SNAPSHOT = (
+    "tickets",
+    "serving",
+    "waiting",
+    "active",
+    "invited",
+    "admitted_last_minute",
+    "mode",
+    "capacity",
+    "admit_per_minute",
+    "session_ttl",
+    "grace",
+    "abandon_after",
+    "session_max",
+    "opens_at",
+    "joins_per_address",
+    "shared_sessions",
+    "max_addresses",
+    "recalled",
+    "front",
+    "blocks",
+    "closed",
+    "shuffled_first",
+    "shuffled_last",
+    "seed",
+    "epoch",
+)
 
 _ADMISSION = (
     "mode",
@@ -140,8 +174,8 @@ TICK = Script(
         "shared_sessions",
         "max_addresses",
         "purge_slack_ms",
-        "last_ended",
     ),
+    parts=("history", "snapshot"),
     reply=(
         "tickets",
         "serving",
@@ -165,7 +199,6 @@ TICK = Script(
         "lapsed",
         "newly_invited",
         "skipped",
-        "ended",
         "recalled",
         "front",
         "blocks",
@@ -175,19 +208,23 @@ TICK = Script(
         "shuffled_last",
         "seed",
         "epoch",
+        "version",
+        "changed",
     ),
 )
+TICKERS = Script(
+    "tickers",
+    args=("holder", "lease_ms", "reads", "claims", "releases"),
+    rest="queue names ('tenant:queue'): the ones read, then claimed, then released",
+    reply=("now_ms", "versions", "leases", "held"),
+)
 
-SCRIPTS: Mapping[str, Script] = {s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK)}
+SCRIPTS: Mapping[str, Script] = {s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, TICKERS)}
 
 
 def source(script: Script) -> str:
-    """What Redis runs: the generated header, the shared prelude, the script."""
+    """What Redis runs: the generated header, the shared prelude, the script's
+    parts, the script."""
     lua = resources.files("sidecar.queue.lua")
-    return "\n".join(
-        (
-            script.header(),
-            lua.joinpath("prelude.lua").read_text(),
-            lua.joinpath(f"{script.name}.lua").read_text(),
-        )
-    )
+    files = ("prelude", *script.parts, script.name)
+    return "\n".join((script.header(), *(lua.joinpath(f"{f}.lua").read_text() for f in files)))

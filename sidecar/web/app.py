@@ -15,7 +15,6 @@ from ..config import Config
 from ..metrics import Metrics
 from ..queue.client import primary_client
 from ..queue.engine import Engine
-from ..queue.history import History
 from ..queue.refresher import Refresher
 from .gate import Gate
 from .health import Health
@@ -113,9 +112,7 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
         pool_timeout=config.redis_pool_timeout,
         metrics=metrics,
     )
-    refresher = Refresher(
-        engine, config.refresh_interval, config.heartbeat_interval, History(redis).record
-    )
+    refresher = Refresher(engine, config.refresh_interval, config.heartbeat_interval)
     gate = Gate(config, engine, refresher)
     status = Status(gate)
     health = Health(redis, engine, refresher)

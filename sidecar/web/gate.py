@@ -22,6 +22,7 @@ from ..config import NAME_RE, Config, QueueSettings, Tenant
 from ..metrics import Metrics
 from ..queue.engine import REFUSED, Busy, Claim, Engine, QueueRef, QueueState
 from ..queue.refresher import Refresher, TooManyQueues
+from ..queue.revocations import Known
 from . import fastpass
 from .tokens import (
     ADMITTED,
@@ -282,13 +283,13 @@ class Gate:
             )
             return (tenant.name, ""), "refused", _answer(403)
         q = QueueRef(tenant.name, queue)
-        state = self.refresher.states.get(q)
+        state = self.refresher.current(q)
         try:
             if state is None:
                 state = await self.refresher.state(q, tenant.settings_for(queue))
-        except TooManyQueues:
-            log.error("too many queues; check the nginx config", extra={"queue": str(q)})
-            return q, "refused", _answer(403)
+        except TooManyQueues:  # cannot be tracked now: wait, never pass unchecked
+            return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
+            return q, "waiting", self._wait(tenant, queue, return_to, 2)
         except (RedisError, OSError) as e:
             resp = self._redis_down(tenant, queue, tenant.settings_for(queue), e, request)
             return q, "redis_error", resp
@@ -302,6 +303,18 @@ class Gate:
         tok = self.verify(_set_cookie_value(prior, self.config.cookie_name, queue), tenant, now)
         if tok is None:
             tok = self.token(request, tenant, now, queue)
+        if (
+            tok is not None
+            and tok.admitted
+            and self.refresher.revoked.known(tok.sid) is Known.UNSURE
+        ):
+            # a revocation this process keeps only in its filter may hold it: Redis decides
+            try:
+                if await self.refresher.revoked.confirm(q, tok.sid):
+                    tok = None
+            except (RedisError, OSError):
+                return_to = safe_path(request.headers.get("X-Original-URI")) or "/"
+                return q, "waiting", self._wait(tenant, queue, return_to, 2)
         if tok is not None and tok.admitted:
             resp = _answer(204)
             self.keep_alive(q, tok, state, resp, now, request)

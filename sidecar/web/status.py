@@ -247,7 +247,7 @@ class Status:
             }
         else:
             self.gate.refresher.touch_waiter(q, tok.ticket)
-            body = self._waiting(tok, self.gate.refresher.states.get(q, state))
+            body = self._waiting(tok, self.gate.refresher.current(q) or state)
         body["token"] = self.gate.signer.dumps(tok)
         resp = _json(body)
         self.gate.set_cookie(resp, tok, now)

@@ -1,9 +1,11 @@
--- The refresher's call, run by every replica a few times a second: purge,
--- advance the line by the free capacity, and report the queue's state.
--- Idempotent and leaderless: two replicas running it together invite each
--- waiter once, because the script is atomic and reads the stored counters.
+-- The ticker's call: purge, advance the line by the free capacity, record the
+-- dashboard's history point and publish the queue's state as a versioned
+-- snapshot (snapshot.lua) that the other replicas read when its version moves.
+-- One process at a time runs it (the queue's lease, refresher.py), but it stays
+-- idempotent: two replicas running it together invite each waiter once,
+-- because the script is atomic and reads the stored counters.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
--- replica's purge slack and the last ended-stream id it read).
+-- replica's purge slack).
 local capacity = tonumber(ARGV[1])
 local admit_per_minute = tonumber(ARGV[2])
 local session_ttl = tonumber(ARGV[3])
@@ -16,7 +18,6 @@ local joins_per_address = tonumber(ARGV[9])
 local shared_sessions = ARGV[10]
 local max_addresses = tonumber(ARGV[11])
 local purge_slack_ms = tonumber(ARGV[12])
-local last_ended = ARGV[13]
 
 local s = {
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
@@ -181,59 +182,22 @@ end
 local blocks = {}
 if tickets > window_end then blocks = redis.call('HGETALL', K_LIVE) end
 
--- Ended sessions since the replica's last read. A new replica, or one that fell
--- behind the capped stream, gets every revocation still in force instead.
-local ended, last = {}, last_ended
-local function id_lt(a, b)
-  local a1, a2 = string.match(a, '^(%d+)-(%d+)$')
-  local b1, b2 = string.match(b, '^(%d+)-(%d+)$')
-  a1, a2, b1, b2 = tonumber(a1), tonumber(a2), tonumber(b1), tonumber(b2)
-  return a1 < b1 or (a1 == b1 and a2 < b2)
-end
-if redis.call('EXISTS', K_ENDED) == 1 then
-  local info = redis.call('XINFO', 'STREAM', K_ENDED)
-  local fields = {}
-  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
-  local newest, oldest = fields['last-generated-id'], fields['recorded-first-entry-id']
-  -- some entries were trimmed, and maybe some this replica had not read yet
-  local behind = tonumber(fields['entries-added']) > tonumber(fields['length'])
-    and id_lt(last, oldest)
-  if last == '0-0' or behind then
-    local all = redis.call('ZRANGEBYSCORE', K_REVOKED, now_sec, '+inf', 'WITHSCORES', 'LIMIT', 0,
-      REVOKED_RELOAD_MAX)
-    for i = 1, #all, 2 do
-      table.insert(ended, newest)
-      table.insert(ended, all[i])
-      table.insert(ended, all[i + 1])
-    end
-    if #all == 0 then
-      -- nothing in force: only move the reader to the end of the stream
-      table.insert(ended, newest)
-      table.insert(ended, '')
-      table.insert(ended, 0)
-    end
-  else
-    for _, entry in ipairs(redis.call('XRANGE', K_ENDED, '(' .. last, '+', 'COUNT', 1000)) do
-      local f = entry[2]
-      table.insert(ended, entry[1])
-      table.insert(ended, f[2])
-      table.insert(ended, f[4])
-    end
-  end
-end
-
 local sh_first, sh_last = shuffled_range()
-return reply{
+local state = {
   tickets = tickets, serving = serving, waiting = redis.call('ZCARD', K_WAITING),
   active = redis.call('ZCARD', K_ACTIVE), invited = redis.call('ZCARD', K_INVITED),
-  admitted_last_minute = minute, redis_time_ms = now_ms,
+  admitted_last_minute = minute,
   mode = s.mode, capacity = s.capacity, admit_per_minute = s.admit_per_minute,
   session_ttl = s.session_ttl, grace = s.grace, abandon_after = s.abandon_after,
   session_max = s.session_max, opens_at = s.opens_at, joins_per_address = s.joins_per_address,
   shared_sessions = s.shared_sessions, max_addresses = s.max_addresses,
-  expired = expired, lapsed = lapsed, newly_invited = invited, skipped = skipped, ended = ended,
   recalled = redis.call('ZCARD', K_RECALL), front = front, blocks = blocks,
-  closed = closed and 1 or 0, opened = opened,
-  shuffled_first = sh_first, shuffled_last = sh_last,
-  seed = redis.call('HGET', K_OPENING, 'seed') or 0, epoch = epoch,
+  closed = closed and 1 or 0, shuffled_first = sh_first, shuffled_last = sh_last,
+  seed = redis.call('HGET', K_OPENING, 'seed') or '0', epoch = epoch,
 }
+record_history(state.waiting, state.active, minute)
+state.version, state.changed = publish_snapshot(state)
+state.redis_time_ms = now_ms
+state.expired, state.lapsed, state.newly_invited, state.skipped = expired, lapsed, invited, skipped
+state.opened = opened
+return reply(state)
