@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -25,8 +25,8 @@ ENDED = 250_000
 AUTH = {"Host": "127.0.0.1", "X-Anteroom-Queue": QUEUE, "X-Original-URI": "/shop/"}
 
 
-def cookie_of(resp: web.StreamResponse | object) -> str:
-    raw = resp.headers.getall("Set-Cookie")  # type: ignore[attr-defined]
+def cookie_of(resp: ClientResponse) -> str:
+    raw = resp.headers.getall("Set-Cookie")
     (value,) = [c.split(";")[0].split("=", 1)[1] for c in raw if c.startswith(f"anteroom_{QUEUE}=")]
     return str(value)
 

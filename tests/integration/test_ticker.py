@@ -41,7 +41,7 @@ def ticket(v: Visitor) -> int:
 
 
 async def holder(redis: Redis) -> str:
-    raw = await redis.hget(TICKERS_KEY, f"l:acme:{QUEUE}")
+    raw: bytes | None = await redis.hget(TICKERS_KEY, f"l:acme:{QUEUE}")  # type: ignore[assignment]
     return raw.decode().split()[0] if raw else ""
 
 
