@@ -377,12 +377,14 @@ class Stack:
             if not link.is_symlink():
                 link.symlink_to(snippet)
         if self.fast_pass:
+            from sidecar.config import cookie_prefix
             from sidecar.web.fastpass import from_env, nginx_conf
 
-            fast = from_env(self.sidecar_env())
+            env = self.sidecar_env()
+            fast = from_env(env)
             if fast is None:
                 raise RuntimeError("fast_pass needs ANTEROOM_FAST_PASS_SECRET in env")
-            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast))
+            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast, cookie_prefix(env)))
 
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from . import logs
-from .config import Config, ConfigError
+from .config import Config, ConfigError, cookie_prefix
 from .control import cli
 from .web import fastpass
 from .web.app import create_app
@@ -230,7 +230,7 @@ def _fastpass_conf(args: argparse.Namespace) -> int:
     fast = fastpass.from_env(os.environ)
     if fast is None:
         raise ConfigError("ANTEROOM_FAST_PASS_SECRET: required (e.g. openssl rand -hex 32)")
-    sys.stdout.write(fastpass.nginx_conf(fast))
+    sys.stdout.write(fastpass.nginx_conf(fast, cookie_prefix(os.environ)))
     return 0
 
 

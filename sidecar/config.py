@@ -168,6 +168,14 @@ class Config:
         return load(os.environ if env is None else env, serving)
 
 
+def cookie_prefix(env: Mapping[str, str]) -> str:
+    """ANTEROOM_COOKIE_NAME, the visitor cookies' prefix (also fastpass-secret.conf's)."""
+    name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise ConfigError(f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {name!r}")
+    return name
+
+
 def load(env: Mapping[str, str], serving: bool = True) -> Config:
     """The configuration in ``env``. ``serving=False`` (building pages) needs no secret."""
     demo = _bool(env, "ANTEROOM_DEMO", False)
@@ -205,11 +213,7 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         raise ConfigError(
             "ANTEROOM_REDIS_CLUSTER: a Sentinel URL names a primary/replica set, not a Cluster"
         )
-    cookie_name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cookie_name):
-        raise ConfigError(
-            f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {cookie_name!r}"
-        )
+    cookie_name = cookie_prefix(env)
     log_level = env.get("ANTEROOM_LOG_LEVEL", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(

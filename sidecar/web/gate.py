@@ -305,10 +305,8 @@ class Gate:
         if tok is not None and tok.admitted:
             resp = _answer(204)
             self.keep_alive(q, tok, state, resp, now, request)
-            if self.fast_pass is not None:  # renew nginx's pass
-                cookies = request.headers.get("Cookie", "")
-                scope = f"{queue} {host_name(request.host)}"  # as fastpass.conf hashes it
-                self.fast_pass.renew(cookies, tok.sid, scope, now, resp.headers, self._cookie_attrs)
+            if self.fast_pass is not None:
+                self._renew_pass(request, tenant, queue, tok, resp, now)
             return q, "admitted", resp
 
         # where this request wanted to go: the waiting page sends them back there
@@ -351,6 +349,41 @@ class Gate:
         resp = self._wait(tenant, queue, return_to)
         self.set_cookie(resp, new, now)
         return q, "waiting", resp
+
+    def _renew_pass(
+        self,
+        request: web.Request,
+        tenant: Tenant,
+        queue: str,
+        tok: Token,
+        resp: web.Response,
+        now: int,
+    ) -> None:
+        """nginx's fast pass, bound to the session cookie the browser will send next
+        (the one this answer sets, or the one it sent, if that is this token) and
+        to the address nginx saw: anywhere else the request comes here."""
+        assert self.fast_pass is not None
+        name = self.config.cookie_name
+        session = _set_cookie_value(resp.headers.get("Set-Cookie"), name, queue)
+        if session is None:
+            session = _set_cookie_value(request.headers.get("X-Anteroom-Prior"), name, queue)
+        if session is None:
+            session = cookie_value(request.headers.get("Cookie", ""), cookie_name(name, queue))
+        held = self.verify(session, tenant, now)
+        if session is None or held is None or held.sid != tok.sid or not held.admitted:
+            return  # a Bearer token, or a cookie other than the one decided on: no pass
+        address = request.headers.get("X-Real-IP", "")
+        scope = f"{queue} {host_name(request.host)}"  # as fastpass.conf hashes it
+        self.fast_pass.renew(
+            request.headers.get("Cookie", ""),
+            tok.sid,
+            scope,
+            address,
+            session,
+            now,
+            resp.headers,
+            self._cookie_attrs,
+        )
 
     def _wait(
         self, tenant: Tenant, queue: str, return_to: str, retry_after: int = 5
