@@ -6,9 +6,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.asyncio import Redis, RedisCluster
 
 from ..config import Config
@@ -27,6 +29,40 @@ CONFIG = web.AppKey("config", Config)
 REFRESHER = web.AppKey("refresher", Refresher)
 GATE = web.AppKey("gate", Gate)
 HEALTH = web.AppKey("health", Health)
+
+BAD_REQUEST_LOG_EVERY = 60.0  # seconds: a client's malformed requests are no log flood
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger. A request its parser refuses (a control character
+    in a header, a bad request line) is the client's fault: one warning a minute
+    with how many there were, without the traceback or the client's bytes.
+    Everything else (a handler's unexpected error) is logged as aiohttp does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self._last = -BAD_REQUEST_LOG_EVERY
+        self._bad = 0
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError) or (exc.code or 400) >= 500:
+            super().log(level, msg, *args, **kwargs)
+            return
+        self._bad += 1
+        now = time.monotonic()
+        if now - self._last < BAD_REQUEST_LOG_EVERY:
+            return
+        self._last = now
+        log.warning(
+            "malformed requests refused (400); the next such line in a minute at the soonest",
+            extra={"count": self._bad, "reason": type(exc).__name__},
+        )
+        self._bad = 0
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return msg, kwargs
+
 
 # aiohttp's defaults (8 KiB) are below what nginx forwards with its own
 # large_client_header_buffers; a refused header would become nginx's 500.
@@ -75,7 +111,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) -> web.Application:
     """The gate's app. Worker 0 also runs the admin listener (if configured), in this
     process and on its own address; ``metrics_dir`` is where workers share figures."""
-    app = web.Application(handler_args=HANDLER_ARGS)
+    app = web.Application(handler_args={**HANDLER_ARGS, "logger": ServerLog()})
     # the client connects lazily, inside the running loop
     redis: Redis | RedisCluster
     # the engine bounds what requests use (pool_size); a few more serve the
