@@ -87,7 +87,7 @@ async def test_every_language_gets_a_page_while_the_bucket_hangs_or_is_down(
         hanging = await asyncio.gather(*(page(site, a) for a in LANGUAGES))
     finally:
         os.killpg(bucket.proc.pid, signal.SIGCONT)
-    for accept, (status, headers, text) in zip(LANGUAGES, hanging, strict=True):
+    for accept, (status, _headers, text) in zip(LANGUAGES, hanging, strict=True):
         assert status == 200 and a_waiting_page(text), (accept, status, text[:200])
     # the outage shows: some answer came from the cache after the bucket failed
     assert any("504" in h.get("X-Anteroom-Bucket", "") for _, h, _ in hanging), [
