@@ -7,10 +7,15 @@ import hashlib
 
 import pytest
 
-from sidecar.config import ConfigError
-from sidecar.web.fastpass import FastPass, from_env, nginx_conf
+from sidecar.config import Config, ConfigError
+from sidecar.web.fastpass import FastPass, from_config, nginx_conf
 
 SECRET = "fast-pass-secret-0123456789"
+
+
+def from_env(env: dict[str, str]) -> FastPass | None:
+    """The fast pass as the sidecar reads it: from its configuration."""
+    return from_config(Config.from_env(env, serving=False))
 
 
 def test_the_hash_is_what_secure_link_md5_computes() -> None:

@@ -13,9 +13,8 @@ import aiohttp
 import pytest
 
 from devstack.stack import S3Server, Stack
-from sidecar.config import load
+from sidecar.config import S3Settings, load
 from sidecar.pages.publish import IMMUTABLE, publish
-from sidecar.pages.s3 import S3Settings
 from tests.conftest import FAST, QUEUE_LOCATIONS
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.web.gate import host_name, safe_path
+from sidecar.web.http import host_name, safe_path
 from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"

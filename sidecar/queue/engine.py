@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ..config import OVERRIDE_MINIMUMS, QueueSettings
 from ..metrics import Metrics
+from .client import text as _s
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
@@ -236,10 +237,6 @@ def _source(name: str) -> str:
     return lua.joinpath("prelude.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def confirm_ms(s: QueueSettings) -> int:
     """How long a new session holds its slot before its cookie comes back."""
     return min(s.session_ttl, s.grace) * 1000
@@ -281,7 +278,6 @@ class Engine:
         self._joining: set[QueueRef] = set()
         self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
@@ -310,7 +306,6 @@ class Engine:
         except TimeoutError:
             raise Busy(name) from None
         try:
-            self.calls += 1
             return await self._evalsha(name, keys, args)
         finally:
             self._slots.release()
