@@ -37,6 +37,7 @@ CLAIM_FAILED: tuple[type[Exception], ...] = (*LEAVE_FAILED, TooManyJoins)
 # a million waiters cost.
 POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
 POLL_FAR = 45
+MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
 
 
 def poll_after(position: int, abandon_after: int) -> int:
@@ -54,6 +55,37 @@ def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] 
     return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
+def _shared_parts(queue: str, state: QueueState) -> tuple[str, str]:
+    """The JSON every waiter of ``state`` shares: the head up to the ticket, and for
+    a pre-queue the tail after it ("" when the line is open)."""
+    head = json.dumps(
+        {
+            "state": "waiting",
+            "queue": queue,
+            "in_line": state.waiting,
+            "mode": state.settings.mode,
+            "opens_at": state.settings.opens_at or None,
+            "updated": state.redis_time_ms,
+            "redirect": None,
+        }
+    )
+    closed = ""
+    if state.closed:
+        opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
+        tail = {
+            "position": None,
+            "ahead": None,
+            "eta_seconds": None,
+            "eta_range": None,
+            "opens_in": opens_in,
+            "notice": "opens_later",
+            # come back at the opening, and often enough to count as present
+            "poll_after": max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+        }
+        closed = ", " + json.dumps(tail)[1:]
+    return head[:-1] + ', "ticket": ', closed
+
+
 @dataclass(slots=True)
 class Visit:
     """Who is asking: their tenant, verified token, queue and its cached state."""
@@ -68,6 +100,8 @@ class Visit:
 class Status:
     def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
+        # queue -> (the state they were built from, head, closed tail): see _waiting
+        self._shared: dict[QueueRef, tuple[QueueState, str, str]] = {}
 
     def _tenant(self, request: web.Request) -> Tenant:
         tenant = self.visitors.tenant(request)
@@ -93,45 +127,33 @@ class Status:
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
         return return_param(request, tok.return_to if tok else "/")
 
-    def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "state": "waiting",
-            "queue": tok.queue,
-            "ticket": tok.ticket,
-            "in_line": state.waiting,
-            "mode": state.settings.mode,
-            "opens_at": state.settings.opens_at or None,
-            "updated": state.redis_time_ms,
-            "redirect": None,
-        }
-        if state.closed:
-            # a pre-queue: the order is drawn at the opening, so no place yet
-            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
-            body.update(
-                position=None,
-                ahead=None,
-                eta_seconds=None,
-                eta_range=None,
-                opens_in=opens_in,
-                notice="opens_later",
-                # come back at the opening, and often enough to count as present
-                poll_after=max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
-            )
-            return body
+    def _waiting(self, q: QueueRef, tok: Token, state: QueueState) -> str:
+        """A waiter's answer as JSON. What every waiter of this queue state shares is
+        encoded once per state (the refresher replaces the state when it changes);
+        a poll adds only its own numbers."""
+        shared = self._shared.get(q)
+        if shared is None or shared[0] is not state:
+            if len(self._shared) >= MAX_SHARED_BODIES:
+                self._shared.clear()
+            shared = self._shared[q] = (state, *_shared_parts(tok.queue, state))
+        _, head, closed = shared
+        if closed:  # a pre-queue: the order is drawn at the opening, so no place yet
+            return f"{head}{tok.ticket}{closed}"
         position = state.position(tok.ticket)
         eta, eta_range = estimate(position, state)
-        body.update(
-            position=position,
-            ahead=position - 1,
-            eta_seconds=eta,
-            eta_range=eta_range,
-            poll_after=poll_after(position, state.settings.abandon_after),
+        return (
+            f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
+            f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
+            f'"eta_range": {"null" if eta_range is None else eta_range}, '
+            f'"poll_after": {poll_after(position, state.settings.abandon_after)}}}'
         )
-        return body
 
-    async def _decide(self, request: web.Request) -> tuple[dict[str, Any], Visit, web.Response]:
-        """The visitor's state as JSON-ready data; claims the place when it is their turn.
-        Cookies to set are already on the returned response."""
+    async def _decide(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any] | None, Visit, web.Response]:
+        """The visitor's state as JSON-ready data, or None for a waiter with a place
+        (``v.tok``, ``v.q`` and ``v.state`` set: see _waiting); claims the place when it
+        is their turn. Cookies to set are already on the returned response."""
         v = await self._visit(request)
         resp = web.Response(headers=NO_STORE)
         return_to = self._return_to(request, v.tok)
@@ -167,22 +189,26 @@ class Status:
                 if new.admitted:  # let in from the waiting page: count it with the gate's
                     self.visitors.metrics.decision(q, "entered")
                     return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
-        return self._waiting(tok, state), v, resp
+        return None, v, resp
 
     async def status(self, request: web.Request) -> web.Response:
-        body, _, resp = await self._decide(request)
-        resp.content_type = "application/json"
-        resp.text = json.dumps(body)
+        body, v, resp = await self._decide(request)
+        if body is None and v.q is not None and v.tok is not None and v.state is not None:
+            payload = self._waiting(v.q, v.tok, v.state)
+        else:
+            payload = json.dumps(body)
+        resp.body = payload.encode()
+        resp.headers["Content-Type"] = "application/json; charset=utf-8"
         return resp
 
     async def resume(self, request: web.Request) -> web.Response:
         """No-JavaScript path: the waiting page's meta refresh lands here."""
         body, v, resp = await self._decide(request)
-        if body["state"] == "waiting" and v.tok is not None:
+        if (body is None or body["state"] == "waiting") and v.tok is not None:
             return_to = self._return_to(request, v.tok)
             location = self.visitors.waiting_location(v.tenant, return_to, v.tok.queue)
-        else:
-            location = body["redirect"]
+        else:  # a body: only a waiter with a place has none
+            location = body["redirect"] if body is not None else "/"
         resp.set_status(303)
         resp.headers["Location"] = location
         return resp
@@ -233,7 +259,7 @@ class Status:
             }
         else:
             v.seen(q, tok)
-            body = self._waiting(tok, v.cached(q) or state)
+            body = json.loads(self._waiting(q, tok, v.cached(q) or state))
         body["token"] = v.bearer(tok)
         resp = json_answer(body)
         v.set_cookie(resp, tok, now)
