@@ -52,9 +52,10 @@ def test_the_walk_sees_relative_and_absolute_imports() -> None:
 
 
 def test_queue_imports_no_web_framework_nor_the_layers_above() -> None:
-    assert offending(
-        SIDECAR / "queue", ("aiohttp", "sidecar.web", "sidecar.control", "sidecar.pages")
-    ) == {}
+    assert (
+        offending(SIDECAR / "queue", ("aiohttp", "sidecar.web", "sidecar.control", "sidecar.pages"))
+        == {}
+    )
 
 
 def test_web_and_control_do_not_import_each_other() -> None:
