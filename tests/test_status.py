@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -16,11 +17,11 @@ from tests.test_gate import auth, cookie_of
 SITE = {"Host": "shop.test"}
 
 
-async def status(client: AppClient, cookie: str = "", query: str = "") -> dict:
+async def status(client: AppClient, cookie: str = "", query: str = "") -> dict[str, Any]:
     r = await client.get(f"/_anteroom/status{query}", headers={**SITE, "Cookie": cookie})
     assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
     assert r.content_type == "application/json"
-    body: dict = await r.json()
+    body: dict[str, Any] = await r.json()
     return body
 
 
@@ -46,7 +47,7 @@ async def test_status_none_waiting_admitted_and_turn_come(app_client) -> None:
     # the holder leaves: the waiter's next poll claims the place
     await client.post("/_anteroom/leave?queue=s", headers={**SITE, "Cookie": holder})
 
-    async def admitted() -> dict | None:
+    async def admitted() -> dict[str, Any] | None:
         r = await client.get("/_anteroom/status?queue=s", headers={**SITE, "Cookie": waiter})
         body = await r.json()
         return {**body, "cookie": cookie_of(r)} if body["state"] == "admitted" else None
@@ -63,7 +64,7 @@ async def test_status_with_a_measured_rate_gives_an_eta_range(app_client) -> Non
     waiters = [cookie_of(await auth(client, "eta")) for _ in range(3)]
     await client.post("/_anteroom/leave?queue=eta", headers={**SITE, "Cookie": holder})
 
-    async def with_eta() -> dict | None:
+    async def with_eta() -> dict[str, Any] | None:
         body = await status(client, waiters[2])
         return body if body.get("eta_seconds") else None
 
