@@ -24,20 +24,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..config import FAST_PASS_TTL, Config
 from .tokens import cookie_value
 
 # two underscores: queue names start with a letter or digit, so no queue cookie
 # ("anteroom_<queue>") can ever be named like the pass
 COOKIE = "anteroom__pass"
 HEADER = "X-Anteroom-Pass"  # gate.conf copies it into a second Set-Cookie
-DEFAULT_TTL = 20
-MAX_TTL = 300
-# characters that need no escaping inside an nginx quoted string
-SECRET_RE = re.compile(r"[A-Za-z0-9+/=_.:-]{16,256}")
 PASS_RE = re.compile(r"(\d{1,12})\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{22})")
 # what nginx's $remote_addr can be (IPv4, IPv6, "unix:"); anything else: no pass
 ADDRESS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}|unix:")
@@ -46,7 +42,7 @@ ADDRESS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}|unix:")
 @dataclass(frozen=True, slots=True)
 class FastPass:
     secret: str
-    ttl: int = DEFAULT_TTL
+    ttl: int = FAST_PASS_TTL
 
     def digest(self, expires: int, sid: str, scope: str, address: str, session: str) -> str:
         """``scope``: "<queue> <host>" as fastpass.conf hashes it, so a pass of one
@@ -102,27 +98,11 @@ class FastPass:
         return m.group(3) == self.digest(expires, sid, scope, address, session)
 
 
-def from_env(env: Mapping[str, str]) -> FastPass | None:
-    """The fast pass settings, or None when ``ANTEROOM_FAST_PASS_SECRET`` is unset."""
-    secret = env.get("ANTEROOM_FAST_PASS_SECRET", "").strip()
-    if not secret:
+def from_config(config: Config) -> FastPass | None:
+    """The fast pass, or None when ``ANTEROOM_FAST_PASS_SECRET`` is unset."""
+    if not config.fast_pass_secret:
         return None
-    if not SECRET_RE.fullmatch(secret):
-        raise ConfigError(
-            "ANTEROOM_FAST_PASS_SECRET: 16 to 256 characters of letters, digits and + / = _ . : -"
-            " (e.g. openssl rand -hex 32)"
-        )
-    raw_ttl = env.get("ANTEROOM_FAST_PASS_TTL", str(DEFAULT_TTL))
-    try:
-        ttl = int(raw_ttl)
-    except ValueError:
-        ttl = 0
-    if not 1 <= ttl <= MAX_TTL:
-        raise ConfigError(
-            f"ANTEROOM_FAST_PASS_TTL: seconds from 1 to {MAX_TTL}, got {raw_ttl!r}"
-            f" (default {DEFAULT_TTL})"
-        )
-    return FastPass(secret=secret, ttl=ttl)
+    return FastPass(secret=config.fast_pass_secret, ttl=config.fast_pass_ttl)
 
 
 def nginx_conf(fast: FastPass, cookie_prefix: str = "anteroom") -> str:
