@@ -57,7 +57,7 @@ def _counters(redis: SyncRedis) -> tuple[float, int, Counter[str]]:
     return used, int(stats["total_commands_processed"]), calls
 
 
-def measure(redis_url: str, processes: int, queues: int, seconds: float) -> dict[str, object]:
+def measure(redis_url: str, processes: int, queues: int, seconds: float) -> dict[str, float | str]:
     redis = SyncRedis.from_url(redis_url)
     redis.flushall()
     ctx = multiprocessing.get_context("spawn")
@@ -107,7 +107,8 @@ def main() -> None:
             for p in args.processes:
                 r = measure(stack.redis_url, p, q, args.seconds)
                 base = base or r
-                rows.append((p, q, r, float(r["commands"]) / max(1e-9, float(base["commands"]))))
+                ratio = float(r["commands"]) / max(1e-9, float(base["commands"]))
+                rows.append((p, q, r, ratio))
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)

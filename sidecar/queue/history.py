@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
 
+from .client import text
 from .engine import QueueRef
 from .keys import HISTORY_SECONDS
 
@@ -47,14 +48,10 @@ def _points(raw: Mapping[bytes | str, bytes | str], now: int) -> list[Point]:
     points = []
     for at, value in raw.items():
         try:
-            w, a, m = (int(v) for v in _s(value).split(","))
+            w, a, m = (int(v) for v in text(value).split(","))
             t = int(at)
         except ValueError:
             continue
         if t >= now - HISTORY_SECONDS:
             points.append(Point(t, w, a, m))
     return sorted(points, key=lambda p: p.at)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v

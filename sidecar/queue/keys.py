@@ -57,7 +57,7 @@ TICKERS_KEY = PREFIX + ":{anteroom}:tickers"
 LEASE_MIN_MS = 750  # a lease lasts max(this, 3 refreshes): taken over within about a second
 # A queue with nobody in line, invited or recalled is ticked this often (seconds);
 # a join, leave or operator change wakes its ticker at once.
-IDLE_TICK = 2.0
+IDLE_TICK = 4.0  # under HISTORY_STEP: every history bucket still gets its point
 # Queues found in Redis by the admin (SCAN for their ticket counters), at most.
 SCAN_MAX_QUEUES = 1_000
 TICKETS_PATTERN = PREFIX + ":{*}:tickets"
