@@ -56,6 +56,24 @@ def poll_after(position: int, abandon_after: int) -> int:
     return max(1, min(every, abandon_after // 3))
 
 
+# The final countdown: answers before an opening send each waiter back at a
+# second of their own within OPENING_SPREAD seconds after it (spread by ticket),
+# so a pre-queue of N lands at about N / OPENING_SPREAD polls a second, not all
+# in the first (docs/performance.md has the model).
+OPENING_SPREAD = 20
+
+
+def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
+    """Seconds until the next poll of a waiter in a pre-queue."""
+    # often enough to count as present, whatever the spread
+    limit = max(1, min(20, abandon_after // 3))
+    if opens_in + 1 > limit:
+        return limit
+    # the spread stays inside the abandon window: a waiter is never taken for gone
+    spread = max(0, min(OPENING_SPREAD, abandon_after // 2 - opens_in - 1))
+    return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
+
+
 def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] | None]:
     """ETA in seconds from the admission rate measured over the last minute."""
     rate = state.admissions_per_second
@@ -130,8 +148,20 @@ class Status:
                 eta_range=None,
                 opens_in=opens_in,
                 notice="opens_later",
-                # come back at the opening, and often enough to count as present
-                poll_after=max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+                poll_after=opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after),
+            )
+            return body
+        if state.opening:
+            # the order is being written: places are known in a moment, each
+            # waiter asks again at a second of their own
+            body.update(
+                position=None,
+                ahead=None,
+                eta_seconds=None,
+                eta_range=None,
+                opens_in=0,
+                notice="opening",
+                poll_after=opening_poll_after(0, tok.ticket, state.settings.abandon_after),
             )
             return body
         position = state.position(tok.ticket)
