@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -14,6 +15,7 @@ from sidecar.config import QueueSettings
 from sidecar.queue.engine import Engine, QueueRef, QueueState, drawn_order
 from sidecar.queue.keys import LIVE_BLOCK, OPEN_INLINE_MAX, PRUNE_MAX
 from sidecar.queue.scripts import TICK
+from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "drop")
 FAR = 4_000_000_000
@@ -36,15 +38,14 @@ async def fill(e: Engine, n: int, s: QueueSettings, q: QueueRef = Q) -> list[int
 
 
 async def live_counts(redis: Redis, q: QueueRef = Q) -> dict[int, int]:
-    raw = await redis.hgetall(q.keys.live)  # type: ignore[misc]
+    raw = await redis.hgetall(q.keys.live)
     return {int(k): int(v) for k, v in raw.items() if int(v)}
 
 
 async def recounted(redis: Redis, line_of: dict[int, int], q: QueueRef = Q) -> dict[int, int]:
     """The block counts computed from scratch: who is in line, at their line number."""
     counts: dict[int, int] = {}
-    for m in await redis.zrange(q.keys.waiting, 0, -1):
-        t = int(m)
+    for t in await ticket_members(redis, q.keys.waiting):
         block = line_of.get(t, t) // LIVE_BLOCK
         counts[block] = counts.get(block, 0) + 1
     return counts
@@ -81,7 +82,7 @@ async def test_a_big_opening_is_written_in_chunks_as_the_seed_replays(
     assert await live_counts(redis) == await recounted(redis, line_of)
     assert st.waiting == in_line
     # positions: exact and distinct in the front window, in drawn order
-    waiting = {int(m) for m in await redis.zrange(Q.keys.waiting, 0, -1)}
+    waiting = set(await ticket_members(redis, Q.keys.waiting))
     present = sorted((st.line(t), t) for t in tickets if t in waiting)
     front = [st.position(t) for _, t in present[:500]]
     assert front == list(range(1, 501))
@@ -122,10 +123,8 @@ async def test_nobody_is_admitted_while_the_order_is_written(
         assert st.newly_invited == 0 and st.invited == 0 and st.active == 0
         await asyncio.sleep(0.005)
     assert st.newly_invited == 5  # then the drawn order is served
-    assert all(
-        st.order is not None and st.order.line(int(t)) <= 5
-        for t in await redis.zrange(Q.keys.invited, 0, -1)
-    )
+    invited = await ticket_members(redis, Q.keys.invited)
+    assert all(st.order is not None and st.order.line(t) <= 5 for t in invited)
 
 
 async def test_pruning_is_capped_per_tick_and_carries_on(
@@ -158,7 +157,7 @@ async def test_a_quiet_tick_ships_no_summary_and_a_busy_one_only_what_changed(
     await e.load_scripts()
     keys = Q.keys.all()
 
-    async def raw() -> dict[str, object]:
+    async def raw() -> dict[str, Any]:
         sha = e._sha["tick"]
         return TICK.decode(await redis.evalsha(sha, len(keys), *keys, *TICK.argv(args)))
 
