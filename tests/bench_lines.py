@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
+import signal
+import sys
 import tempfile
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,43 +109,21 @@ async def opening(url: str, n: int, p: int) -> dict[str, float]:
     """A pre-queue of n opens while p processes tick it and another queue takes joins."""
     redis = Redis.from_url(url)
     await redis.flushall()
-    q, other = QueueRef("bench", "drop"), QueueRef("bench", "other")
+    q = QueueRef("bench", "drop")
     closed = QueueSettings(capacity=100, abandon_after=3_600, opens_at=4_000_000_000)
     e = Engine(redis)
     for i in range(0, n, 5_000):
         joined = await e.join_many(q, [f"w{j}" for j in range(i, min(n, i + 5_000))], closed)
         await e.heartbeat({q: ([], [t for _, t, _ in joined], closed)})
-    busy = QueueSettings(capacity=0)
-    joins: list[float] = []
-    pings = {"sent": 0, "failed": 0}
-
-    async def join_probe() -> None:
-        i = 0
-        while True:
-            started = time.perf_counter()
-            await e.join(other, f"p{i}", busy)
-            joins.append(time.perf_counter() - started)
-            i += 1
-            await asyncio.sleep(0.01)
-
-    async def ready_probe() -> None:
-        probe = Redis.from_url(url)
-        try:
-            while True:
-                pings["sent"] += 1
-                try:
-                    await asyncio.wait_for(probe.ping(), PING_TIMEOUT)
-                except Exception:
-                    pings["failed"] += 1
-                await asyncio.sleep(0.05)
-        finally:
-            await probe.aclose()
-
+    # the probes run in a process of their own: what they see is Redis, not this
+    # process's event loop busy replaying the order
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench_lines", "probe", "--redis", url, stdout=PIPE
+    )
     async with processes(url, p, [q], closed) as refreshers:
         await redis.config_set("slowlog-log-slower-than", 1_000)  # microseconds
         await redis.config_set("slowlog-max-len", 10_000)
         await redis.slowlog_reset()
-        probes = [asyncio.create_task(join_probe()), asyncio.create_task(ready_probe())]
         await asyncio.sleep(1.0)
         started = time.monotonic()
         await redis.hset(q.keys.settings, "opens_at", int(time.time()))  # the operator opens it
@@ -154,46 +136,92 @@ async def opening(url: str, n: int, p: int) -> dict[str, float]:
                 raise SystemExit("bench: the opening did not finish in 120 s")
         took = time.monotonic() - started
         await asyncio.sleep(1.0)
-        for t in probes:
-            t.cancel()
-        await asyncio.gather(*probes, return_exceptions=True)
+        probe.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(probe.communicate(), 30)
+        found = json.loads(out)
         slow = await redis.slowlog_get(10_000)
     await redis.aclose()
-    longest = max((entry["duration"] for entry in slow), default=0) / 1000
+    worst = max(slow, key=lambda entry: entry["duration"], default=None)
+    joins = sorted(found["joins"])
     return {
         "took": took,
-        "longest_ms": longest,
-        "join_worst_ms": max(joins) * 1000,
-        "join_p99_ms": sorted(joins)[int(len(joins) * 0.99)] * 1000,
-        "pings": pings["sent"],
-        "ping_failed": pings["failed"],
+        "longest_ms": worst["duration"] / 1000 if worst else 0.0,
+        "longest": str(worst["command"][:60]) if worst else "",
+        "join_worst_ms": joins[-1] * 1000,
+        "join_p99_ms": joins[int(len(joins) * 0.99)] * 1000,
+        "pings": found["sent"],
+        "ping_failed": found["failed"],
     }
+
+
+async def probe(url: str) -> None:
+    """Until SIGINT: another queue's joins every 10 ms, and /readyz's PING every 50 ms;
+    then prints what they saw (JSON)."""
+    redis = Redis.from_url(url)
+    e = Engine(redis)
+    other, busy = QueueRef("bench", "other"), QueueSettings(capacity=0)
+    joins: list[float] = []
+    pings = {"sent": 0, "failed": 0}
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+
+    async def join_probe() -> None:
+        i = 0
+        while not stop.is_set():
+            started = time.perf_counter()
+            await e.join(other, f"p{i}", busy)
+            joins.append(time.perf_counter() - started)
+            i += 1
+            await asyncio.sleep(0.01)
+
+    async def ready_probe() -> None:
+        while not stop.is_set():
+            pings["sent"] += 1
+            try:
+                await asyncio.wait_for(redis.ping(), PING_TIMEOUT)
+            except Exception:
+                pings["failed"] += 1
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(join_probe(), ready_probe())
+    await redis.aclose()
+    print(json.dumps({"joins": joins, **pings}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench_lines")
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "opening", "probe"])
     parser.add_argument("--waiters", type=int, default=1_000_000)
+    parser.add_argument("--redis")
     args = parser.parse_args()
+    if args.what == "probe":
+        asyncio.run(probe(args.redis))
+        return
     n = args.waiters
     work = Path(tempfile.mkdtemp(prefix="anteroom-bench-lines-"))
     stack = Stack(workdir=work, inherit_env=False)
     work.mkdir(parents=True, exist_ok=True)
     stack.start_redis()
     try:
-        long_cpu = asyncio.run(one_long_line(stack.redis_url, n, 4))
-        many_cpu = asyncio.run(many_lines(stack.redis_url, 100, n // 100, 2))
+        if args.what == "all":
+            long_cpu = asyncio.run(one_long_line(stack.redis_url, n, 4))
+            many_cpu = asyncio.run(many_lines(stack.redis_url, 100, n // 100, 2))
         opened = asyncio.run(opening(stack.redis_url, n, 4))
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("| what | Redis CPU (share of one core) |")
-    print("|---|---:|")
-    print(f"| one queue of {n:,} waiters, 4 processes | {long_cpu:.1%} |")
-    print(f"| 100 queues x {n // 100:,} waiters, 2 processes | {many_cpu:.1%} |")
+    if args.what == "all":
+        print("| what | Redis CPU (share of one core) |")
+        print("|---|---:|")
+        print(f"| one queue of {n:,} waiters, 4 processes | {long_cpu:.1%} |")
+        print(f"| 100 queues x {n // 100:,} waiters, 2 processes | {many_cpu:.1%} |")
     print(f"\nOpening a pre-queue of {n:,} with 4 processes (done in {opened['took']:.1f} s):\n")
     print("| what | measured |")
     print("|---|---:|")
-    print(f"| longest single Redis command (SLOWLOG) | {opened['longest_ms']:.1f} ms |")
+    print(
+        f"| longest single Redis command (SLOWLOG) | {opened['longest_ms']:.1f} ms"
+        f" ({opened['longest']}) |"
+    )
     print(
         f"| another queue's joins meanwhile: worst / p99 | {opened['join_worst_ms']:.0f} ms"
         f" / {opened['join_p99_ms']:.0f} ms |"
