@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ..config import QueueSettings
 from ..metrics import Metrics
+from .client import text as _s
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
@@ -313,10 +314,6 @@ Ended = tuple[tuple[str, str, int], ...]
 Call = tuple[Script, list[str], list[Any]]
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def confirm_ms(s: QueueSettings) -> int:
     """How long a new session holds its slot before its cookie comes back."""
     return min(s.session_ttl, s.grace) * 1000
@@ -362,7 +359,6 @@ class Engine:
         self.open_write_chunk = OPEN_WRITE_CHUNK
         self.open_move_chunk = OPEN_MOVE_CHUNK
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
@@ -392,7 +388,6 @@ class Engine:
         except TimeoutError:
             raise Busy(script.name) from None
         try:
-            self.calls += 1
             return script.decode(await self._evalsha(script, keys, args))
         finally:
             self._slots.release()
