@@ -15,6 +15,7 @@ import enum
 import hashlib
 import itertools
 import json
+import logging
 import struct
 import sys
 import time
@@ -34,7 +35,10 @@ from .keys import (
     ADDRESSES_KEPT,
     ENDED_READ_CHUNK,
     HEARTBEAT_CHUNK,
+    LINE_CHUNK,
     LIVE_BLOCK,
+    OPEN_MOVE_CHUNK,
+    OPEN_WRITE_CHUNK,
     REVOKED_RELOAD_CHUNK,
     TICKERS_KEY,
     QueueKeys,
@@ -45,6 +49,9 @@ from .scripts import (
     HEARTBEAT,
     JOIN,
     LEAVE,
+    LINE,
+    OPEN,
+    REVOKED,
     SCRIPTS,
     SNAPSHOT,
     TICK,
@@ -52,6 +59,8 @@ from .scripts import (
     Script,
     source,
 )
+
+log = logging.getLogger("sidecar.engine")
 
 
 class QueueRef(NamedTuple):
@@ -70,8 +79,9 @@ class QueueRef(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class LiveLine:
-    """Who is still in line, as the tick saw it: exactly for ``front`` (one char per
-    ticket after ``serving``: "1" still in line), then per block of tickets."""
+    """Who is still in line, as the summary last read said: exactly for ``front`` (one
+    char per line number after ``at``, the serving it was read at: "1" still in
+    line), then per block of line numbers."""
 
     front: str = ""
     blocks: tuple[int, ...] = ()  # block numbers, ascending
@@ -80,11 +90,22 @@ class LiveLine:
     # tickets this process handed out since the tick (sorted): positions right after
     # joining count them, at O(log n) a join whatever the length of the line
     recent: list[int] = field(default_factory=list)
+    at: int | None = None  # the serving the front was read at (None: the caller's)
 
     @classmethod
-    def of(cls, front: str, counts: Mapping[int, int]) -> LiveLine:
+    def of(cls, front: str, counts: Mapping[int, int], at: int | None = None) -> LiveLine:
         blocks = tuple(sorted(counts))
-        return cls(front, blocks, tuple(itertools.accumulate(counts[b] for b in blocks)), counts)
+        return cls(
+            front,
+            blocks,
+            tuple(itertools.accumulate(counts[b] for b in blocks)),
+            counts,
+            at=at,
+        )
+
+    def again(self) -> LiveLine:
+        """The same summary for a new tick (nothing changed): no joins since it yet."""
+        return LiveLine(self.front, self.blocks, self.cumulative, self.counts, [], self.at)
 
     def joined(self, ticket: int) -> LiveLine:
         bisect.insort(self.recent, ticket)
@@ -102,10 +123,13 @@ class LiveLine:
         window, at most LIVE_BLOCK - 1 too many beyond it."""
         if ticket <= serving:
             return 0
-        offset = ticket - serving - 1
+        # a summary read at an earlier serving still counts those invited since:
+        # the answer of then, never a higher one
+        base = serving if self.at is None else self.at
+        offset = ticket - base - 1
         if offset < len(self.front):
             return self.front.count("1", 0, offset)
-        window_end = serving + len(self.front)  # last ticket the front covers
+        window_end = base + len(self.front)  # last line number the front covers
         mine = ticket // LIVE_BLOCK
         ahead = self.front.count("1")
         ahead += self._in_blocks(window_end // LIVE_BLOCK + 1, mine)
@@ -118,6 +142,41 @@ class LiveLine:
             self.recent, window_end
         )
         return ahead
+
+
+@dataclass(slots=True)
+class _Summary:
+    """A process's copy of one queue's line summary (lua/summary.lua), kept up to
+    date from the blocks changed since its version."""
+
+    epoch: str = ""
+    version: int = 0
+    counts: dict[int, int] = field(default_factory=dict)
+    live: LiveLine = field(default_factory=LiveLine)
+
+    def apply(self, r: Mapping[str, Any], epoch: str, serving: int) -> bool:
+        """Folds one read in; True when caught up (the summary is whole again)."""
+        if int(r["line_same"]):
+            self.live = self.live.again()
+            return True
+        if int(r["line_full"]) or epoch != self.epoch:
+            self.counts = {}
+        self.epoch = epoch
+        blocks = r["blocks"]
+        for i in range(0, len(blocks), 2):
+            block, n = int(blocks[i]), int(blocks[i + 1])
+            if n > 0:
+                self.counts[block] = n
+            else:
+                self.counts.pop(block, None)
+        self.version = int(r["line_version"])
+        if int(r["line_more"]):
+            return False
+        floor = serving // LIVE_BLOCK  # blocks behind serving never change again
+        for block in [b for b in self.counts if b < floor]:
+            del self.counts[block]
+        self.live = LiveLine.of(_s(r["front"]), dict(self.counts), serving)
+        return True
 
 
 def shuffled_order(seed: int, count: int) -> list[int]:
@@ -134,6 +193,21 @@ def shuffled_order(seed: int, count: int) -> list[int]:
         j = int((s1 - s2) % 2147483562 / 2147483562 * i)
         a[i - 1], a[j] = a[j], a[i - 1]
     return a
+
+
+def drawn_order(seed: int, count: int) -> tuple[bytes, bytes]:
+    """The order and rank strings of an opening (4 bytes big-endian per place), as
+    open.lua writes them: order[i] = ticket offset at line first + i, rank its inverse."""
+    order = array("I", shuffled_order(seed, count))
+    rank = array("I", bytes(4 * count)) if order.itemsize == 4 else array("I", [0] * count)
+    for i, t in enumerate(order):
+        rank[t] = i
+    if order.itemsize != 4:  # a platform whose C int is not 4 bytes
+        return struct.pack(f">{count}I", *order), struct.pack(f">{count}I", *rank)
+    if sys.byteorder == "little":
+        order.byteswap()
+        rank.byteswap()
+    return order.tobytes(), rank.tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +258,9 @@ class QueueState:
     live: LiveLine = field(default_factory=LiveLine)
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
     order: LineOrder | None = None  # the last opening's shuffled pre-queue
-    opened: bool = False  # this tick performed the opening (the shuffle)
+    opened: bool = False  # this tick drew the opening's order (or its seed)
+    opening: bool = False  # the drawn order is being written: nobody admitted, no positions
+    more: bool = False  # capped work (pruning, the advance) was left for the next tick
     epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
     version: int = 0  # the snapshot's version (moves when anything above changed)
     changed: bool = False  # this tick published a new version
@@ -293,6 +369,10 @@ class Engine:
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
         self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
+        self._summaries: dict[QueueRef, _Summary] = {}  # each queue's line summary
+        self._openings: dict[QueueRef, asyncio.Task[None]] = {}
+        self.open_write_chunk = OPEN_WRITE_CHUNK
+        self.open_move_chunk = OPEN_MOVE_CHUNK
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load_scripts(self) -> None:
@@ -530,35 +610,102 @@ class Engine:
         """Purges, advances, records and publishes each queue: [(queue, configured settings)]."""
         if not queues:
             return []
-        replies = await self._batch(
-            [
-                (
-                    TICK,
-                    q.keys.all(),
-                    TICK.argv(
-                        {
-                            "capacity": s.capacity,
-                            "admit_per_minute": s.admit_per_minute,
-                            "session_ttl": s.session_ttl,
-                            "grace": s.grace,
-                            "abandon_after": s.abandon_after,
-                            "mode": s.mode,
-                            "session_max": s.session_max,
-                            "opens_at": s.opens_at,
-                            "joins_per_address": s.joins_per_address,
-                            "shared_sessions": s.shared_sessions,
-                            "max_addresses": s.max_addresses,
-                            "purge_slack_ms": self.purge_slack_ms,
-                        }
-                    ),
-                )
-                for q, s in queues
-            ]
+        calls: list[Call] = []
+        for q, s in queues:
+            summary = self._summaries.get(q) or _Summary()
+            args = {
+                "capacity": s.capacity,
+                "admit_per_minute": s.admit_per_minute,
+                "session_ttl": s.session_ttl,
+                "grace": s.grace,
+                "abandon_after": s.abandon_after,
+                "mode": s.mode,
+                "session_max": s.session_max,
+                "opens_at": s.opens_at,
+                "joins_per_address": s.joins_per_address,
+                "shared_sessions": s.shared_sessions,
+                "max_addresses": s.max_addresses,
+                "purge_slack_ms": self.purge_slack_ms,
+                "line_version": summary.version,
+                "line_epoch": summary.epoch,
+            }
+            calls.append((TICK, q.keys.all(), TICK.argv(args)))
+        replies = await self._batch(calls)
+        states = []
+        for r, (q, s) in zip(replies, queues, strict=True):
+            epoch = _s(r["epoch"])
+            live = await self._summary(q, r, epoch)
+            order = None
+            if int(r["opening"]):
+                first, last = int(r["shuffled_first"]), int(r["shuffled_last"])
+                self._drive_opening(q, _s(r["seed"]), first, last)
+            else:
+                order = await self._line_order(q, r)
+            states.append(_state(r, s, order, live))
+        return states
+
+    async def _summary(self, q: QueueRef, r: Mapping[str, Any], epoch: str) -> LiveLine:
+        """The queue's line summary after this tick: the blocks changed since the last
+        one folded in; cut short (a new process, an opening), read on until whole."""
+        summary = self._summaries.setdefault(q, _Summary())
+        reply, serving = r, int(r["serving"])
+        while not summary.apply(reply, epoch, serving):
+            args = {"line_version": summary.version, "line_epoch": epoch, "limit": LINE_CHUNK}
+            reply = LINE.decode(await self._evalsha(LINE, q.keys.all(), LINE.argv(args)))
+            serving = int(reply["serving"])
+        return summary.live
+
+    async def line(self, q: QueueRef, epoch: str) -> LiveLine:
+        """The queue's line summary read on its own (a process that does not tick the
+        queue): only the blocks changed since this process's copy, in short calls."""
+        summary = self._summaries.setdefault(q, _Summary())
+        while True:
+            args = {"line_version": summary.version, "line_epoch": epoch, "limit": LINE_CHUNK}
+            reply = LINE.decode(await self._evalsha(LINE, q.keys.all(), LINE.argv(args)))
+            if summary.apply(reply, epoch, int(reply["serving"])):
+                return summary.live
+
+    # -- a big opening, in short calls -----------------------------------------
+
+    def _drive_opening(self, q: QueueRef, seed: str, first: int, last: int) -> None:
+        """Writes the order the tick drew a seed for (one task per queue and process;
+        replicas racing each other write the same bytes once: open.lua)."""
+        task = self._openings.get(q)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self._open(q, seed, first, last))
+        self._openings[q] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, q: QueueRef, seed: str, first: int, last: int) -> None:
+        keys = q.keys.all()
+        count = last - first + 1
+        log.info(
+            "queue opening, order drawn",
+            extra={"queue": str(q), "seed": int(seed), "first": first, "last": last},
         )
-        return [
-            _state(r, s, await self._line_order(q, r))
-            for r, (q, s) in zip(replies, queues, strict=True)
-        ]
+        order, rank = await asyncio.to_thread(drawn_order, int(seed), count)
+        written = moved = 0
+        try:
+            while True:
+                n = min(self.open_write_chunk, count - written)
+                args = {
+                    "seed": seed,
+                    "offset": written,
+                    "order": order[4 * written : 4 * (written + n)],
+                    "rank": rank[4 * written : 4 * (written + n)],
+                    "move": self.open_move_chunk,
+                }
+                r = OPEN.decode(await self._evalsha(OPEN, keys, OPEN.argv(args)))
+                written, moved = int(r["written"]), int(r["moved"])
+                if int(r["done"]):
+                    break
+        except (RedisError, OSError) as e:  # the next tick starts it again from where it stood
+            log.warning("opening interrupted", extra={"queue": str(q), "error": str(e)})
+            return
+        if moved == count:
+            log.info("queue opened", extra={"queue": str(q), "seed": int(seed)})
 
     # -- tickers and snapshots ------------------------------------------------
 
@@ -608,7 +755,8 @@ class Engine:
     async def snapshots(
         self, queues: Sequence[tuple[QueueRef, QueueSettings]]
     ) -> list[QueueState | None]:
-        """Each queue's state as its ticker last published it (None: none yet)."""
+        """Each queue's state as its ticker last published it (None: none yet), with
+        the line summary brought up to date when it moved."""
         if not queues:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -630,8 +778,19 @@ class Engine:
                 newly_invited=0,
                 skipped=0,
                 opened=0,
+                more=0,
             )
-            out.append(_state(r, s, await self._line_order(q, r)))
+            epoch = _s(r["epoch"])
+            known = self._summaries.get(q)
+            if known is not None and (known.version, known.epoch) == (
+                int(r["line_version"]),
+                epoch,
+            ):
+                live = known.live.again()
+            else:
+                live = await self.line(q, epoch)
+            order = None if int(r["opening"]) else await self._line_order(q, r)
+            out.append(_state(r, s, order, live))
         return out
 
     async def ended(
@@ -666,10 +825,14 @@ class Engine:
             replies = await pipe.execute()
         return [_s(r[0][0]) if r else "0-0" for r in replies]
 
-    async def revoked_chunk(self, q: QueueRef, cursor: int) -> tuple[int, list[tuple[str, int]]]:
-        """A slice of every revocation of ``q`` (ZSCAN: cursor 0 starts, 0 back = done)."""
-        cursor, entries = await self.redis.zscan(q.keys.revoked, cursor, count=REVOKED_RELOAD_CHUNK)
-        return int(cursor), [(_s(sid), int(until)) for sid, until in entries]
+    async def revoked_chunk(self, q: QueueRef, after: str) -> tuple[str, list[tuple[str, int]]]:
+        """A slice of every revocation of ``q`` in force (revoked.lua): those after
+        session ``after`` ("" = from the start), and where to go on from ("" = done)."""
+        args = {"after": after, "limit": REVOKED_RELOAD_CHUNK}
+        r = REVOKED.decode(await self._evalsha(REVOKED, q.keys.all(), REVOKED.argv(args)))
+        chunk = r["revoked"]
+        found = [(_s(chunk[i]), int(float(chunk[i + 1]))) for i in range(0, len(chunk), 2)]
+        return ("" if int(r["done"]) or not found else found[-1][0]), found
 
     async def revoked_until(self, q: QueueRef, sid: str) -> int:
         """Unix second until which ``sid`` is revoked in ``q`` (0: it is not)."""
@@ -700,8 +863,9 @@ class Engine:
         return packed or b"", int(seed or 0)
 
 
-def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
-    blocks = r["blocks"]
+def _state(
+    r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None, live: LiveLine
+) -> QueueState:
     settings = QueueSettings(
         capacity=int(r["capacity"]),
         admit_per_minute=int(r["admit_per_minute"]),
@@ -730,12 +894,12 @@ def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | N
         newly_invited=int(r["newly_invited"]),
         skipped=int(r["skipped"]),
         recalled=int(r["recalled"]),
-        live=LiveLine.of(
-            _s(r["front"]), {int(blocks[i]): int(blocks[i + 1]) for i in range(0, len(blocks), 2)}
-        ),
+        live=live,
         closed=bool(int(r["closed"])),
         order=order,
         opened=bool(int(r["opened"])),
+        opening=bool(int(r["opening"])),
+        more=bool(int(r["more"])),
         epoch=_s(r["epoch"]),
         version=int(r["version"]),
         changed=bool(int(r["changed"])),

@@ -185,16 +185,16 @@ class Refresher:
         self._forget(quiet)
 
     async def _reload_revoked(self, q: QueueRef, t: _Tracked) -> None:
-        """Every revocation of ``q`` in force, a slice per call (each a millisecond or
-        so, never one long script), then the ended stream from where the reload began."""
+        """Every revocation of ``q`` in force, a slice per call (revoked.lua: a few ms
+        at most, never one long script), then the ended stream from where it stood."""
         (head,) = await self.engine.ended_heads([q])
-        cursor, loaded = 0, 0
+        after, loaded = "", 0
         while True:
-            cursor, found = await self.engine.revoked_chunk(q, cursor)
+            after, found = await self.engine.revoked_chunk(q, after)
             for sid, until in found:
                 self.revoke(sid, until)
             loaded += len(found)
-            if cursor == 0:
+            if not after:
                 break
         t.last_ended = head
         if loaded:
@@ -283,7 +283,8 @@ class Refresher:
         changed = [q for q, st in zip(due, states, strict=True) if st.changed]
         for q, st in zip(due, states, strict=True):
             self._absorb(q, st)
-            busy = st.waiting or st.invited or st.recalled
+            # someone in line, invited or recalled; capped work left; an opening written
+            busy = st.waiting or st.invited or st.recalled or st.more or st.opening
             opens_in = st.settings.opens_at - st.redis_time_ms / 1000
             soon = st.closed and opens_in <= IDLE_TICK
             self._tracked[q].next_tick = now + (

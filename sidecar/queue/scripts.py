@@ -27,7 +27,10 @@ from .keys import (
     FRONT_WINDOW,
     HISTORY_SECONDS,
     HISTORY_STEP,
+    LINE_CHUNK,
     LIVE_BLOCK,
+    OPEN_INLINE_MAX,
+    PRUNE_MAX,
 )
 
 # name -> value, as Lua locals of the same name
@@ -41,6 +44,9 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "FRONT_WINDOW": FRONT_WINDOW,
     "HISTORY_STEP": HISTORY_STEP,
     "HISTORY_SECONDS": HISTORY_SECONDS,
+    "PRUNE_MAX": PRUNE_MAX,
+    "LINE_CHUNK": LINE_CHUNK,
+    "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
@@ -57,7 +63,8 @@ class Script:
     args: tuple[str, ...]
     reply: tuple[str, ...]
     rest: str = ""  # what the variadic ARGV tail holds ("" = none)
-    parts: tuple[str, ...] = ()  # lua/<part>.lua files put between the prelude and the script
+    # prelude parts (lua/<part>.lua) the script uses, each one concern: functions only
+    parts: tuple[str, ...] = ()
 
     def argv(self, values: Mapping[str, Any], rest: Sequence[Any] = ()) -> list[Any]:
         """ARGV in the script's order; every named argument exactly once."""
@@ -116,9 +123,9 @@ SNAPSHOT = (
     "shared_sessions",
     "max_addresses",
     "recalled",
-    "front",
-    "blocks",
+    "line_version",
     "closed",
+    "opening",
     "shuffled_first",
     "shuffled_last",
     "seed",
@@ -174,8 +181,9 @@ TICK = Script(
         "shared_sessions",
         "max_addresses",
         "purge_slack_ms",
+        "line_version",
+        "line_epoch",
     ),
-    parts=("history", "snapshot"),
     reply=(
         "tickets",
         "serving",
@@ -199,11 +207,18 @@ TICK = Script(
         "lapsed",
         "newly_invited",
         "skipped",
+        "pruned",
+        "more",
         "recalled",
+        "line_version",
+        "line_full",
+        "line_same",
+        "line_more",
         "front",
         "blocks",
         "closed",
         "opened",
+        "opening",
         "shuffled_first",
         "shuffled_last",
         "seed",
@@ -211,7 +226,29 @@ TICK = Script(
         "version",
         "changed",
     ),
+    parts=("settings", "shuffle", "advance", "summary", "history", "snapshot"),
 )
+LINE = Script(
+    "line",
+    args=("line_version", "line_epoch", "limit"),
+    reply=(
+        "serving",
+        "line_version",
+        "line_full",
+        "line_same",
+        "line_more",
+        "front",
+        "blocks",
+    ),
+    parts=("summary",),
+)
+OPEN = Script(
+    "open",
+    args=("seed", "offset", "order", "rank", "move"),
+    reply=("written", "moved", "done"),
+    parts=("shuffle",),
+)
+REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 TICKERS = Script(
     "tickers",
     args=("holder", "lease_ms", "reads", "claims", "releases"),
@@ -219,12 +256,14 @@ TICKERS = Script(
     reply=("now_ms", "versions", "leases", "held"),
 )
 
-SCRIPTS: Mapping[str, Script] = {s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, TICKERS)}
+SCRIPTS: Mapping[str, Script] = {
+    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS)
+}
 
 
 def source(script: Script) -> str:
-    """What Redis runs: the generated header, the shared prelude, the script's
-    parts, the script."""
+    """What Redis runs: the generated header, the shared prelude, the script's parts,
+    the script."""
     lua = resources.files("sidecar.queue.lua")
     files = ("prelude", *script.parts, script.name)
     return "\n".join((script.header(), *(lua.joinpath(f"{f}.lua").read_text() for f in files)))
