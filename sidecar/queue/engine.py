@@ -41,6 +41,7 @@ from .keys import (
     OPEN_WRITE_CHUNK,
     REVOKED_RELOAD_CHUNK,
     TICKERS_KEY,
+    TICKERS_READ_WHOLE,
     QueueKeys,
     queue_keys,
 )
@@ -374,6 +375,7 @@ class Engine:
         self.open_write_chunk = OPEN_WRITE_CHUNK
         self.open_move_chunk = OPEN_MOVE_CHUNK
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tickers_len = 0  # fields of keys.TICKERS_KEY at the last read
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
@@ -719,21 +721,26 @@ class Engine:
     ) -> Tickers:
         """Versions and leases of ``reads``; renews or takes the leases of ``claims``
         (free, expired or already ``holder``'s); gives back those of ``releases``."""
-        args = {
-            "holder": holder,
-            "lease_ms": lease_ms,
-            "reads": len(reads),
-            "claims": len(claims),
-            "releases": len(releases),
-        }
-        names = [str(q) for q in (*reads, *claims, *releases)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # a small hash is a listpack, where each HMGET field is a scan: read it whole
+            if self._tickers_len <= TICKERS_READ_WHOLE:
+                pipe.hgetall(TICKERS_KEY)
+            else:
+                pipe.hmget(TICKERS_KEY, [f"{p}:{q}" for q in reads for p in ("v", "l")])
+            pipe.hlen(TICKERS_KEY)
+            values, self._tickers_len = await pipe.execute()
+        if isinstance(values, dict):
+            whole = {_s(k): _s(v) for k, v in values.items()}
+            versions = [whole.get(f"v:{q}", "") for q in reads]
+            leases = [whole.get(f"l:{q}", "") for q in reads]
+        else:
+            versions = [_s(v) if v is not None else "" for v in values[0::2]]
+            leases = [_s(v) if v is not None else "" for v in values[1::2]]
+        args = {"holder": holder, "lease_ms": lease_ms, "claims": len(claims)}
+        args["releases"] = len(releases)
+        names = [str(q) for q in (*claims, *releases)]
         r = TICKERS.decode(await self._evalsha(TICKERS, [TICKERS_KEY], TICKERS.argv(args, names)))
-        return Tickers(
-            int(r["now_ms"]),
-            [_s(v) for v in r["versions"]],
-            [_s(v) for v in r["leases"]],
-            [bool(h) for h in r["held"]],
-        )
+        return Tickers(int(r["now_ms"]), versions, leases, [bool(h) for h in r["held"]])
 
     async def bump(self, queues: Sequence[QueueRef]) -> list[int]:
         """Moves each queue's version: every replica reads it again at its next refresh

@@ -67,6 +67,10 @@ HISTORY_SECONDS = 3_600
 # snapshot when the queue's version (another field) moves. One key for every queue,
 # so each process learns every change with one call per refresh, whatever Q.
 TICKERS_KEY = PREFIX + ":{anteroom}:tickers"
+# Up to this many fields Redis keeps a hash as a listpack (hash-max-listpack-entries
+# is 128 by default, 512 in many configurations), where HMGET scans it once per
+# field: below it a process reads the whole hash (HGETALL, one scan) instead.
+TICKERS_READ_WHOLE = 512
 LEASE_MIN_MS = 750  # a lease lasts max(this, 3 refreshes): taken over within about a second
 # A queue with nobody in line, invited or recalled is ticked this often (seconds);
 # a join, leave or operator change wakes its ticker at once.

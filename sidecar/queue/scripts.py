@@ -251,9 +251,9 @@ OPEN = Script(
 REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 TICKERS = Script(
     "tickers",
-    args=("holder", "lease_ms", "reads", "claims", "releases"),
-    rest="queue names ('tenant:queue'): the ones read, then claimed, then released",
-    reply=("now_ms", "versions", "leases", "held"),
+    args=("holder", "lease_ms", "claims", "releases"),
+    rest="queue names ('tenant:queue'): the ones claimed, then the ones released",
+    reply=("now_ms", "held"),
 )
 
 SCRIPTS: Mapping[str, Script] = {
