@@ -274,7 +274,7 @@ async def test_join_budget_caps_the_places_an_address_holds(
     assert (await e.join(Q, "e", s, "10.0.0.1")).ticket == 4  # room for one again
     assert (await e.join(Q, "f", s, "10.0.0.1")).ticket == REFUSED
     held = "aq:{acme:sale}:held:10.0.0.1"
-    assert sorted(int(t) for t in await redis.smembers(held)) == [2, 4]  # type: ignore[misc]
+    assert sorted(int(t) for t in await redis.smembers(held)) == [2, 4]
     assert 0 < await redis.ttl(held) <= PLACE_TTL
     # the opening: places invited or admitted no longer count as held
     opened = replace(s, opens_at=PAST)

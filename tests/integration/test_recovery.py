@@ -135,7 +135,10 @@ async def test_redis_data_loss_rebuilds_the_line_from_tokens(
 
     crowd = [
         *(asyncio.create_task(keep_using(f"inside{i}", v)) for i, v in enumerate(inside)),
-        *(asyncio.create_task(wait_then_visit(n, v, line)) for n, v in zip(old_places, waiters)),
+        *(
+            asyncio.create_task(wait_then_visit(n, v, line))
+            for n, v in zip(old_places, waiters, strict=True)
+        ),
         asyncio.create_task(arrivals()),
     ]
     await asyncio.sleep(1.0)
