@@ -38,7 +38,7 @@ PLANNED_VARIABLES = {"ANTEROOM_ADMIN_TOKEN"}
 def known_variables() -> set[str]:
     """Every ANTEROOM_* variable the sidecar reads."""
     names: set[str] = set()
-    for module in (ROOT / "sidecar").glob("*.py"):
+    for module in (ROOT / "sidecar").rglob("*.py"):
         names |= set(re.findall(r"\bANTEROOM_[A-Z0-9_]+\b", module.read_text()))
     return names
 
@@ -191,7 +191,8 @@ def test_dockerfile_is_slim_non_root_and_checks_readiness() -> None:
         for source in sources:
             assert (ROOT / source).exists(), source
     assert re.search(r"^COPY theme_assets ", dockerfile, re.M)  # themes inside
-    assert "lua/*.lua" in (ROOT / "pyproject.toml").read_text()  # scripts are package data
+    # the scripts are package data
+    assert '"sidecar.queue.lua" = ["*.lua"]' in (ROOT / "pyproject.toml").read_text()
     listen = re.search(r"ANTEROOM_LISTEN=0\.0\.0\.0:(\d+)", dockerfile)
     assert listen and f"EXPOSE {listen.group(1)}" in dockerfile
     assert f"127.0.0.1:{listen.group(1)}/readyz" in dockerfile

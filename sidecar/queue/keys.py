@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import WAITING_TOKEN_TTL
+
 PREFIX = "aq"
 
 # Ended sessions are published in a capped stream; replicas read it each tick.
@@ -40,9 +42,9 @@ ADDRESS_COUNTER_TTL = 120
 # The same budget also caps the places one address holds in line at once: a SET
 # of its tickets per address, aq:{tenant:queue}:held:<address>, cleaned at its
 # next join (tickets no longer in line leave it). It lives as long as a place
-# can (a waiting token's lifetime, web/gate.py WAITING_TOKEN_TTL) after the
-# address's last join, so it never forgets a place that could still draw.
-PLACE_TTL = 12 * 3600
+# can (a waiting token's lifetime) after the address's last join, so it never
+# forgets a place that could still draw.
+PLACE_TTL = WAITING_TOKEN_TTL
 # Redis lost a queue (restart without persistence) while replicas remembered it:
 # the new epoch starts a recovery. Tickets are numbered on from the last count a
 # replica saw plus this slack (tickets handed out since its last tick), so every
