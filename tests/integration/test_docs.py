@@ -211,15 +211,17 @@ class Sandbox:
     def __post_init__(self) -> None:
         shims = self.root / "shims"
         shims.mkdir(parents=True)
-        units = f"{sys.executable} -m tests.integration.units"
+        units = f"PYTHONPATH={ROOT} {sys.executable} -m tests.integration.units"
         scripts = {
-            "sudo": 'user=""\nwhile [ $# -gt 0 ]; do case $1 in -u) user=$2; shift 2;; '
+            # sudo's secure_path (a user's own python, e.g. pyenv's, is not root's)
+            "sudo": f"export PATH={shims}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            'user=""\nwhile [ $# -gt 0 ]; do case $1 in -u) user=$2; shift 2;; '
             "-E|-H|-n) shift;; *) break;; esac; done\n"
             '[ -z "$user" ] && exec "$@"\n'
             'exec setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"',
             "sudoedit": f'exec sed -i -f "{self.root}/edits/$(basename "$1").sed" "$1"',
-            "systemctl": f'exec {units} systemctl "$@"',
-            "journalctl": f'exec {units} journalctl "$@"',
+            "systemctl": f'exec env {units} systemctl "$@"',
+            "journalctl": f'exec env {units} journalctl "$@"',
         }
         for name, body in scripts.items():
             (shims / name).write_text(f"#!/bin/bash\n{body}\n")
@@ -251,7 +253,6 @@ class Sandbox:
         env = {
             **os.environ,
             "PATH": f"{self.root / 'shims'}:{BIN}:{os.environ['PATH']}",
-            "PYTHONPATH": str(ROOT),
             "DOC_TEST_UNITS": str(self.root / "units"),
             **self.env,
         }
@@ -330,6 +331,19 @@ def origin(tmp_path: Path) -> Iterator[int]:
     proc.wait()
 
 
+def ready(url: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def kill_pidfile(path: Path) -> None:
     try:
         os.kill(int(path.read_text()), 15)
@@ -364,7 +378,8 @@ mkdir -p /var/www/shop/tickets && echo '<p>tickets</p>' > /var/www/shop/tickets/
     script = session(box, ROOT / "docs" / "nginx.md", fill)
     try:
         out = box.run(script, cwd=checkout(tmp_path / "checkout"), prepare=prepare)
-        # the site as a visitor sees it, with the sidecar the unit started
+        # the site as a visitor sees it, once the last restart's sidecar is ready
+        ready(f"http://127.0.0.1:{sidecar}/readyz")
         request = urllib.request.Request(
             f"http://127.0.0.1:{site}/tickets/", headers={"Host": "shop.example.com"}
         )

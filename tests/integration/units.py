@@ -16,7 +16,7 @@ sandboxing this machine can apply without systemd:
 | ``PrivateDevices=yes`` | /dev with only null, zero, full, random, urandom |
 | ``ProcSubset=pid`` + ``ProtectProc=invisible`` | /proc remounted ``subset=pid,hidepid=invisible`` |
 | ``UMask=`` | ``umask`` |
-| ``LimitNOFILE=`` | ``ulimit -n`` |
+| ``LimitNOFILE=`` | ``ulimit -n`` (up to the machine's hard limit) |
 
 The system-call filter, address families, ``MemoryDenyWriteExecute`` and the
 kernel protections need systemd itself; ``systemd-analyze security`` rates them
@@ -107,7 +107,8 @@ def sandbox_script(unit: dict[str, list[str]]) -> str:
             *(f"mount --bind {p} {p}" for p in writable.split()),
         ]
     if "LimitNOFILE" in one:
-        lines.append(f"ulimit -n {one['LimitNOFILE']}")
+        # as far as this machine's hard limit allows (a container may cap it)
+        lines.append(f"ulimit -n {one['LimitNOFILE']} 2>/dev/null || ulimit -n $(ulimit -Hn)")
     if "UMask" in one:
         lines.append(f"umask {one['UMask']}")
     return "\n".join(lines)
@@ -135,9 +136,18 @@ def pid_of(name: str) -> int | None:
         return None
 
 
+def nginx_running() -> bool:
+    try:  # nginx -t leaves an empty pid file behind
+        os.kill(int(Path("/run/nginx.pid").read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def start(name: str) -> None:
     if name == "nginx":
-        subprocess.run(["nginx"], check=True)
+        if not nginx_running():
+            subprocess.run(["nginx"], check=True)
         return
     if pid_of(name):
         return
@@ -206,7 +216,7 @@ def systemctl(args: list[str]) -> int:
             stop(name)
             start(name)
         elif verb == "reload":
-            if name == "nginx" and Path("/run/nginx.pid").exists():
+            if name == "nginx" and nginx_running():
                 subprocess.run(["nginx", "-s", "reload"], check=True)
                 time.sleep(0.5)  # the new workers take over
             else:
