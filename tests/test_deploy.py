@@ -38,7 +38,7 @@ PLANNED_VARIABLES = {"ANTEROOM_ADMIN_TOKEN"}
 def known_variables() -> set[str]:
     """Every ANTEROOM_* variable the sidecar reads."""
     names: set[str] = set()
-    for module in (ROOT / "sidecar").glob("*.py"):
+    for module in (ROOT / "sidecar").rglob("*.py"):
         names |= set(re.findall(r"\bANTEROOM_[A-Z0-9_]+\b", module.read_text()))
     return names
 
@@ -191,7 +191,7 @@ def test_dockerfile_is_slim_non_root_and_checks_readiness() -> None:
         for source in sources:
             assert (ROOT / source).exists(), source
     assert re.search(r"^COPY theme_assets ", dockerfile, re.M)  # themes inside
-    assert "lua/*.lua" in (ROOT / "pyproject.toml").read_text()  # scripts are package data
+    assert 'sidecar.queue.lua" = ["*.lua"]' in (ROOT / "pyproject.toml").read_text()  # package data
     listen = re.search(r"ANTEROOM_LISTEN=0\.0\.0\.0:(\d+)", dockerfile)
     assert listen and f"EXPOSE {listen.group(1)}" in dockerfile
     assert f"127.0.0.1:{listen.group(1)}/readyz" in dockerfile
@@ -207,7 +207,7 @@ def test_kubernetes_sidecar_probes_ports_and_references() -> None:
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     port = int(env["ANTEROOM_LISTEN"].rpartition(":")[2])
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [p["containerPort"] for p in container["ports"]] == [port, 9091]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"/livez", "/readyz"} <= routes
@@ -249,6 +249,61 @@ def test_kubernetes_config_loads_and_placeholders_are_refused(tmp_path: Path) ->
     secret = find("Secret", "anteroom-secrets")["stringData"]
     with pytest.raises(ConfigError, match="ANTEROOM_SECRETS"):
         load({"ANTEROOM_SECRETS": secret["ANTEROOM_SECRETS"]})
+
+
+def test_prometheus_in_the_cluster_reaches_metrics_and_nothing_more() -> None:
+    """The scrape config keeps the sidecar pods' admin port; the NetworkPolicy admits
+    Prometheus to that port; no Service exposes it."""
+    pod = find("Deployment", "anteroom-sidecar")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env["ANTEROOM_ADMIN_LISTEN"] == f"0.0.0.0:{ports['admin']}"
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    keep = {
+        r["source_labels"][0]: r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    assert keep["__meta_kubernetes_pod_container_port_name"] == "admin"
+    label = "app.kubernetes.io/component"
+    assert (
+        keep["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+        == pod["metadata"]["labels"][label]
+    )
+    assert job["authorization"]["credentials_file"]
+    policy = find("NetworkPolicy", "anteroom-sidecar")["spec"]
+    admin_rules = [
+        r for r in policy["ingress"] if {"port": ports["admin"], "protocol": "TCP"} in r["ports"]
+    ]
+    (rule,) = admin_rules
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"] and peer["podSelector"]  # one namespace's Prometheus
+    for service in (d for d in manifests() if d["kind"] == "Service"):
+        assert all(
+            p.get("targetPort") not in ("admin", ports["admin"]) for p in service["spec"]["ports"]
+        )
+        assert all(p["port"] != ports["admin"] for p in service["spec"]["ports"])
+    secret = find("Secret", "anteroom-secrets")["stringData"]["ANTEROOM_ADMIN_TOKEN"]
+    assert "prometheus:" in secret
+
+
+def test_compose_shares_one_tenants_file_and_states_its_version(tmp_path: Path) -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    mount = "./deploy/compose/anteroom.toml:/etc/anteroom/anteroom.toml:ro"
+    for name in ("sidecar-1", "sidecar-2", "pages"):
+        assert mount in services[name]["volumes"], name
+        assert services[name]["environment"]["ANTEROOM_CONFIG"] == "/etc/anteroom/anteroom.toml"
+    # queue sizes come from the TOML, not from demo values in variables
+    for name in ("sidecar-1", "sidecar-2"):
+        env = services[name]["environment"]
+        assert not {"ANTEROOM_CAPACITY", "ANTEROOM_SESSION_TTL", "ANTEROOM_GRACE"} & set(env)
+    config = load({**FAST, "ANTEROOM_CONFIG": str(ROOT / "deploy" / "compose" / "anteroom.toml")})
+    (tenant,) = config.tenants
+    assert tenant.name == "default"  # the origin's pages link /_anteroom/waiting/default/
+    assert "configs" in compose and "Compose v2.23.1" in COMPOSE.read_text()
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ class Sandbox:
             )
         (self.root / "script.sh").write_text(script)
         prelude = "\n".join(["set -e", "mount --make-rprivate /", *mounts, prepare])
-        prelude += f'\ncd {cwd}\nexec bash -euo pipefail {self.root}/script.sh'
+        prelude += f"\ncd {cwd}\nexec bash -euo pipefail {self.root}/script.sh"
         env = {
             **os.environ,
             "PATH": f"{self.root / 'shims'}:{BIN}:{os.environ['PATH']}",
@@ -285,10 +285,14 @@ def session(sandbox: Sandbox, path: Path, fill: dict[str, str]) -> str:
         for old, new in fill.items():
             text = text.replace(old, new)
         if b.file:
-            parts.append(f"mkdir -p $(dirname {b.file})\ncat > {b.file} <<'DOC_TEST_EOF'\n{text}DOC_TEST_EOF\n")
+            parts.append(
+                f"mkdir -p $(dirname {b.file})\ncat > {b.file} <<'DOC_TEST_EOF'\n{text}DOC_TEST_EOF\n"
+            )
         elif b.lang in SHELL:
             curl = sandbox.curlrc(strict="http-errors-ok" not in b.marks)
-            parts.append(f"printf '\\n::doc-test:: %s\\n' '{b.where}'\nexport CURL_HOME={curl}\n{text}")
+            parts.append(
+                f"printf '\\n::doc-test:: %s\\n' '{b.where}'\nexport CURL_HOME={curl}\n{text}"
+            )
     return "\n".join(parts)
 
 
@@ -424,14 +428,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.stop()
 
 
-SHELL_FILES = [
-    p for p in DOCS if p.name != "nginx.md" and any(b.lang in SHELL for b in blocks(p))
-]
+SHELL_FILES = [p for p in DOCS if p.name != "nginx.md" and any(b.lang in SHELL for b in blocks(p))]
 
 
 @pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
 def test_shell_blocks_run_against_a_stack(path: Path, stack: Stack, tmp_path: Path) -> None:
-    subprocess.run(["redis-cli", "-u", stack.redis_url, "FLUSHALL"], check=True, capture_output=True)
+    subprocess.run(
+        ["redis-cli", "-u", stack.redis_url, "FLUSHALL"], check=True, capture_output=True
+    )
     # the queue "shop" has had a visitor (the README's API example says so)
     with urllib.request.urlopen(stack.url + "/shop/", timeout=10) as r:
         assert r.status == 200
@@ -465,3 +469,21 @@ EOF
     time.sleep(0)
     with urllib.request.urlopen(stack.url + "/", timeout=10) as r:
         assert r.status == 200
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_is_rated_ok() -> None:
+    """The unit's sandboxing as systemd rates it (the walk above runs the same unit)."""
+    assert SYSTEMD_ANALYZE
+    unit = ROOT / "deploy" / "systemd" / "anteroom.service"
+    r = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    score = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", r.stdout + r.stderr)
+    assert score, r.stdout + r.stderr
+    assert float(score[1]) <= 2.0 and score[2] == "OK", score[0]

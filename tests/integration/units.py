@@ -72,9 +72,15 @@ def sandbox_script(unit: dict[str, list[str]]) -> str:
     one = {k: v[-1] for k, v in unit.items()}
     lines = ["set -e", "mount --make-rprivate /"]
     if one.get("PrivateTmp") == "yes":
-        lines += ["mount -t tmpfs -o mode=1777 tmpfs /tmp", "mount -t tmpfs -o mode=1777 tmpfs /var/tmp"]
+        lines += [
+            "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+            "mount -t tmpfs -o mode=1777 tmpfs /var/tmp",
+        ]
     if one.get("ProtectHome") == "yes":
-        lines += [f"[ ! -d {d} ] || mount -t tmpfs -o mode=755 tmpfs {d}" for d in ("/home", "/root", "/run/user")]
+        lines += [
+            f"[ ! -d {d} ] || mount -t tmpfs -o mode=755 tmpfs {d}"
+            for d in ("/home", "/root", "/run/user")
+        ]
     if one.get("PrivateDevices") == "yes":
         lines += [
             "dev=$(mktemp -d /tmp/dev.XXXXXX)",
@@ -98,7 +104,9 @@ def sandbox_script(unit: dict[str, list[str]]) -> str:
         )
         lines.append(f"mount -t proc -o {options} proc /proc")
     if one.get("ProtectSystem") == "strict":
-        writable = " ".join(shlex.quote(p) for v in unit.get("ReadWritePaths", []) for p in v.split())
+        writable = " ".join(
+            shlex.quote(p) for v in unit.get("ReadWritePaths", []) for p in v.split()
+        )
         lines += [
             "for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do",
             "  case $m in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*|/tmp|/var/tmp) continue;; esac",
