@@ -73,10 +73,8 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
 }
 # the largest opens_at accepted (year 5138): far beyond any sale, still exact in Lua
 OPENS_AT_MAX = 10**11
-# (name, least value) pairs, flattened: the same rules for operator overrides in Redis
-OVERRIDE_MINIMUMS: tuple[str | int, ...] = tuple(
-    x for name, (_, least) in _QUEUE_ENV.items() for x in (name, least)
-)
+# name -> least value: the same rules for operator overrides in Redis (tick.lua)
+OVERRIDE_LEAST: dict[str, int] = {name: least for name, (_, least) in _QUEUE_ENV.items()}
 # what an operator may change on a running queue (admin API, CLI, dashboard)
 OVERRIDABLE = (
     "capacity",

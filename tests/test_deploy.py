@@ -191,7 +191,8 @@ def test_dockerfile_is_slim_non_root_and_checks_readiness() -> None:
         for source in sources:
             assert (ROOT / source).exists(), source
     assert re.search(r"^COPY theme_assets ", dockerfile, re.M)  # themes inside
-    assert 'sidecar.queue.lua" = ["*.lua"]' in (ROOT / "pyproject.toml").read_text()  # package data
+    # the scripts are package data
+    assert '"sidecar.queue.lua" = ["*.lua"]' in (ROOT / "pyproject.toml").read_text()
     listen = re.search(r"ANTEROOM_LISTEN=0\.0\.0\.0:(\d+)", dockerfile)
     assert listen and f"EXPOSE {listen.group(1)}" in dockerfile
     assert f"127.0.0.1:{listen.group(1)}/readyz" in dockerfile

@@ -19,27 +19,22 @@ import time
 from array import array
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from ..config import OVERRIDE_MINIMUMS, QueueSettings
+from ..config import QueueSettings
 from ..metrics import Metrics
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
-    ADVANCE_MAX_STEPS,
-    ENDED_STREAM_MAXLEN,
-    FIRST_POLL_WINDOW_MS,
-    FRONT_WINDOW,
     HEARTBEAT_CHUNK,
     LIVE_BLOCK,
-    REVOKED_RELOAD_MAX,
     QueueKeys,
     queue_keys,
 )
+from .scripts import CLAIM, HEARTBEAT, JOIN, LEAVE, SCRIPTS, TICK, Script, source
 
 
 class QueueRef(NamedTuple):
@@ -223,17 +218,11 @@ class Busy(Exception):
     load, not an outage. Callers answer "wait" and never fail open on it."""
 
 
-SCRIPTS = ("join", "claim", "leave", "heartbeat", "tick")
 REFUSED = 0  # the ticket of a join refused because its address used up its budget
 JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a millisecond
 
-# A call of one script: (name, keys, args)
-Call = tuple[str, list[str], list[Any]]
-
-
-def _source(name: str) -> str:
-    lua = resources.files("sidecar.queue.lua")
-    return lua.joinpath("prelude.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+# A call of one script: (script, keys, args)
+Call = tuple[Script, list[str], list[Any]]
 
 
 def _s(v: Any) -> str:
@@ -275,7 +264,7 @@ class Engine:
         self.pool_timeout = pool_timeout
         self._slots = asyncio.Semaphore(pool_size)
         self._cluster = isinstance(redis, RedisCluster)
-        self._sources = {name: _source(name) for name in SCRIPTS}
+        self._sources = {name: source(script) for name, script in SCRIPTS.items()}
         self._sha = {n: hashlib.sha1(src.encode()).hexdigest() for n, src in self._sources.items()}
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
@@ -289,7 +278,8 @@ class Engine:
         for src in self._sources.values():
             await self.redis.script_load(src)
 
-    async def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        name = script.name
         started = time.perf_counter()  # metrics: latency and errors by operation
         try:
             return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
@@ -302,31 +292,34 @@ class Engine:
         finally:
             self.metrics.redis_call(name, time.perf_counter() - started)
 
-    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: Script, keys: list[str], args: list[Any]) -> dict[str, Any]:
         """A request's script call: waits its turn for a connection (back-pressure)."""
         try:
             async with asyncio.timeout(self.pool_timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise Busy(name) from None
+            raise Busy(script.name) from None
         try:
             self.calls += 1
-            return await self._evalsha(name, keys, args)
+            return script.decode(await self._evalsha(script, keys, args))
         finally:
             self._slots.release()
 
-    async def _batch(self, calls: Sequence[Call]) -> list[Any]:
+    async def _batch(self, calls: Sequence[Call]) -> list[dict[str, Any]]:
         """Several calls in one round trip (one per shard on a cluster)."""
         if self._cluster:
-            return list(await asyncio.gather(*(self._evalsha(*c) for c in calls)))
-        started = time.perf_counter()  # metrics: latency and errors by operation
-        try:
-            return await self._batch_pipelined(calls)
-        except (RedisError, OSError):
-            self.metrics.redis_error(calls[0][0])
-            raise
-        finally:
-            self.metrics.redis_call(calls[0][0], time.perf_counter() - started)
+            replies = list(await asyncio.gather(*(self._evalsha(*c) for c in calls)))
+        else:
+            name = calls[0][0].name
+            started = time.perf_counter()  # metrics: latency and errors by operation
+            try:
+                replies = await self._batch_pipelined(calls)
+            except (RedisError, OSError):
+                self.metrics.redis_error(name)
+                raise
+            finally:
+                self.metrics.redis_call(name, time.perf_counter() - started)
+        return [script.decode(r) for (script, _, _), r in zip(calls, replies, strict=True)]
 
     async def _batch_pipelined(self, calls: Sequence[Call]) -> list[Any]:
         replies = await self._pipeline(calls)
@@ -340,21 +333,21 @@ class Engine:
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name, keys, args in calls:
-                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+            for script, keys, args in calls:
+                pipe.evalsha(self._sha[script.name], len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
 
-    def _admission(self, s: QueueSettings) -> list[str | int]:
-        """The ARGV of the scripts that may admit: the policy to enforce."""
-        return [
-            s.mode,
-            s.capacity,
-            s.admit_per_minute,
-            confirm_ms(s),
-            s.grace * 1000,
-            s.opens_at,
-            s.joins_per_address,
-        ]
+    def _admission(self, s: QueueSettings) -> dict[str, str | int]:
+        """The arguments of the scripts that may admit: the policy to enforce."""
+        return {
+            "mode": s.mode,
+            "capacity": s.capacity,
+            "admit_per_minute": s.admit_per_minute,
+            "confirm_ms": confirm_ms(s),
+            "grace_ms": s.grace * 1000,
+            "opens_at": s.opens_at,
+            "joins_per_address": s.joins_per_address,
+        }
 
     # -- joins, coalesced ----------------------------------------------------
 
@@ -422,10 +415,10 @@ class Engine:
         """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
-        reply = await self._call("join", q.keys.all(), [*self._admission(s), *pairs])
-        epoch = _s(reply[-1])
+        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(self._admission(s), pairs))
+        epoch, places = _s(reply["epoch"]), reply["places"]
         return [
-            Joined(bool(reply[i + 1]), int(reply[i]), epoch) for i in range(0, len(reply) - 1, 2)
+            Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
         ]
 
     # -- one visitor ---------------------------------------------------------
@@ -434,10 +427,9 @@ class Engine:
         self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
     ) -> Claim:
         """``epoch``: the one in the visitor's token; None trusts the ticket (tests)."""
-        (result,) = await self._call(
-            "claim", q.keys.all(), [ticket, sid, epoch or "", *self._admission(s)]
-        )
-        return Claim(int(result))
+        args = {"ticket": ticket, "sid": sid, "epoch": epoch or "", **self._admission(s)}
+        reply = await self._call(CLAIM, q.keys.all(), CLAIM.argv(args))
+        return Claim(int(reply["result"]))
 
     async def leave(
         self, q: QueueRef, ticket: int, sid: str, revoke_until: int, epoch: str | None = None
@@ -446,10 +438,9 @@ class Engine:
         ``revoke_until``: when the admitted cookie would expire (0 for a place in line);
         a ``ticket`` of another ``epoch`` is someone else's now and is left alone
         (None trusts the ticket: operators and tests)."""
-        freed = await self._call(
-            "leave", q.keys.all(), [ticket, sid, revoke_until, ENDED_STREAM_MAXLEN, epoch or ""]
-        )
-        return bool(freed)
+        args = {"ticket": ticket, "sid": sid, "revoke_until": revoke_until, "epoch": epoch or ""}
+        reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args))
+        return bool(reply["freed"])
 
     # -- the refresher's batches ----------------------------------------------
 
@@ -473,19 +464,27 @@ class Engine:
                 addrs = [",".join(sessions[sid]) for sid in sids]
             else:
                 addrs = [""] * len(sids)
-            head = [s.session_ttl * 1000, s.capacity, ENDED_STREAM_MAXLEN, s.mode]
-            head += [s.shared_sessions]
-            head += [s.max_addresses, ADDRESS_WINDOW_MS, ADDRESSES_KEPT, q.keys.addresses]
+            head = {
+                "session_ttl_ms": s.session_ttl * 1000,
+                "capacity": s.capacity,
+                "mode": s.mode,
+                "shared_sessions": s.shared_sessions,
+                "max_addresses": s.max_addresses,
+                "window_ms": ADDRESS_WINDOW_MS,
+                "addresses_kept": ADDRESSES_KEPT,
+                "address_prefix": q.keys.addresses,
+            }
             # chunks keep each script call short, whatever the crowd
             for i in range(0, max(len(sids), len(tickets)), HEARTBEAT_CHUNK):
                 chunk = slice(i, i + HEARTBEAT_CHUNK)
-                args = [*head, len(sids[chunk]), *sids[chunk], *addrs[chunk], *tickets[chunk]]
-                calls.append(("heartbeat", q.keys.all(), args))
+                rest = [*sids[chunk], *addrs[chunk], *tickets[chunk]]
+                args = HEARTBEAT.argv({**head, "sessions": len(sids[chunk])}, rest)
+                calls.append((HEARTBEAT, q.keys.all(), args))
                 queues.append(q)
         self.metrics.heartbeat_batch(sum(len(s) + len(t) for s, t, _ in batch.values()))
         for q, r in zip(queues, await self._batch(calls), strict=True):
-            result.ended += int(r[1])
-            found = r[2]
+            result.ended += int(r["ended"])
+            found = r["shared"]
             for j in range(0, len(found), 3):
                 result.shared.append(Shared(q, _s(found[j]), int(found[j + 1]), bool(found[j + 2])))
         return result
@@ -497,29 +496,25 @@ class Engine:
         replies = await self._batch(
             [
                 (
-                    "tick",
+                    TICK,
                     q.keys.all(),
-                    [
-                        s.capacity,
-                        s.admit_per_minute,
-                        s.session_ttl,
-                        s.grace,
-                        s.abandon_after,
-                        s.mode,
-                        self.purge_slack_ms,
-                        last_ended,
-                        ADVANCE_MAX_STEPS,
-                        FIRST_POLL_WINDOW_MS,
-                        REVOKED_RELOAD_MAX,
-                        s.session_max,
-                        FRONT_WINDOW,
-                        s.opens_at,
-                        s.joins_per_address,
-                        ENDED_STREAM_MAXLEN,
-                        s.shared_sessions,
-                        s.max_addresses,
-                        *OVERRIDE_MINIMUMS,
-                    ],
+                    TICK.argv(
+                        {
+                            "capacity": s.capacity,
+                            "admit_per_minute": s.admit_per_minute,
+                            "session_ttl": s.session_ttl,
+                            "grace": s.grace,
+                            "abandon_after": s.abandon_after,
+                            "mode": s.mode,
+                            "session_max": s.session_max,
+                            "opens_at": s.opens_at,
+                            "joins_per_address": s.joins_per_address,
+                            "shared_sessions": s.shared_sessions,
+                            "max_addresses": s.max_addresses,
+                            "purge_slack_ms": self.purge_slack_ms,
+                            "last_ended": last_ended,
+                        }
+                    ),
                 )
                 for q, s, last_ended in queues
             ]
@@ -529,10 +524,10 @@ class Engine:
             for r, (q, s, _) in zip(replies, queues, strict=True)
         ]
 
-    async def _line_order(self, q: QueueRef, r: list[Any]) -> LineOrder | None:
+    async def _line_order(self, q: QueueRef, r: Mapping[str, Any]) -> LineOrder | None:
         """The queue's drawn order, read once per process and opening (about 4 MB
         per million places; Redis keeps it in the ``rank`` string)."""
-        first, last, seed = int(r[26]), int(r[27]), int(r[28])
+        first, last, seed = int(r["shuffled_first"]), int(r["shuffled_last"]), int(r["seed"])
         if last < first:
             return None
         known = self._orders.get(q)
@@ -553,45 +548,45 @@ class Engine:
         return packed or b"", int(seed or 0)
 
 
-def _state(r: list[Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
-    ended = r[17]
+def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
+    ended, blocks = r["ended"], r["blocks"]
     settings = QueueSettings(
-        capacity=int(r[8]),
-        admit_per_minute=int(r[9]),
-        session_ttl=int(r[10]),
-        grace=int(r[11]),
-        abandon_after=int(r[12]),
-        mode=_s(r[7]),
+        capacity=int(r["capacity"]),
+        admit_per_minute=int(r["admit_per_minute"]),
+        session_ttl=int(r["session_ttl"]),
+        grace=int(r["grace"]),
+        abandon_after=int(r["abandon_after"]),
+        mode=_s(r["mode"]),
         on_redis_error=configured.on_redis_error,
-        session_max=int(r[18]),
-        opens_at=int(r[22]),
-        joins_per_address=int(r[24]),
-        shared_sessions=_s(r[30]),
-        max_addresses=int(r[31]),
+        session_max=int(r["session_max"]),
+        opens_at=int(r["opens_at"]),
+        joins_per_address=int(r["joins_per_address"]),
+        shared_sessions=_s(r["shared_sessions"]),
+        max_addresses=int(r["max_addresses"]),
     )
     return QueueState(
-        tickets=int(r[0]),
-        serving=int(r[1]),
-        waiting=int(r[2]),
-        active=int(r[3]),
-        invited=int(r[4]),
-        admitted_last_minute=int(r[5]),
-        redis_time_ms=int(r[6]),
+        tickets=int(r["tickets"]),
+        serving=int(r["serving"]),
+        waiting=int(r["waiting"]),
+        active=int(r["active"]),
+        invited=int(r["invited"]),
+        admitted_last_minute=int(r["admitted_last_minute"]),
+        redis_time_ms=int(r["redis_time_ms"]),
         settings=settings if settings != configured else configured,
-        expired=int(r[13]),
-        lapsed=int(r[14]),
-        newly_invited=int(r[15]),
-        skipped=int(r[16]),
+        expired=int(r["expired"]),
+        lapsed=int(r["lapsed"]),
+        newly_invited=int(r["newly_invited"]),
+        skipped=int(r["skipped"]),
         ended=tuple(
             (_s(ended[i]), _s(ended[i + 1]), int(float(ended[i + 2])))
             for i in range(0, len(ended), 3)
         ),
-        recalled=int(r[19]),
+        recalled=int(r["recalled"]),
         live=LiveLine.of(
-            _s(r[20]), {int(r[21][i]): int(r[21][i + 1]) for i in range(0, len(r[21]), 2)}
+            _s(r["front"]), {int(blocks[i]): int(blocks[i + 1]) for i in range(0, len(blocks), 2)}
         ),
-        closed=bool(int(r[23])),
+        closed=bool(int(r["closed"])),
         order=order,
-        opened=bool(int(r[25])),
-        epoch=_s(r[29]),
+        opened=bool(int(r["opened"])),
+        epoch=_s(r["epoch"]),
     )

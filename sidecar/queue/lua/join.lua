@@ -4,15 +4,16 @@
 -- Before a scheduled opening nobody is admitted: the tickets form the pre-queue
 -- (opening.from..to) that the first tick after the opening shuffles.
 -- A client address past its budget of joins this minute gets no ticket.
--- ARGV: mode, capacity, admit_per_minute, confirm_ms, grace_ms, opens_at,
---       joins_per_address, then (sid, address) pairs
---       (address '' = unknown: no budget applies)
--- Returns {ticket, admitted (0/1), ..., epoch}; ticket 0: refused (address over budget)
+-- Arguments and reply: scripts.JOIN. places = {ticket, admitted (0/1), ...}
+-- in arrival order; ticket 0: refused (address over budget).
 local mode = ARGV[1]
-local capacity, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
-local confirm_ms, grace_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local closed = is_closed(effective_opens_at(ARGV[6]))
-local budget = tonumber(ARGV[7])
+local capacity = tonumber(ARGV[2])
+local admit_per_minute = tonumber(ARGV[3])
+local confirm_ms = tonumber(ARGV[4])
+local grace_ms = tonumber(ARGV[5])
+local opens_at = ARGV[6]
+local joins_per_address = tonumber(ARGV[7])
+local closed = is_closed(effective_opens_at(opens_at))
 
 -- Per-address counters, one per address and minute. Their names are built here
 -- from this queue's key prefix (KEYS[1] is "aq:{tenant:queue}:tickets"), so they
@@ -20,13 +21,13 @@ local budget = tonumber(ARGV[7])
 local prefix = string.sub(K_TICKETS, 1, -#'tickets' - 1) .. 'addr:'
 local minute = math.floor(now_sec / 60)
 local accepted, n = {}, 0
-for i = 8, #ARGV, 2 do
+for i = REST, #ARGV, 2 do
   local addr, ok = ARGV[i + 1], true
-  if budget > 0 and addr ~= '' then
+  if joins_per_address > 0 and addr ~= '' then
     local key = prefix .. addr .. ':' .. minute
     local used = redis.call('INCR', key)
-    if used == 1 then redis.call('EXPIRE', key, 120) end  -- keys.ADDRESS_COUNTER_TTL
-    ok = used <= budget
+    if used == 1 then redis.call('EXPIRE', key, ADDRESS_COUNTER_TTL) end
+    ok = used <= joins_per_address
   end
   accepted[#accepted + 1] = ok
   if ok then n = n + 1 end
@@ -40,8 +41,7 @@ if n == 0 then
     out[#out + 1] = 0
     out[#out + 1] = 0
   end
-  out[#out + 1] = epoch
-  return out
+  return reply{places = out, epoch = epoch}
 end
 local first = redis.call('INCRBY', K_TICKETS, n) - n + 1
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
@@ -56,11 +56,11 @@ if closed then
   end
 elseif mode == 'on' and serving == first - 1 then
   -- people recalled for a second chance come before newcomers
-  free = free_slots(capacity, per_minute) - redis.call('ZCARD', K_RECALL)
+  free = free_slots(capacity, admit_per_minute) - redis.call('ZCARD', K_RECALL)
 end
 local ticket = first - 1
 for i, ok in ipairs(accepted) do
-  local sid = ARGV[6 + 2 * i]
+  local sid = ARGV[REST + 2 * (i - 1)]
   if not ok then
     out[#out + 1] = 0
     out[#out + 1] = 0
@@ -83,5 +83,4 @@ for i, ok in ipairs(accepted) do
   end
 end
 if serving >= first then redis.call('SET', K_SERVING, serving) end
-out[#out + 1] = epoch
-return out
+return reply{places = out, epoch = epoch}

@@ -4,12 +4,15 @@
 -- it is gone from the line: claim.lua).
 -- A ticket from another epoch (before a restart) names someone else's place now:
 -- only the session id is used then.
--- ARGV: ticket, sid, revoke_until (unix seconds the cookie could still be valid; 0 = a
---       place in line), maxlen, epoch ('' trusts the ticket: operators and tests)
--- Returns 1 if an active session or invitation was freed
-local ticket, sid, revoke_until = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- Arguments and reply: scripts.LEAVE. revoke_until: unix seconds the cookie could
+-- still be valid (0 = a place in line); epoch '' trusts the ticket (operators, tests).
+-- freed: 1 if an active session or invitation was freed
+local ticket = ARGV[1]
+local sid = ARGV[2]
+local revoke_until = tonumber(ARGV[3])
+local epoch = ARGV[4]
 local freed = redis.call('ZREM', K_ACTIVE, sid)
-if ARGV[5] == '' or redis.call('GET', K_EPOCH) == ARGV[5] then
+if epoch == '' or redis.call('GET', K_EPOCH) == epoch then
   freed = freed + redis.call('ZREM', K_INVITED, ticket)
   if redis.call('ZREM', K_WAITING, ticket) == 1 then count_in_line(line_of(ticket), -1) end
   redis.call('ZREM', K_MISSED, ticket)
@@ -17,6 +20,6 @@ if ARGV[5] == '' or redis.call('GET', K_EPOCH) == ARGV[5] then
 end
 if revoke_until > now_sec then
   redis.call('ZADD', K_REVOKED, revoke_until, sid)
-  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ARGV[4], '*', 'sid', sid, 'until', revoke_until)
+  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', revoke_until)
 end
-return math.min(freed, 1)
+return reply{freed = math.min(freed, 1)}

@@ -1,4 +1,5 @@
--- Shared helpers, prepended to every script (engine.py does the joining).
+-- Shared helpers, prepended to every script after the generated header
+-- (scripts.py: constants shared with Python, REST, REPLY_FIELDS).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
   K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK, K_EPOCH =
@@ -12,6 +13,22 @@ local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
 
+-- The script's answer, fields by name laid out in the order scripts.py declares
+-- (REPLY_FIELDS): a field missing or unknown is an error, never a shifted reply.
+local function reply(fields)
+  local out, n = {}, 0
+  for i, name in ipairs(REPLY_FIELDS) do
+    local v = fields[name]
+    if v == nil then return redis.error_reply('reply field missing: ' .. name) end
+    out[i] = v
+  end
+  for name in pairs(fields) do
+    n = n + 1
+    if n > #REPLY_FIELDS then return redis.error_reply('unknown reply field: ' .. name) end
+  end
+  return out
+end
+
 -- The queue's epoch, made the first time it is touched: Redis' clock in
 -- microseconds, so a queue lost in a restart without persistence gets a new
 -- one and places handed out before it are recognised as gone.
@@ -23,8 +40,6 @@ local function queue_epoch()
   end
   return epoch
 end
-local LIVE_BLOCK = 100  -- keys.LIVE_BLOCK
-local OPENS_AT_MAX = 1e11  -- config.OPENS_AT_MAX
 
 -- A scheduled opening (unix seconds, 0 = none): the operator's override in the
 -- settings hash wins over the configured time, as for every setting.
@@ -119,14 +134,14 @@ end
 -- with a little slack so a heartbeat still in a replica's batch finds its
 -- member. They are published like a leave: a cookie kept aside (or copied)
 -- cannot come back later, on any replica, to take a slot that went to someone else.
-local function end_idle_sessions(slack_ms, ttl_sec, maxlen)
+local function end_idle_sessions(slack_ms, ttl_sec)
   local idle = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
   if #idle == 0 then return 0 end
   redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', '(' .. (now_ms - slack_ms))
   local until_sec = now_sec + ttl_sec  -- a cookie outlives its slot by less than this
   for _, sid in ipairs(idle) do
     redis.call('ZADD', K_REVOKED, until_sec, sid)
-    redis.call('XADD', K_ENDED, 'MAXLEN', '~', maxlen, '*', 'sid', sid, 'until', until_sec)
+    redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', until_sec)
   end
   return #idle
 end

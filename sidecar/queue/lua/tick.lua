@@ -2,49 +2,55 @@
 -- advance the line by the free capacity, and report the queue's state.
 -- Idempotent and leaderless: two replicas running it together invite each
 -- waiter once, because the script is atomic and reads the stored counters.
--- ARGV: capacity, admit_per_minute, session_ttl, grace, abandon_after, mode,
---       purge_slack_ms, last ended-stream id read, max advance steps,
---       first_poll_window_ms, revoked reload max, session_max, front window,
---       opens_at, joins_per_address, ended stream maxlen, shared_sessions, max_addresses,
---       then (setting name, least allowed value) pairs for operator overrides
+-- Arguments and reply: scripts.TICK (the configured settings, then the
+-- replica's purge slack and the last ended-stream id it read).
+local capacity = tonumber(ARGV[1])
+local admit_per_minute = tonumber(ARGV[2])
+local session_ttl = tonumber(ARGV[3])
+local grace = tonumber(ARGV[4])
+local abandon_after = tonumber(ARGV[5])
+local mode = ARGV[6]
+local session_max = tonumber(ARGV[7])
+local opens_at = ARGV[8]
+local joins_per_address = tonumber(ARGV[9])
+local shared_sessions = ARGV[10]
+local max_addresses = tonumber(ARGV[11])
+local purge_slack_ms = tonumber(ARGV[12])
+local last_ended = ARGV[13]
+
 local s = {
-  capacity = tonumber(ARGV[1]), admit_per_minute = tonumber(ARGV[2]),
-  session_ttl = tonumber(ARGV[3]), grace = tonumber(ARGV[4]),
-  abandon_after = tonumber(ARGV[5]), mode = ARGV[6], session_max = tonumber(ARGV[12]),
-  joins_per_address = tonumber(ARGV[15]),
-  shared_sessions = ARGV[17], max_addresses = tonumber(ARGV[18]),
+  capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
+  grace = grace, abandon_after = abandon_after, mode = mode, session_max = session_max,
+  joins_per_address = joins_per_address, shared_sessions = shared_sessions,
+  max_addresses = max_addresses,
 }
-local least = {}
-for i = 19, #ARGV, 2 do least[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- operator overrides stored in Redis win over the replica's configuration;
 -- a value the configuration would refuse (a typo, out of range) is ignored
 local overrides = redis.call('HGETALL', K_SETTINGS)
 for i = 1, #overrides, 2 do
   local name, value = overrides[i], overrides[i + 1]
   if name == 'mode' then
-    if value == 'on' or value == 'queue-all' or value == 'paused' or value == 'off' then
-      s.mode = value
-    end
+    if MODES[value] then s.mode = value end
   elseif name == 'shared_sessions' then
-    if value == 'allow' or value == 'flag' or value == 'revoke' then s.shared_sessions = value end
-  elseif least[name] ~= nil then
+    if SHARED_SESSIONS[value] then s.shared_sessions = value end
+  elseif OVERRIDE_LEAST[name] ~= nil then
     local n = tonumber(value)
-    if n and n >= least[name] and n <= 1e9 then s[name] = math.floor(n) end
+    if n and n >= OVERRIDE_LEAST[name] and n <= 1e9 then s[name] = math.floor(n) end
   end
 end
 local grace_ms = s.grace * 1000
-s.opens_at = effective_opens_at(ARGV[14])
+s.opens_at = effective_opens_at(opens_at)
 local closed = is_closed(s.opens_at)
 local epoch = queue_epoch()
 
 local lapsed = purge(grace_ms)
-local expired = end_idle_sessions(tonumber(ARGV[7]), s.session_ttl, tonumber(ARGV[16]))
+local expired = end_idle_sessions(purge_slack_ms, s.session_ttl)
 redis.call('ZREMRANGEBYSCORE', K_REVOKED, '-inf', '(' .. now_sec)
 -- Waiters who stopped polling leave the line here, in two calls whatever their
 -- number: seen too long ago (positive scores), or never seen since joining
 -- longer ago than the first-poll window (negative scores, see join.lua).
 leave_line_by_score(0, '(' .. (now_ms - s.abandon_after * 1000))
-leave_line_by_score('(' .. -(now_ms - tonumber(ARGV[10])), '(0')
+leave_line_by_score('(' .. -(now_ms - FIRST_POLL_WINDOW_MS), '(0')
 
 -- L'Ecuyer's combined generator (CACM 1988): exact in doubles, so engine.py
 -- replays the same order from the logged seed (engine.shuffled_order).
@@ -129,7 +135,7 @@ if (s.mode == 'on' or s.mode == 'queue-all') and not closed then
       invited = invited + 1
     end
   end
-  local steps, max_steps = 0, tonumber(ARGV[9])
+  local steps, max_steps = 0, ADVANCE_MAX_STEPS
   -- serving is a line number; the ticket at it may differ after a shuffle
   while free > 0 and serving < tickets and steps < max_steps do
     serving = serving + 1
@@ -163,7 +169,7 @@ local minute = admitted_recently()
 -- tickets, as a string of 0/1, up to a block boundary; beyond, counts per block.
 local front = ''
 local window_end = math.min(tickets,
-  (math.floor((serving + tonumber(ARGV[13])) / LIVE_BLOCK) + 1) * LIVE_BLOCK - 1)
+  (math.floor((serving + FRONT_WINDOW) / LIVE_BLOCK) + 1) * LIVE_BLOCK - 1)
 if window_end > serving then
   local members = tickets_at(serving + 1, window_end)
   local bits = {}
@@ -177,7 +183,7 @@ if tickets > window_end then blocks = redis.call('HGETALL', K_LIVE) end
 
 -- Ended sessions since the replica's last read. A new replica, or one that fell
 -- behind the capped stream, gets every revocation still in force instead.
-local ended, last = {}, ARGV[8]
+local ended, last = {}, last_ended
 local function id_lt(a, b)
   local a1, a2 = string.match(a, '^(%d+)-(%d+)$')
   local b1, b2 = string.match(b, '^(%d+)-(%d+)$')
@@ -194,7 +200,7 @@ if redis.call('EXISTS', K_ENDED) == 1 then
     and id_lt(last, oldest)
   if last == '0-0' or behind then
     local all = redis.call('ZRANGEBYSCORE', K_REVOKED, now_sec, '+inf', 'WITHSCORES', 'LIMIT', 0,
-      tonumber(ARGV[11]))
+      REVOKED_RELOAD_MAX)
     for i = 1, #all, 2 do
       table.insert(ended, newest)
       table.insert(ended, all[i])
@@ -217,13 +223,17 @@ if redis.call('EXISTS', K_ENDED) == 1 then
 end
 
 local sh_first, sh_last = shuffled_range()
-return {
-  tickets, serving, redis.call('ZCARD', K_WAITING), redis.call('ZCARD', K_ACTIVE),
-  redis.call('ZCARD', K_INVITED), minute, now_ms,
-  s.mode, s.capacity, s.admit_per_minute, s.session_ttl, s.grace, s.abandon_after,
-  expired, lapsed, invited, skipped, ended, s.session_max, redis.call('ZCARD', K_RECALL),
-  front, blocks,
-  s.opens_at, closed and 1 or 0, s.joins_per_address, opened,
-  sh_first, sh_last, redis.call('HGET', K_OPENING, 'seed') or 0,
-  epoch, s.shared_sessions, s.max_addresses,
+return reply{
+  tickets = tickets, serving = serving, waiting = redis.call('ZCARD', K_WAITING),
+  active = redis.call('ZCARD', K_ACTIVE), invited = redis.call('ZCARD', K_INVITED),
+  admitted_last_minute = minute, redis_time_ms = now_ms,
+  mode = s.mode, capacity = s.capacity, admit_per_minute = s.admit_per_minute,
+  session_ttl = s.session_ttl, grace = s.grace, abandon_after = s.abandon_after,
+  session_max = s.session_max, opens_at = s.opens_at, joins_per_address = s.joins_per_address,
+  shared_sessions = s.shared_sessions, max_addresses = s.max_addresses,
+  expired = expired, lapsed = lapsed, newly_invited = invited, skipped = skipped, ended = ended,
+  recalled = redis.call('ZCARD', K_RECALL), front = front, blocks = blocks,
+  closed = closed and 1 or 0, opened = opened,
+  shuffled_first = sh_first, shuffled_last = sh_last,
+  seed = redis.call('HGET', K_OPENING, 'seed') or 0, epoch = epoch,
 }

@@ -1,0 +1,193 @@
+"""The Python <-> Lua contract: every script's arguments and reply, by name.
+
+Each ``lua/<name>.lua`` binds its ARGV to named locals on its first lines, one
+per line and in the order :attr:`Script.args` lists them (tests/test_scripts.py
+reads the files and checks); a variadic tail, if any, starts at ``REST``. It
+answers ``return reply{field = value, ...}``: the prelude lays the fields out
+in the order of :attr:`Script.reply` and raises on a missing or unknown one, so
+a field added or moved on one side fails loudly instead of shifting the rest.
+
+Constants the scripts share with Python are generated from their Python
+definitions into a small header that :func:`source` puts before the prelude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from ..config import MODES, OPENS_AT_MAX, OVERRIDE_LEAST, SHARED_SESSIONS
+from .keys import (
+    ADDRESS_COUNTER_TTL,
+    ADVANCE_MAX_STEPS,
+    ENDED_STREAM_MAXLEN,
+    FIRST_POLL_WINDOW_MS,
+    FRONT_WINDOW,
+    LIVE_BLOCK,
+    REVOKED_RELOAD_MAX,
+)
+
+# name -> value, as Lua locals of the same name
+CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
+    "LIVE_BLOCK": LIVE_BLOCK,
+    "OPENS_AT_MAX": OPENS_AT_MAX,
+    "ADDRESS_COUNTER_TTL": ADDRESS_COUNTER_TTL,
+    "ADVANCE_MAX_STEPS": ADVANCE_MAX_STEPS,
+    "ENDED_STREAM_MAXLEN": ENDED_STREAM_MAXLEN,
+    "FIRST_POLL_WINDOW_MS": FIRST_POLL_WINDOW_MS,
+    "FRONT_WINDOW": FRONT_WINDOW,
+    "REVOKED_RELOAD_MAX": REVOKED_RELOAD_MAX,
+    "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
+    "SHARED_SESSIONS": SHARED_SESSIONS,
+    "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
+}
+
+
+class ContractError(Exception):
+    """Python and a script disagree on its arguments or reply: a bug, never load."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    args: tuple[str, ...]
+    reply: tuple[str, ...]
+    rest: str = ""  # what the variadic ARGV tail holds ("" = none)
+
+    def argv(self, values: Mapping[str, Any], rest: Sequence[Any] = ()) -> list[Any]:
+        """ARGV in the script's order; every named argument exactly once."""
+        if values.keys() != set(self.args):
+            missing = set(self.args) - values.keys()
+            extra = values.keys() - set(self.args)
+            raise ContractError(f"{self.name}: missing {sorted(missing)}, unknown {sorted(extra)}")
+        if rest and not self.rest:
+            raise ContractError(f"{self.name}: takes no variadic arguments")
+        return [*(values[a] for a in self.args), *rest]
+
+    def decode(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, list) or len(raw) != len(self.reply):
+            raise ContractError(f"{self.name}: reply {raw!r} does not match {self.reply}")
+        return dict(zip(self.reply, raw, strict=True))
+
+    def header(self) -> str:
+        lines = [f"-- generated from sidecar/queue/scripts.py for {self.name}.lua"]
+        lines += [f"local {name} = {_lua(value)}" for name, value in CONSTANTS.items()]
+        lines.append(f"local REST = {len(self.args) + 1}")
+        lines.append(f"local REPLY_FIELDS = {_lua(self.reply, as_set=False)}")
+        return "\n".join(lines) + "\n"
+
+
+def _lua(value: Any, as_set: bool = True) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value + "'"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in value.items()) + "}"
+    if as_set:
+        return "{" + ", ".join(f"[{_lua(v)}] = true" for v in value) + "}"
+    return "{" + ", ".join(_lua(v) for v in value) + "}"
+
+
+_ADMISSION = (
+    "mode",
+    "capacity",
+    "admit_per_minute",
+    "confirm_ms",
+    "grace_ms",
+    "opens_at",
+    "joins_per_address",
+)
+
+JOIN = Script(
+    "join",
+    args=_ADMISSION,
+    rest="(session id, client address) pairs; address '' = unknown: no budget applies",
+    reply=("places", "epoch"),
+)
+CLAIM = Script("claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result",))
+LEAVE = Script("leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed",))
+HEARTBEAT = Script(
+    "heartbeat",
+    args=(
+        "session_ttl_ms",
+        "capacity",
+        "mode",
+        "shared_sessions",
+        "max_addresses",
+        "window_ms",
+        "addresses_kept",
+        "address_prefix",
+        "sessions",
+    ),
+    rest="session ids, then as many comma-separated address lists, then waiting tickets",
+    reply=("counted", "ended", "shared"),
+)
+TICK = Script(
+    "tick",
+    args=(
+        "capacity",
+        "admit_per_minute",
+        "session_ttl",
+        "grace",
+        "abandon_after",
+        "mode",
+        "session_max",
+        "opens_at",
+        "joins_per_address",
+        "shared_sessions",
+        "max_addresses",
+        "purge_slack_ms",
+        "last_ended",
+    ),
+    reply=(
+        "tickets",
+        "serving",
+        "waiting",
+        "active",
+        "invited",
+        "admitted_last_minute",
+        "redis_time_ms",
+        "mode",
+        "capacity",
+        "admit_per_minute",
+        "session_ttl",
+        "grace",
+        "abandon_after",
+        "session_max",
+        "opens_at",
+        "joins_per_address",
+        "shared_sessions",
+        "max_addresses",
+        "expired",
+        "lapsed",
+        "newly_invited",
+        "skipped",
+        "ended",
+        "recalled",
+        "front",
+        "blocks",
+        "closed",
+        "opened",
+        "shuffled_first",
+        "shuffled_last",
+        "seed",
+        "epoch",
+    ),
+)
+
+SCRIPTS: Mapping[str, Script] = {s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK)}
+
+
+def source(script: Script) -> str:
+    """What Redis runs: the generated header, the shared prelude, the script."""
+    lua = resources.files("sidecar.queue.lua")
+    return "\n".join(
+        (
+            script.header(),
+            lua.joinpath("prelude.lua").read_text(),
+            lua.joinpath(f"{script.name}.lua").read_text(),
+        )
+    )
