@@ -5,7 +5,7 @@ How a fenced block is checked, by its language:
 
 | fence | check |
 |---|---|
-| ```` ```sh ```` (``bash``, ``shell``) | run by bash (``-euo pipefail``), all blocks of one file in one shell, in order |
+| ```` ```sh ```` (``bash``, ``shell``) | bash ``-euo pipefail``; one shell per file, in order |
 | ```` ```nginx ```` | ``nginx -t`` inside ``http {}`` with the shipped snippets |
 | ```` ```toml ```` | loaded by the sidecar's own config loader (``ANTEROOM_CONFIG``) |
 | ```` ```json ```` / ```` ```python ```` / ```` ```jinja ```` | parsed |
@@ -39,6 +39,7 @@ non-editable install, systemd unit, snippets, site, reload, upgrade, fast pass.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*$")
 MARK = re.compile(r"^\s*<!--\s*doc-test:\s*(?P<mark>.*?)\s*-->\s*$")
 BIN = Path(sys.executable).parent
 OVERLAID = ("/etc", "/opt", "/var", "/run")
+SECURE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -110,7 +113,7 @@ def blocks(path: Path) -> list[Block]:
         while i < len(lines) and lines[i].strip() != "```":
             body.append(lines[i].removeprefix(indent))
             i += 1
-        marks = []
+        marks: list[str] = []
         j = start - 1
         while j >= 0 and (m := MARK.match(lines[j])):
             marks.insert(0, m["mark"])
@@ -214,7 +217,7 @@ class Sandbox:
         units = f"PYTHONPATH={ROOT} {sys.executable} -m tests.integration.units"
         scripts = {
             # sudo's secure_path (a user's own python, e.g. pyenv's, is not root's)
-            "sudo": f"export PATH={shims}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            "sudo": f"export PATH={shims}:{SECURE_PATH}\n"
             'user=""\nwhile [ $# -gt 0 ]; do case $1 in -u) user=$2; shift 2;; '
             "-E|-H|-n) shift;; *) break;; esac; done\n"
             '[ -z "$user" ] && exec "$@"\n'
@@ -286,7 +289,8 @@ def session(sandbox: Sandbox, path: Path, fill: dict[str, str]) -> str:
             text = text.replace(old, new)
         if b.file:
             parts.append(
-                f"mkdir -p $(dirname {b.file})\ncat > {b.file} <<'DOC_TEST_EOF'\n{text}DOC_TEST_EOF\n"
+                f"mkdir -p $(dirname {b.file})\n"
+                f"cat > {b.file} <<'DOC_TEST_EOF'\n{text}DOC_TEST_EOF\n"
             )
         elif b.lang in SHELL:
             curl = sandbox.curlrc(strict="http-errors-ok" not in b.marks)
@@ -349,10 +353,8 @@ def ready(url: str, within: float = 20.0) -> None:
 
 
 def kill_pidfile(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.kill(int(path.read_text()), 15)
-    except (OSError, ValueError):
-        pass
 
 
 def test_nginx_md_walks_from_install_to_fast_pass(
@@ -487,3 +489,17 @@ def test_systemd_unit_is_rated_ok() -> None:
     score = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", r.stdout + r.stderr)
     assert score, r.stdout + r.stderr
     assert float(score[1]) <= 2.0 and score[2] == "OK", score[0]
+
+
+def test_demo_tickets_without_slash_redirects(stack: Stack) -> None:
+    """/tickets/ is a folder nginx serves with try_files: /tickets is sent there."""
+
+    class Keep(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(Keep)
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(stack.url + "/tickets", timeout=10)
+    assert answer.value.code == 301
+    assert answer.value.headers["Location"].endswith("/tickets/")

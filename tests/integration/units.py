@@ -14,7 +14,7 @@ sandboxing this machine can apply without systemd:
 | ``ProtectHome=yes`` | empty tmpfs over /home, /root, /run/user |
 | ``PrivateTmp=yes`` | a fresh tmpfs on /tmp and /var/tmp |
 | ``PrivateDevices=yes`` | /dev with only null, zero, full, random, urandom |
-| ``ProcSubset=pid`` + ``ProtectProc=invisible`` | /proc remounted ``subset=pid,hidepid=invisible`` |
+| ``ProcSubset=pid``, ``ProtectProc=invisible`` | /proc as ``subset=pid,hidepid=invisible`` |
 | ``UMask=`` | ``umask`` |
 | ``LimitNOFILE=`` | ``ulimit -n`` (up to the machine's hard limit) |
 
@@ -201,9 +201,9 @@ def status(name: str) -> int:
         pass
     pid = pid_of(name)
     if pid is None:
-        print(f"× {name}.service - failed")
+        print(f"x {name}.service - failed")
         return 3
-    print(f"● {name}.service - active (running), Main PID: {pid}")
+    print(f"* {name}.service - active (running), Main PID: {pid}")
     return 0
 
 
