@@ -379,12 +379,14 @@ class Stack:
             if not link.is_symlink():
                 link.symlink_to(snippet)
         if self.fast_pass:
-            from sidecar.web.fastpass import from_env, nginx_conf
+            from sidecar.config import Config
+            from sidecar.web.fastpass import from_config, nginx_conf
 
-            fast = from_env(self.sidecar_env())
+            config = Config.from_env(self.sidecar_env(), serving=False)
+            fast = from_config(config)
             if fast is None:
                 raise RuntimeError("fast_pass needs ANTEROOM_FAST_PASS_SECRET in env")
-            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast))
+            (folder / "fastpass-secret.conf").write_text(nginx_conf(fast, config.cookie_name))
 
     def write_nginx_conf(self, pages: Path) -> Path:
         ndir = self.workdir / "nginx"
@@ -539,7 +541,8 @@ class S3Server:
 
     def _wait_ready(self, log: Path, timeout: float) -> None:
         """The S3 port opens before the filer and volumes are ready for writes."""
-        from sidecar.pages.s3 import S3, S3Error, S3Settings
+        from sidecar.config import S3Settings
+        from sidecar.pages.s3 import S3, S3Error
 
         client = S3(S3Settings.from_env(self.env()))
         deadline = time.monotonic() + timeout

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from . import logs
-from .config import Config, ConfigError
+from .config import Config, ConfigError, S3Settings
 from .control import cli
+from .control.admin import start_admin
 from .web import fastpass
 from .web.app import create_app
 
@@ -113,7 +114,7 @@ def _run(
             "demo": config.demo,
         },
     )
-    app = create_app(config, worker, metrics_dir)
+    app = create_app(config, worker, metrics_dir, admin=start_admin)
     if children:
 
         async def drain_workers(app: web.Application) -> None:
@@ -184,19 +185,18 @@ def _command(name: str | None) -> Callable[[argparse.Namespace], int]:
 
 def _serve(args: argparse.Namespace) -> int:
     config = Config.from_env()
-    fastpass.from_env(os.environ)  # invalid fast pass settings stop start-up here
-    logs.setup(config.log_level, config.log_format, os.environ)
+    logs.setup(config.log_level, config.log_format, config.log_levels)
     serve(config)
     return 0
 
 
 def _publish(args: argparse.Namespace) -> int:
     from .pages.publish import publish
-    from .pages.s3 import S3Error, S3Settings
+    from .pages.s3 import S3Error
 
     config = Config.from_env(serving=False)
-    logs.setup(config.log_level, config.log_format, os.environ)
-    settings = S3Settings.from_env()
+    logs.setup(config.log_level, config.log_format, config.log_levels)
+    settings = config.s3 or S3Settings.from_env({})  # the latter names what is missing
     dry_run = args.dry_run
     try:
         done = publish(
@@ -215,22 +215,23 @@ def _build_pages(args: argparse.Namespace) -> int:
     from .pages.themes import build_pages, themes_dir
 
     config = Config.from_env(serving=False)
-    logs.setup(config.log_level, config.log_format, os.environ)
+    logs.setup(config.log_level, config.log_format, config.log_levels)
     built = build_pages(config, args.out)
-    if "ANTEROOM_CONFIG" not in os.environ:
+    if not config.config_file:
         print("anteroom: no ANTEROOM_CONFIG: one tenant named 'default' serving every host")
     for tenant, paths in built.items():
         page = f"{args.out.rstrip('/')}/_anteroom/waiting/{tenant}/"
         print(f"anteroom: built tenant {tenant!r}: {len(paths)} files in {page}")
-    print(f"anteroom: themes from {themes_dir()}")
+    print(f"anteroom: themes from {themes_dir(config.themes)}")
     return 0
 
 
 def _fastpass_conf(args: argparse.Namespace) -> int:
-    fast = fastpass.from_env(os.environ)
+    config = Config.from_env(serving=False)
+    fast = fastpass.from_config(config)
     if fast is None:
         raise ConfigError("ANTEROOM_FAST_PASS_SECRET: required (e.g. openssl rand -hex 32)")
-    sys.stdout.write(fastpass.nginx_conf(fast))
+    sys.stdout.write(fastpass.nginx_conf(fast, config.cookie_name))
     return 0
 
 

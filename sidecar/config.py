@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
@@ -36,6 +37,14 @@ PLACEHOLDER_SECRET_RE = re.compile(
     r"|not[-_ ]for[-_ ]production",
     re.IGNORECASE,
 )
+# a place in line outlives the longest sale (and an admin revocation covers it)
+WAITING_TOKEN_TTL = 12 * 3600
+# nginx fast pass: characters that need no escaping inside an nginx quoted string
+FAST_PASS_SECRET_RE = re.compile(r"[A-Za-z0-9+/=_.:-]{16,256}")
+FAST_PASS_TTL = 20  # seconds; a left or revoked session keeps passing in nginx that long
+FAST_PASS_MAX_TTL = 300
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9091"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
@@ -112,6 +121,55 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Where ``pages publish`` uploads: ``ANTEROOM_S3_*``, credentials falling back
+    to the usual ``AWS_*`` variables."""
+
+    endpoint: str  # scheme://host[:port], no path
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    region: str
+    access_key: str
+    secret_key: str
+    session_token: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        endpoint = env.get("ANTEROOM_S3_ENDPOINT", "").rstrip("/")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                "ANTEROOM_S3_ENDPOINT: expected http(s)://host[:port] "
+                f"(e.g. https://s3.eu-west-1.amazonaws.com), got {endpoint!r}"
+            )
+        bucket = env.get("ANTEROOM_S3_BUCKET", "")
+        if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in ".-" for c in bucket):
+            raise ConfigError(
+                f"ANTEROOM_S3_BUCKET: 3-63 letters, digits, '.' or '-', got {bucket!r}"
+            )
+        prefix = env.get("ANTEROOM_S3_PREFIX", "").strip("/")
+        if any(c in prefix for c in "?#\\") or ".." in prefix.split("/"):
+            raise ConfigError(f"ANTEROOM_S3_PREFIX: a plain path, got {prefix!r}")
+        access = env.get("ANTEROOM_S3_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID", "")
+        secret = env.get("ANTEROOM_S3_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not access or not secret:
+            raise ConfigError(
+                "ANTEROOM_S3_ACCESS_KEY_ID / ANTEROOM_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID /"
+                " AWS_SECRET_ACCESS_KEY): both are required to publish"
+            )
+        region = env.get("ANTEROOM_S3_REGION") or env.get("AWS_REGION") or "us-east-1"
+        return cls(
+            endpoint=endpoint,
+            bucket=bucket,
+            prefix=prefix + "/" if prefix else "",
+            region=region,
+            access_key=access,
+            secret_key=secret,
+            session_token=env.get("ANTEROOM_S3_SESSION_TOKEN") or env.get("AWS_SESSION_TOKEN", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     secrets: tuple[bytes, ...]
     tenants: tuple[Tenant, ...]
@@ -135,6 +193,13 @@ class Config:
     admin_port: int = 9091  # 0: no admin listener (ANTEROOM_ADMIN_LISTEN=off)
     admin_tokens: tuple[tuple[str, str], ...] = ()  # (name for the audit log, token)
     admin_token_generated: bool = False  # demo without ANTEROOM_ADMIN_TOKEN
+    admin_url: str = DEFAULT_ADMIN_URL  # where the CLI finds the admin listener
+    log_levels: tuple[tuple[str, str], ...] = ()  # (logger, level) overrides
+    fast_pass_secret: str = ""  # nginx fast pass off when empty
+    fast_pass_ttl: int = FAST_PASS_TTL
+    config_file: str = ""  # ANTEROOM_CONFIG: the tenants' TOML; "" = one default tenant
+    themes: str = ""  # folder of waiting-page themes; "" = the shipped ones
+    s3: S3Settings | None = None  # page commands only, when ANTEROOM_S3_* is set
     host_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
     # "tickets.example" -> the tenant of "*.tickets.example"
     wildcard_map: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
@@ -164,6 +229,14 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, serving: bool = True) -> Config:
         return load(os.environ if env is None else env, serving)
+
+
+def cookie_prefix(env: Mapping[str, str]) -> str:
+    """ANTEROOM_COOKIE_NAME, the visitor cookies' prefix (also fastpass-secret.conf's)."""
+    name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise ConfigError(f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {name!r}")
+    return name
 
 
 def load(env: Mapping[str, str], serving: bool = True) -> Config:
@@ -203,19 +276,24 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         raise ConfigError(
             "ANTEROOM_REDIS_CLUSTER: a Sentinel URL names a primary/replica set, not a Cluster"
         )
-    cookie_name = env.get("ANTEROOM_COOKIE_NAME", "anteroom")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cookie_name):
-        raise ConfigError(
-            f"ANTEROOM_COOKIE_NAME: letters, digits, '_' or '-' only, got {cookie_name!r}"
-        )
+    cookie_name = cookie_prefix(env)
     log_level = env.get("ANTEROOM_LOG_LEVEL", "info").lower()
-    if log_level not in ("debug", "info", "warning", "error"):
+    if log_level not in LOG_LEVELS:
         raise ConfigError(
             f"ANTEROOM_LOG_LEVEL: one of debug, info, warning, error, got {log_level!r}"
         )
     log_format = env.get("ANTEROOM_LOG_FORMAT", "json").lower()
     if log_format not in ("json", "text"):
         raise ConfigError(f"ANTEROOM_LOG_FORMAT: json or text, got {log_format!r}")
+
+    log_levels = log_levels_from(env.get("ANTEROOM_LOG_LEVELS", ""))
+    fast_pass_secret, fast_pass_ttl = _fast_pass(env)
+    admin_url = env.get("ANTEROOM_ADMIN_URL", DEFAULT_ADMIN_URL)
+    if not admin_url.startswith(("http://", "https://")):
+        raise ConfigError(f"ANTEROOM_ADMIN_URL: expected http(s)://HOST:PORT, got {admin_url!r}")
+    s3 = None  # only the page commands publish; a server never needs it
+    if not serving and any(k.startswith("ANTEROOM_S3_") for k in env):
+        s3 = S3Settings.from_env(env)
 
     defaults = _queue_settings_from_env(env)
     path = env.get("ANTEROOM_CONFIG", "")
@@ -258,7 +336,48 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         admin_port=admin_port,
         admin_tokens=admin_tokens,
         admin_token_generated=generated,
+        admin_url=admin_url,
+        log_levels=log_levels,
+        fast_pass_secret=fast_pass_secret,
+        fast_pass_ttl=fast_pass_ttl,
+        config_file=path,
+        themes=env.get("ANTEROOM_THEMES", ""),
+        s3=s3,
     )
+
+
+def log_levels_from(raw: str) -> tuple[tuple[str, str], ...]:
+    """``ANTEROOM_LOG_LEVELS``: ``logger=level`` pairs, comma-separated."""
+    pairs = []
+    for item in filter(None, (s.strip() for s in raw.split(","))):
+        name, sep, level = item.partition("=")
+        if not sep or not name.strip() or level.strip().lower() not in LOG_LEVELS:
+            raise ConfigError(f"ANTEROOM_LOG_LEVELS: expected logger=level pairs, got {item!r}")
+        pairs.append((name.strip(), level.strip().lower()))
+    return tuple(pairs)
+
+
+def _fast_pass(env: Mapping[str, str]) -> tuple[str, int]:
+    """(secret, ttl) of the nginx fast pass; ("", ttl) when it is off."""
+    secret = env.get("ANTEROOM_FAST_PASS_SECRET", "").strip()
+    if not secret:
+        return "", FAST_PASS_TTL
+    if not FAST_PASS_SECRET_RE.fullmatch(secret):
+        raise ConfigError(
+            "ANTEROOM_FAST_PASS_SECRET: 16 to 256 characters of letters, digits and + / = _ . : -"
+            " (e.g. openssl rand -hex 32)"
+        )
+    raw_ttl = env.get("ANTEROOM_FAST_PASS_TTL", str(FAST_PASS_TTL))
+    try:
+        ttl = int(raw_ttl)
+    except ValueError:
+        ttl = 0
+    if not 1 <= ttl <= FAST_PASS_MAX_TTL:
+        raise ConfigError(
+            f"ANTEROOM_FAST_PASS_TTL: seconds from 1 to {FAST_PASS_MAX_TTL}, got {raw_ttl!r}"
+            f" (default {FAST_PASS_TTL})"
+        )
+    return secret, ttl
 
 
 def admin_tokens_from(raw: str) -> tuple[tuple[str, str], ...]:

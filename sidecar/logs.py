@@ -1,4 +1,4 @@
-"""Structured logs: one event per line, JSON or text, levels from the environment.
+"""Structured logs: one event per line, JSON or text, levels from the configuration.
 
 ``ANTEROOM_LOG_LEVEL`` sets the level of everything; ``ANTEROOM_LOG_LEVELS``
 overrides it per logger, e.g. ``sidecar.gate=debug,aiohttp.access=info``.
@@ -12,9 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
-
-from .config import ConfigError
+from collections.abc import Sequence
 
 # attributes every LogRecord has; anything else came from ``extra``
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -49,7 +47,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str, fmt: str, env: Mapping[str, str]) -> None:
+def setup(level: str, fmt: str, levels: Sequence[tuple[str, str]] = ()) -> None:
+    """Root level and format; ``levels``: per-logger overrides (``ANTEROOM_LOG_LEVELS``,
+    read and checked by the configuration)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
@@ -59,8 +59,5 @@ def setup(level: str, fmt: str, env: Mapping[str, str]) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # the Redis client's own debug lines (connection chatter) would drown ours
     logging.getLogger("redis").setLevel(logging.WARNING)
-    for item in filter(None, (s.strip() for s in env.get("ANTEROOM_LOG_LEVELS", "").split(","))):
-        name, sep, lvl = item.partition("=")
-        if not sep or lvl.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"ANTEROOM_LOG_LEVELS: expected logger=level pairs, got {item!r}")
-        logging.getLogger(name.strip()).setLevel(lvl.strip().upper())
+    for name, lvl in levels:
+        logging.getLogger(name).setLevel(lvl.upper())

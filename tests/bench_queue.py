@@ -254,8 +254,9 @@ def _redis_cpu(redis: SyncRedis) -> float:
 
 def bursts(work: Path) -> list[tuple[int, int, dict[str, object]]]:
     done = []
+    sizes = [int(n) for n in os.environ.get("BENCH_BURSTS", "1000,5000,10000").split(",")]
     for workers in (1, 2):
-        for n in (1_000, 5_000, 10_000):
+        for n in sizes:
             s = Stack(
                 workdir=work / f"burst-{workers}-{n}",
                 env={**ENV, "ANTEROOM_WORKERS": str(workers)},

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,32 @@ class Page:
         return await self.browser.send(method, session=self.session, **params)
 
     async def goto(self, url: str) -> None:
-        await self.send("Page.navigate", url=url)
+        """Opens ``url`` and returns once the document it lands on (redirects
+        followed) has loaded: reading or acting on it right away is safe."""
+        async with self.navigation():
+            await self.send("Page.navigate", url=url)
+
+    @contextlib.asynccontextmanager
+    async def navigation(self, within: float = 30.0) -> AsyncIterator[None]:
+        """Around an action that loads a new document (a form submitted, a link
+        followed): waits until a new document has replaced the current one and
+        finished loading. The current document is marked first, so the old page
+        can never pass for the new one, however slow the machine."""
+        await self.evaluate("document.anteroomPrevious = true")
+        yield
+        await self.wait_for(
+            "document.anteroomPrevious === undefined && document.readyState === 'complete'",
+            within,
+        )
 
     async def evaluate(self, expression: str) -> Any:
+        """The expression's value; RuntimeError if it threw (an action on a page
+        that is not there is an error, never a silent no-op)."""
         r = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            details = r["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            raise RuntimeError(f"{expression[:80]!r} threw: {text}")
         return r.get("result", {}).get("value")
 
     async def screenshot(self, path: Path) -> Path:
@@ -62,7 +85,8 @@ class Page:
     async def wait_for(self, expression: str, within: float = 20.0) -> Any:
         deadline = asyncio.get_running_loop().time() + within
         while True:
-            with contextlib.suppress(RuntimeError):  # navigating: context not ready yet
+            # navigating (no context yet) or the page not there yet (the expression threw)
+            with contextlib.suppress(RuntimeError):
                 value = await self.evaluate(expression)
                 if value:
                     return value

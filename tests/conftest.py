@@ -9,10 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from devstack.stack import Stack, free_port
+from sidecar.config import load
 from sidecar.queue.engine import Engine
+from sidecar.web.app import create_app
 from tests.visitors import Visitor
 
 SECRET = "test-secret-0123456789abcdef"
@@ -108,6 +112,60 @@ async def replicas(redis: Redis, redis_url: str) -> AsyncIterator[list[Engine]]:
     yield [Engine(c, purge_slack_ms=0) for c in clients]
     for c in clients:
         await c.aclose()
+
+
+# In-process apps: one tenant on shop.test; queues named for what a test needs.
+APP_TOML = """
+[tenants.shop]
+hosts = ["shop.test"]
+
+[tenants.shop.queues.off]
+mode = "off"
+
+[tenants.shop.queues.all]
+mode = "queue-all"
+
+[tenants.shop.queues.paused]
+mode = "paused"
+
+[tenants.shop.queues.budget]
+joins_per_address = 1
+
+[tenants.shop.queues.open]
+on_redis_error = "open"
+
+[tenants.shop.queues.later]
+opens_at = 4000000000
+"""
+
+AppClient = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+def app_client(redis: Redis, redis_url: str, tmp_path: Path, aiohttp_client):
+    """``create_app(config)`` in this process on the real Redis fixture (flushed),
+    driven over loopback HTTP without nginx: what nginx would send, sent by hand.
+    Cookies are passed explicitly (no jar)."""
+    toml = tmp_path / "anteroom.toml"
+    toml.write_text(APP_TOML)
+
+    async def make(**env: str) -> AppClient:
+        config = load(
+            {
+                **FAST,
+                "ANTEROOM_REDIS_URL": redis_url,
+                "ANTEROOM_CONFIG": str(toml),
+                "ANTEROOM_ADMIN_LISTEN": "off",
+                "ANTEROOM_CAPACITY": "1",
+                **env,
+            }
+        )
+        client: AppClient = await aiohttp_client(
+            create_app(config), cookie_jar=aiohttp.DummyCookieJar()
+        )
+        return client
+
+    return make
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,13 @@ import logging
 
 import pytest
 
-from sidecar.config import ConfigError
+from sidecar.config import ConfigError, load
 from sidecar.logs import JsonFormatter, TextFormatter, setup
+
+
+def levels(raw: str) -> tuple[tuple[str, str], ...]:
+    """ANTEROOM_LOG_LEVELS as the configuration reads it."""
+    return load({"ANTEROOM_LOG_LEVELS": raw}, serving=False).log_levels
 
 
 def record(**extra: object) -> logging.LogRecord:
@@ -40,7 +45,7 @@ def keep_root_logger():  # setup() replaces the root handlers; put pytest's back
 
 
 def test_levels_per_logger() -> None:
-    setup("info", "json", {"ANTEROOM_LOG_LEVELS": "sidecar.gate=debug, sidecar.refresher=error"})
+    setup("info", "json", levels("sidecar.gate=debug, sidecar.refresher=error"))
     try:
         assert logging.getLogger("sidecar.gate").level == logging.DEBUG
         assert logging.getLogger("sidecar.refresher").level == logging.ERROR
@@ -52,12 +57,12 @@ def test_levels_per_logger() -> None:
 
 def test_bad_level_override_is_named() -> None:
     with pytest.raises(ConfigError, match="ANTEROOM_LOG_LEVELS"):
-        setup("info", "json", {"ANTEROOM_LOG_LEVELS": "sidecar.gate=chatty"})
+        levels("sidecar.gate=chatty")
 
 
 def test_redis_client_debug_stays_quiet_unless_asked() -> None:
-    setup("debug", "json", {})
+    setup("debug", "json")
     assert logging.getLogger("redis.asyncio.connection").getEffectiveLevel() == logging.WARNING
     assert logging.getLogger("sidecar.gate").getEffectiveLevel() == logging.DEBUG
-    setup("debug", "json", {"ANTEROOM_LOG_LEVELS": "redis=debug"})
+    setup("debug", "json", levels("redis=debug"))
     assert logging.getLogger("redis.asyncio.connection").getEffectiveLevel() == logging.DEBUG

@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from sidecar.config import ConfigError
-from sidecar.pages.s3 import EMPTY_SHA256, S3Settings, sign
+from sidecar.config import ConfigError, S3Settings
+from sidecar.pages.s3 import EMPTY_SHA256, sign
 
 
 def test_signature_matches_the_aws_documented_example() -> None:

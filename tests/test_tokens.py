@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.web.gate import host_name, safe_path
+from sidecar.web.http import host_name, safe_path
 from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
@@ -131,3 +131,22 @@ def test_host_name() -> None:
 )
 def test_cookie_value(header: str, expected: str | None) -> None:
     assert cookie_value(header, "anteroom") == expected
+
+
+def test_verified_waiting_tokens_are_kept_and_bounded() -> None:
+    """A waiter's poll costs no HMAC after the first: the verified token is kept, apart
+    from admitted ones, bounded; expiry stays the caller's check on every use."""
+    from sidecar.web import tokens
+
+    s = Signer((NEW,))
+    waiting = Token("acme", "q", WAITING, 5, "sid-w", 1, 2, "/shop/", "1" * 16)
+    raw = s.dumps(waiting)
+    first = s.loads(raw)
+    assert first == waiting and s.loads(raw) is first  # the second read is the cached one
+    assert s.loads(raw[:-1] + ("A" if raw[-1] != "A" else "B")) is None  # never by prefix
+    long = s.dumps(Token("acme", "q", WAITING, 5, "sid-w", 1, 2, "/" + "a" * 400, "e"))
+    assert s.loads(long) is not None and s.loads(long) is not s.loads(long)  # not kept
+    for n in range(tokens.VERIFIED_CACHE_SIZE + 1):
+        s.loads(s.dumps(Token("acme", "q", WAITING, n, "sid", 1, 2, "/", "e")))
+    assert len(s._waiting) <= tokens.VERIFIED_CACHE_SIZE
+    assert s._verified == {}  # a crowd of waiters never pushes out admitted cookies

@@ -21,19 +21,20 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from ..config import NAME_RE as NAME
 from ..config import (
     OVERRIDABLE,
+    WAITING_TOKEN_TTL,
     Config,
     ConfigError,
     OverrideErrors,
@@ -41,8 +42,8 @@ from ..config import (
     queue_overrides,
 )
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
-from ..queue import history
-from ..queue.engine import Engine, QueueRef, QueueState
+from ..queue import Engine, QueueRef, QueueState, Refresher, StorageError, TooManyQueues, history
+from ..queue.client import text
 from ..queue.keys import (
     AUDIT_KEY,
     AUDIT_MAXLEN,
@@ -50,8 +51,6 @@ from ..queue.keys import (
     TICKETS_PATTERN,
     queue_of_tickets_key,
 )
-from ..queue.refresher import Refresher, TooManyQueues
-from ..web.gate import WAITING_TOKEN_TTL
 
 log = logging.getLogger("sidecar.admin")
 
@@ -73,8 +72,6 @@ FIELD_LABELS = {
     "opens_at": "Opens at (unix time, 0 = none)",
     "max_addresses": "Addresses per session",
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminError(Exception):
@@ -213,7 +210,7 @@ class Admin:
             return web.json_response(e.body, status=e.status)
         except web.HTTPException:
             raise
-        except (RedisError, OSError) as e:
+        except StorageError as e:
             log.warning("admin request failed: redis", extra={"error": str(e)})
             return web.json_response({"error": "redis unavailable"}, status=503)
         except Exception:
@@ -293,7 +290,7 @@ class Admin:
             for q in qs:
                 pipe.hgetall(q.keys.settings)
             raw = await pipe.execute()
-        return [{_s(k): _s(v) for k, v in r.items()} for r in raw]
+        return [{text(k): text(v) for k, v in r.items()} for r in raw]
 
     def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
         configured = self.configured(q)
@@ -445,7 +442,7 @@ class Admin:
             q.keys.active, 0, 199, withscores=True
         )
         sessions = [
-            {"session": _s(sid), "expires_in": round((score - now_ms) / 1000, 1)}
+            {"session": text(sid), "expires_in": round((score - now_ms) / 1000, 1)}
             for sid, score in rows
         ]
         return web.json_response({"sessions": sessions})
@@ -574,10 +571,6 @@ class Admin:
         )
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _figures(v: QueueView) -> QueueFigures:
     return QueueFigures(
         tenant=v.tenant,
@@ -595,3 +588,19 @@ def _figures(v: QueueView) -> QueueFigures:
             "anteroom_queue_draining": 1.0 if v.draining else 0.0,
         },
     )
+
+
+async def start_admin(
+    config: Config, engine: Engine, refresher: Refresher, metrics: Metrics
+) -> web.AppRunner:
+    """The admin listener on its own address (worker 0 of ``python -m sidecar``)."""
+    runner = web.AppRunner(Admin(config, engine, refresher, metrics).app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.admin_host, config.admin_port).start()
+    log.info("admin listening", extra={"listen": f"{config.admin_host}:{config.admin_port}"})
+    if config.admin_token_generated:
+        log.warning(
+            "demo admin token (set ANTEROOM_ADMIN_TOKEN to choose it)",
+            extra={"token": config.admin_tokens[0][1]},
+        )
+    return runner

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -19,9 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ..config import ConfigError, admin_tokens_from
-
-DEFAULT_URL = "http://127.0.0.1:9091"
+from ..config import Config, ConfigError
 
 
 class Failed(Exception):
@@ -59,9 +56,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
     try:
-        client = Client.from_env(env)
+        client = Client.from_config(Config.from_env(env, serving=False))
         print(_dispatch(client, args))
     except ConfigError as e:
         print(f"anteroom: {e}", file=sys.stderr)
@@ -78,14 +74,10 @@ class Client:
         self.token = token
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Client:
-        tokens = admin_tokens_from(env.get("ANTEROOM_ADMIN_TOKEN", ""))
-        if not tokens:
+    def from_config(cls, config: Config) -> Client:
+        if not config.admin_tokens:
             raise ConfigError("ANTEROOM_ADMIN_TOKEN: required (a token of the admin listener)")
-        url = env.get("ANTEROOM_ADMIN_URL", DEFAULT_URL)
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"ANTEROOM_ADMIN_URL: expected http(s)://HOST:PORT, got {url!r}")
-        return cls(url, tokens[0][1])
+        return cls(config.admin_url, config.admin_tokens[0][1])
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path, PurePosixPath
 
-from ..config import Config
-from .s3 import S3, ObjectInfo, S3Settings
-from .themes import FIXED_NAMES, HASHED_RE, render_tenant
+from ..config import Config, S3Settings
+from .s3 import S3, ObjectInfo
+from .themes import FIXED_NAMES, HASHED_RE, render_tenant, themes_dir
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -69,6 +69,7 @@ def publish(
     say: Callable[[str], None] = lambda line: None,
 ) -> Published:
     client = S3(settings)
+    root = root or themes_dir(config.themes)
     if create_bucket and not dry_run:
         client.create_bucket()
     done = Published()

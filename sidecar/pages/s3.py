@@ -12,15 +12,13 @@ import base64
 import datetime
 import hashlib
 import hmac
-import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import quote, urlsplit
 
-from ..config import ConfigError
+from ..config import S3Settings
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 TIMEOUT = 30.0  # seconds per request
@@ -28,54 +26,6 @@ TIMEOUT = 30.0  # seconds per request
 
 class S3Error(RuntimeError):
     """The storage answered with an error, or could not be reached."""
-
-
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    endpoint: str  # scheme://host[:port], no path
-    bucket: str
-    prefix: str  # "" or ends with "/"
-    region: str
-    access_key: str
-    secret_key: str
-    session_token: str = ""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
-        """``ANTEROOM_S3_*``; credentials fall back to the usual ``AWS_*`` variables."""
-        env = os.environ if env is None else env
-        endpoint = env.get("ANTEROOM_S3_ENDPOINT", "").rstrip("/")
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                "ANTEROOM_S3_ENDPOINT: expected http(s)://host[:port] "
-                f"(e.g. https://s3.eu-west-1.amazonaws.com), got {endpoint!r}"
-            )
-        bucket = env.get("ANTEROOM_S3_BUCKET", "")
-        if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in ".-" for c in bucket):
-            raise ConfigError(
-                f"ANTEROOM_S3_BUCKET: 3-63 letters, digits, '.' or '-', got {bucket!r}"
-            )
-        prefix = env.get("ANTEROOM_S3_PREFIX", "").strip("/")
-        if any(c in prefix for c in "?#\\") or ".." in prefix.split("/"):
-            raise ConfigError(f"ANTEROOM_S3_PREFIX: a plain path, got {prefix!r}")
-        access = env.get("ANTEROOM_S3_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID", "")
-        secret = env.get("ANTEROOM_S3_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_ACCESS_KEY", "")
-        if not access or not secret:
-            raise ConfigError(
-                "ANTEROOM_S3_ACCESS_KEY_ID / ANTEROOM_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID /"
-                " AWS_SECRET_ACCESS_KEY): both are required to publish"
-            )
-        region = env.get("ANTEROOM_S3_REGION") or env.get("AWS_REGION") or "us-east-1"
-        return cls(
-            endpoint=endpoint,
-            bucket=bucket,
-            prefix=prefix + "/" if prefix else "",
-            region=region,
-            access_key=access,
-            secret_key=secret,
-            session_token=env.get("ANTEROOM_S3_SESSION_TOKEN") or env.get("AWS_SESSION_TOKEN", ""),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ Output, ready for a local folder or an S3 bucket:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -30,12 +29,11 @@ FIXED_NAMES = frozenset({"keepalive.js"})  # linked from the site by this name
 HASHED_RE = re.compile(r"\.[0-9a-f]{10}\.[A-Za-z0-9]+$")  # also in nginx/anteroom/pages-*.conf
 
 
-def themes_dir() -> Path:
-    """``ANTEROOM_THEMES``, else the themes shipped in the installed package
-    (``sidecar/theme_assets/``), else ``theme_assets/`` of a source checkout."""
-    env = os.environ.get("ANTEROOM_THEMES")
-    if env:
-        return Path(env)
+def themes_dir(configured: str = "") -> Path:
+    """``configured`` (``ANTEROOM_THEMES``), else the themes shipped in the installed
+    package (``sidecar/theme_assets/``), else ``theme_assets/`` of a source checkout."""
+    if configured:
+        return Path(configured)
     package = Path(__file__).resolve().parent.parent
     shipped = package / "theme_assets"
     return shipped if shipped.is_dir() else package.parent / "theme_assets"
@@ -164,6 +162,7 @@ def write_tenant(files: Mapping[str, bytes], dest: Path) -> list[Path]:
 def build_pages(config: Config, out: str | Path, root: Path | None = None) -> dict[str, list[Path]]:
     """Every tenant's pages, written under ``out``, by tenant name."""
     built = {}
+    root = root or themes_dir(config.themes)
     for tenant in config.tenants:
         dest = Path(out) / "_anteroom" / "waiting" / tenant.name
         built[tenant.name] = write_tenant(render_tenant(tenant, root), dest)

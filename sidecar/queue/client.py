@@ -13,6 +13,17 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
+
+# What a Redis call raises when storage cannot answer (refused, reset, timed out,
+# an error reply): the parts outside the engine catch this, never a subset.
+StorageError: tuple[type[Exception], ...] = (RedisError, OSError)
+
+
+def text(v: Any) -> str:
+    """A Redis reply value (bytes from a client without decode_responses) as text."""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
 
 SCHEMES = ("redis+sentinel", "rediss+sentinel")
 

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ..config import QueueSettings
 from ..metrics import Metrics
+from .client import text as _s
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
@@ -225,10 +226,6 @@ JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a mi
 Call = tuple[Script, list[str], list[Any]]
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def confirm_ms(s: QueueSettings) -> int:
     """How long a new session holds its slot before its cookie comes back."""
     return min(s.session_ttl, s.grace) * 1000
@@ -270,7 +267,6 @@ class Engine:
         self._joining: set[QueueRef] = set()
         self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0  # script calls made by request handlers (joins, claims, leaves)
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
@@ -300,7 +296,6 @@ class Engine:
         except TimeoutError:
             raise Busy(script.name) from None
         try:
-            self.calls += 1
             return script.decode(await self._evalsha(script, keys, args))
         finally:
             self._slots.release()

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
+from .client import StorageError, text
 from .engine import QueueRef, QueueState
 from .keys import HISTORY_SECONDS, HISTORY_STEP
 
@@ -60,7 +60,7 @@ class History:
                 self._recorded[q] = bucket
                 if bucket - self._trimmed.get(q, 0) >= TRIM_EVERY:
                     await self._trim(q, bucket)
-        except (RedisError, OSError) as e:  # the refresher reports Redis outages itself
+        except StorageError as e:  # the refresher reports Redis outages itself
             log.debug("history not recorded", extra={"error": str(e)})
 
     async def _trim(self, q: QueueRef, now: int) -> None:
@@ -95,14 +95,10 @@ def _points(raw: Mapping[bytes | str, bytes | str], now: int) -> list[Point]:
     points = []
     for at, value in raw.items():
         try:
-            w, a, m = (int(v) for v in _s(value).split(","))
+            w, a, m = (int(v) for v in text(value).split(","))
             t = int(at)
         except ValueError:
             continue
         if t >= now - HISTORY_SECONDS:
             points.append(Point(t, w, a, m))
     return sorted(points, key=lambda p: p.at)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v

@@ -6,33 +6,62 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 from redis.asyncio import Redis, RedisCluster
 
 from ..config import Config
 from ..metrics import Metrics
+from ..queue import Engine, History, Refresher
 from ..queue.client import primary_client
-from ..queue.engine import Engine
-from ..queue.history import History
-from ..queue.refresher import Refresher
 from .gate import Gate
 from .health import Health
 from .status import Status
+from .visitors import Visitors
 
 log = logging.getLogger("sidecar.app")
 
-CONFIG = web.AppKey("config", Config)
-REFRESHER = web.AppKey("refresher", Refresher)
-GATE = web.AppKey("gate", Gate)
-HEALTH = web.AppKey("health", Health)
+BAD_REQUEST_LOG_EVERY = 60.0  # seconds: a client's malformed requests are no log flood
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger. A request its parser refuses (a control character
+    in a header, a bad request line) is the client's fault: one warning a minute
+    with how many there were, without the traceback or the client's bytes.
+    Everything else (a handler's unexpected error) is logged as aiohttp does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self._last = -BAD_REQUEST_LOG_EVERY
+        self._bad = 0
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError) or (exc.code or 400) >= 500:
+            super().log(level, msg, *args, **kwargs)
+            return
+        self._bad += 1
+        now = time.monotonic()
+        if now - self._last < BAD_REQUEST_LOG_EVERY:
+            return
+        self._last = now
+        log.warning(
+            "malformed requests refused (400); the next such line in a minute at the soonest",
+            extra={"count": self._bad, "reason": type(exc).__name__},
+        )
+        self._bad = 0
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return msg, kwargs
+
 
 # aiohttp's defaults (8 KiB) are below what nginx forwards with its own
 # large_client_header_buffers; a refused header would become nginx's 500.
 HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 65536}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def guarded(handler: Handler) -> Handler:
@@ -67,15 +96,21 @@ def timed(handler: Handler, observe: Callable[[float], None]) -> Handler:
     return wrapper
 
 
-async def healthz(request: web.Request) -> web.Response:
-    ok = request.app[REFRESHER].redis_ok
-    return web.json_response({"redis": ok}, status=200 if ok else 503)
+# A second listener worker 0 runs beside the site-facing one (the control room's,
+# given by the caller: web does not import control): started once the app's
+# resources exist, stopped before they close.
+Listener = Callable[[Config, Engine, Refresher, Metrics], Awaitable[web.AppRunner]]
 
 
-def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) -> web.Application:
-    """The gate's app. Worker 0 also runs the admin listener (if configured), in this
-    process and on its own address; ``metrics_dir`` is where workers share figures."""
-    app = web.Application(handler_args=HANDLER_ARGS)
+def create_app(
+    config: Config,
+    worker: int = 0,
+    metrics_dir: str | None = None,
+    admin: Listener | None = None,
+) -> web.Application:
+    """The site-facing app. Worker 0 also runs ``admin`` (if given and configured), in
+    this process and on its own address; ``metrics_dir`` is where workers share figures."""
+    app = web.Application(handler_args={**HANDLER_ARGS, "logger": ServerLog()})
     # the client connects lazily, inside the running loop
     redis: Redis | RedisCluster
     # the engine bounds what requests use (pool_size); a few more serve the
@@ -116,10 +151,9 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
     refresher = Refresher(
         engine, config.refresh_interval, config.heartbeat_interval, History(redis).record
     )
-    gate = Gate(config, engine, refresher)
-    status = Status(gate)
+    visitors = Visitors(config, engine, refresher)
+    gate, status = Gate(visitors), Status(visitors)
     health = Health(redis, engine, refresher)
-    app[CONFIG], app[REFRESHER], app[GATE], app[HEALTH] = config, refresher, gate, health
 
     app.router.add_get("/_anteroom/auth", timed(gate.auth, metrics.decision_time))
     app.router.add_get("/_anteroom/status", timed(guarded(status.status), metrics.status_time))
@@ -144,8 +178,8 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
             asyncio.create_task(health.load_scripts(), name="anteroom-scripts"),
         ]
         admin_runner = None
-        if worker == 0 and config.admin_port:
-            admin_runner = await start_admin(config, engine, refresher, metrics)
+        if worker == 0 and config.admin_port and admin is not None:
+            admin_runner = await admin(config, engine, refresher, metrics)
         elif metrics_dir:
             tasks.append(asyncio.create_task(share_metrics(metrics), name="anteroom-metrics"))
         yield
@@ -169,23 +203,6 @@ def create_app(config: Config, worker: int = 0, metrics_dir: str | None = None) 
 
     app.cleanup_ctx.append(background)
     return app
-
-
-async def start_admin(
-    config: Config, engine: Engine, refresher: Refresher, metrics: Metrics
-) -> web.AppRunner:
-    from ..control.admin import Admin
-
-    runner = web.AppRunner(Admin(config, engine, refresher, metrics).app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.admin_host, config.admin_port).start()
-    log.info("admin listening", extra={"listen": f"{config.admin_host}:{config.admin_port}"})
-    if config.admin_token_generated:
-        log.warning(
-            "demo admin token (set ANTEROOM_ADMIN_TOKEN to choose it)",
-            extra={"token": config.admin_tokens[0][1]},
-        )
-    return runner
 
 
 async def share_metrics(metrics: Metrics, every: float = 1.0) -> None:

@@ -14,15 +14,13 @@ from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
-from ..queue.engine import Engine
-from ..queue.refresher import Refresher
+from ..queue import Engine, Refresher, StorageError
+from .http import NO_STORE
 
 log = logging.getLogger("sidecar.health")
 
 PING_TIMEOUT = 1.0  # well inside the usual 3-5 s probe timeout
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Health:
@@ -40,7 +38,7 @@ class Health:
             try:
                 await self.engine.load_scripts()
                 self.scripts_loaded = True
-            except (RedisError, OSError) as e:
+            except StorageError as e:
                 log.warning("scripts not loaded yet", extra={"error": str(e), "retry_in": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -52,7 +50,7 @@ class Health:
         nothing is said (the runbook asks the operator to check)."""
         try:
             reply: dict[Any, Any] = await self.redis.config_get("maxmemory-policy")
-        except (RedisError, OSError):
+        except StorageError:
             return None
         raw = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy"))
         policy = raw.decode() if isinstance(raw, bytes) else raw
@@ -75,7 +73,7 @@ class Health:
         if self.scripts_loaded and not self.draining:
             try:
                 redis_ok = bool(await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT))
-            except (RedisError, OSError, TimeoutError):
+            except StorageError:  # TimeoutError is an OSError
                 redis_ok = False
         ok = self.scripts_loaded and redis_ok and not self.draining
         body = {"ready": ok, "scripts": self.scripts_loaded, "redis": redis_ok}

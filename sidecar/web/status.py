@@ -18,29 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ..config import NAME_RE, Tenant
-from ..queue.engine import Busy, QueueRef, QueueState
-from ..queue.refresher import TooManyQueues
-from .gate import JOIN_REFUSED_RETRY, Gate, TooManyJoins, client_address, safe_path
+from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
+from .http import NO_STORE, client_address, json_answer, queue_param, return_param
 from .tokens import Token
+from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors
 
 log = logging.getLogger("sidecar.status")
 
-NO_STORE = {"Cache-Control": "no-store"}
-
-
-def _json(
-    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers={**NO_STORE, **(headers or {})},
-    )
-
+# a poll answers "still waiting" when its claim fails; a leave is refused locally anyway
+LEAVE_FAILED: tuple[type[Exception], ...] = (*StorageError, Busy)
+CLAIM_FAILED: tuple[type[Exception], ...] = (*LEAVE_FAILED, TooManyJoins)
 
 # (position up to, seconds between polls): quick near the front, gentle further
 # back. Every interval is also capped at a third of abandon_after, so a waiter
@@ -48,6 +37,7 @@ def _json(
 # a million waiters cost.
 POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
 POLL_FAR = 45
+MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
 
 
 def poll_after(position: int, abandon_after: int) -> int:
@@ -65,6 +55,37 @@ def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] 
     return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
+def _shared_parts(queue: str, state: QueueState) -> tuple[str, str]:
+    """The JSON every waiter of ``state`` shares: the head up to the ticket, and for
+    a pre-queue the tail after it ("" when the line is open)."""
+    head = json.dumps(
+        {
+            "state": "waiting",
+            "queue": queue,
+            "in_line": state.waiting,
+            "mode": state.settings.mode,
+            "opens_at": state.settings.opens_at or None,
+            "updated": state.redis_time_ms,
+            "redirect": None,
+        }
+    )
+    closed = ""
+    if state.closed:
+        opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
+        tail = {
+            "position": None,
+            "ahead": None,
+            "eta_seconds": None,
+            "eta_range": None,
+            "opens_in": opens_in,
+            "notice": "opens_later",
+            # come back at the opening, and often enough to count as present
+            "poll_after": max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+        }
+        closed = ", " + json.dumps(tail)[1:]
+    return head[:-1] + ', "ticket": ', closed
+
+
 @dataclass(slots=True)
 class Visit:
     """Who is asking: their tenant, verified token, queue and its cached state."""
@@ -76,30 +97,27 @@ class Visit:
     state: QueueState | None = None  # None when Redis could not be asked
 
 
-def _queue_param(request: web.Request) -> str | None:
-    queue = request.query.get("queue")
-    return queue if queue and NAME_RE.match(queue) else None
-
-
 class Status:
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
+    def __init__(self, visitors: Visitors) -> None:
+        self.visitors = visitors
+        # queue -> (the state they were built from, head, closed tail): see _waiting
+        self._shared: dict[QueueRef, tuple[QueueState, str, str]] = {}
 
     def _tenant(self, request: web.Request) -> Tenant:
-        tenant = self.gate.tenant(request)
+        tenant = self.visitors.tenant(request)
         if tenant is None:
             raise web.HTTPForbidden(text="unknown site", headers=NO_STORE)
         return tenant
 
     async def _state(self, q: QueueRef, tenant: Tenant) -> QueueState | None:
-        with contextlib.suppress(RedisError, OSError, TooManyQueues):
-            return await self.gate.refresher.state(q, tenant.settings_for(q.queue))
+        with contextlib.suppress(*StorageError, TooManyQueues):
+            return await self.visitors.state(q, tenant)
         return None
 
     async def _visit(self, request: web.Request) -> Visit:
         tenant = self._tenant(request)
         v = Visit(tenant, int(time.time()))
-        tok = self.gate.token(request, tenant, v.now, _queue_param(request))
+        tok = self.visitors.token(request, tenant, v.now, queue_param(request))
         if tok is None or not NAME_RE.match(tok.queue):
             return v
         v.tok, v.q = tok, QueueRef(tenant.name, tok.queue)
@@ -107,47 +125,35 @@ class Status:
         return v
 
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
-        return safe_path(request.query.get("return_to")) or (tok.return_to if tok else "/")
+        return return_param(request, tok.return_to if tok else "/")
 
-    def _waiting(self, tok: Token, state: QueueState) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "state": "waiting",
-            "queue": tok.queue,
-            "ticket": tok.ticket,
-            "in_line": state.waiting,
-            "mode": state.settings.mode,
-            "opens_at": state.settings.opens_at or None,
-            "updated": state.redis_time_ms,
-            "redirect": None,
-        }
-        if state.closed:
-            # a pre-queue: the order is drawn at the opening, so no place yet
-            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
-            body.update(
-                position=None,
-                ahead=None,
-                eta_seconds=None,
-                eta_range=None,
-                opens_in=opens_in,
-                notice="opens_later",
-                # come back at the opening, and often enough to count as present
-                poll_after=max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
-            )
-            return body
+    def _waiting(self, q: QueueRef, tok: Token, state: QueueState) -> str:
+        """A waiter's answer as JSON. What every waiter of this queue state shares is
+        encoded once per state (the refresher replaces the state when it changes);
+        a poll adds only its own numbers."""
+        shared = self._shared.get(q)
+        if shared is None or shared[0] is not state:
+            if len(self._shared) >= MAX_SHARED_BODIES:
+                self._shared.clear()
+            shared = self._shared[q] = (state, *_shared_parts(tok.queue, state))
+        _, head, closed = shared
+        if closed:  # a pre-queue: the order is drawn at the opening, so no place yet
+            return f"{head}{tok.ticket}{closed}"
         position = state.position(tok.ticket)
         eta, eta_range = estimate(position, state)
-        body.update(
-            position=position,
-            ahead=position - 1,
-            eta_seconds=eta,
-            eta_range=eta_range,
-            poll_after=poll_after(position, state.settings.abandon_after),
+        return (
+            f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
+            f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
+            f'"eta_range": {"null" if eta_range is None else eta_range}, '
+            f'"poll_after": {poll_after(position, state.settings.abandon_after)}}}'
         )
-        return body
 
-    async def _decide(self, request: web.Request) -> tuple[dict[str, Any], Visit, web.Response]:
-        """The visitor's state as JSON-ready data; claims the place when it is their turn.
-        Cookies to set are already on the returned response."""
+    async def _decide(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any] | None, Visit, web.Response]:
+        """The visitor's state as JSON-ready data, or None for a waiter with a place
+        (``v.tok``, ``v.q`` and ``v.state`` set: see _waiting); claims the place when it
+        is their turn. Cookies to set are already on the returned response."""
         v = await self._visit(request)
         resp = web.Response(headers=NO_STORE)
         return_to = self._return_to(request, v.tok)
@@ -167,39 +173,42 @@ class Status:
             }
             return body, v, resp
         if tok.admitted:
-            self.gate.keep_alive(q, tok, state, resp, v.now, request)
+            self.visitors.keep_alive(q, tok, state, resp, v.now, request)
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
-        if tok.epoch == state.epoch:  # another epoch's number is someone else's
-            self.gate.refresher.touch_waiter(q, tok.ticket)
-        if self.gate.must_claim(tok, state):
+        self.visitors.seen(q, tok, state)
+        if self.visitors.must_claim(tok, state):
             try:
-                new = await self.gate.claim(q, tok, state, v.now, client_address(request))
-            except (RedisError, OSError, Busy, TooManyJoins) as e:
+                new = await self.visitors.claim(q, tok, state, v.now, client_address(request))
+            except CLAIM_FAILED as e:
                 log.warning("claim failed", extra={"queue": str(q), "error": repr(e)})
                 new = None
             if new is not None:
-                self.gate.set_cookie(resp, new, v.now)
+                self.visitors.set_cookie(resp, new, v.now)
                 v.tok = tok = new
                 if new.admitted:  # let in from the waiting page: count it with the gate's
-                    self.gate.metrics.decision(q, "entered")
+                    self.visitors.metrics.decision(q, "entered")
                     return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
-        return self._waiting(tok, state), v, resp
+        return None, v, resp
 
     async def status(self, request: web.Request) -> web.Response:
-        body, _, resp = await self._decide(request)
-        resp.content_type = "application/json"
-        resp.text = json.dumps(body)
+        body, v, resp = await self._decide(request)
+        if body is None and v.q is not None and v.tok is not None and v.state is not None:
+            payload = self._waiting(v.q, v.tok, v.state)
+        else:
+            payload = json.dumps(body)
+        resp.body = payload.encode()
+        resp.headers["Content-Type"] = "application/json; charset=utf-8"
         return resp
 
     async def resume(self, request: web.Request) -> web.Response:
         """No-JavaScript path: the waiting page's meta refresh lands here."""
         body, v, resp = await self._decide(request)
-        if body["state"] == "waiting" and v.tok is not None:
+        if (body is None or body["state"] == "waiting") and v.tok is not None:
             return_to = self._return_to(request, v.tok)
-            location = self.gate.waiting_location(v.tenant, return_to, v.tok.queue)
-        else:
-            location = body["redirect"]
+            location = self.visitors.waiting_location(v.tenant, return_to, v.tok.queue)
+        else:  # a body: only a waiter with a place has none
+            location = body["redirect"] if body is not None else "/"
         resp.set_status(303)
         resp.headers["Location"] = location
         return resp
@@ -209,34 +218,37 @@ class Status:
         tenant = self._tenant(request)
         if request.headers.get("Sec-Fetch-Site") == "cross-site":
             # a page of another site posting here would replace the visitor's place
-            return _json({"error": "cross-site request"}, 403)
-        queue = _queue_param(request)
+            return json_answer({"error": "cross-site request"}, 403)
+        queue = queue_param(request)
         if queue is None:
-            return _json({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
+            return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
         # only queues the configuration names or nginx has sent visitors to
-        known = queue in tenant.queues or QueueRef(tenant.name, queue) in self.gate.refresher.states
-        if not known:
-            return _json({"error": "unknown queue"}, 404)
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return json_answer({"error": "unknown queue"}, 404)
         now = int(time.time())
         q = QueueRef(tenant.name, queue)
         state = await self._state(q, tenant)
         if state is None:
-            return _json({"error": "unavailable"}, 503, {"Retry-After": "10"})
+            return json_answer({"error": "unavailable"}, 503, {"Retry-After": "10"})
         if state.settings.mode == "off":
-            return _json({"state": "admitted", "queue": queue, "token": None, "poll_after": None})
-        tok = self.gate.token(request, tenant, now, queue)
+            return json_answer(
+                {"state": "admitted", "queue": queue, "token": None, "poll_after": None}
+            )
+        v = self.visitors
+        tok = v.token(request, tenant, now, queue)
         try:
             if tok is None:
-                tok = await self.gate.join(q, state.settings, "/", now, client_address(request))
-            elif not tok.admitted and self.gate.must_claim(tok, state):
-                tok = await self.gate.claim(q, tok, state, now, client_address(request)) or tok
+                tok = await v.join(q, state.settings, "/", now, client_address(request))
+            elif not tok.admitted and v.must_claim(tok, state):
+                tok = await v.claim(q, tok, state, now, client_address(request)) or tok
         except TooManyJoins:
             retry = {"Retry-After": str(JOIN_REFUSED_RETRY)}
-            return _json({"error": "too many new places from this address"}, 429, retry)
+            return json_answer({"error": "too many new places from this address"}, 429, retry)
         except Busy:
-            return _json({"error": "busy"}, 503, {"Retry-After": "2"})
-        except (RedisError, OSError):
-            return _json({"error": "unavailable"}, 503, {"Retry-After": "10"})
+            return json_answer({"error": "busy"}, 503, {"Retry-After": "2"})
+        except StorageError:
+            return json_answer({"error": "unavailable"}, 503, {"Retry-After": "10"})
         if tok.admitted:
             body: dict[str, Any] = {
                 "state": "admitted",
@@ -246,20 +258,20 @@ class Status:
                 "poll_after": None,
             }
         else:
-            self.gate.refresher.touch_waiter(q, tok.ticket)
-            body = self._waiting(tok, self.gate.refresher.states.get(q, state))
-        body["token"] = self.gate.signer.dumps(tok)
-        resp = _json(body)
-        self.gate.set_cookie(resp, tok, now)
+            v.seen(q, tok)
+            body = json.loads(self._waiting(q, tok, v.cached(q) or state))
+        body["token"] = v.bearer(tok)
+        resp = json_answer(body)
+        v.set_cookie(resp, tok, now)
         return resp
 
     async def leave(self, request: web.Request) -> web.Response:
         """Ends the place or session in ``?queue=`` (or every one the visitor holds)."""
         tenant = self._tenant(request)
         now = int(time.time())
-        queue = _queue_param(request)
-        held = self.gate.tokens(request, tenant, now)
-        bearer = self.gate.token(request, tenant, now, queue)
+        queue = queue_param(request)
+        held = self.visitors.tokens(request, tenant, now)
+        bearer = self.visitors.token(request, tenant, now, queue)
         if bearer is not None and bearer not in held:
             held.append(bearer)
         if queue is not None:
@@ -267,39 +279,35 @@ class Status:
         freed = False
         for tok in held:
             q = QueueRef(tenant.name, tok.queue)
-            until = tok.exp if tok.admitted else 0
-            if tok.admitted:
-                self.gate.refresher.revoke(tok.sid, until)
             try:
-                left = await self.gate.engine.leave(q, tok.ticket, tok.sid, until, tok.epoch)
-                freed = left or freed
-            except (RedisError, OSError, Busy) as e:
+                freed = await self.visitors.leave(q, tok) or freed
+            except LEAVE_FAILED as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
             log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
-        return_to = safe_path(request.query.get("return_to"))
-        if return_to is not None:
+        return_to = return_param(request, "")
+        if return_to:
             resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
-            resp = _json({"state": "left", "freed": freed})
+            resp = json_answer({"state": "left", "freed": freed})
         for tok in held:
-            self.gate.clear_cookie(resp, tok.queue)
+            self.visitors.clear_cookie(resp, tok.queue)
         return resp
 
     async def keepalive(self, request: web.Request) -> web.Response:
         """The site-page script's "still here", for every session the visitor holds."""
         tenant = self._tenant(request)
         now = int(time.time())
-        queue = _queue_param(request)
-        sessions = [t for t in self.gate.tokens(request, tenant, now) if t.admitted]
+        queue = queue_param(request)
+        sessions = [t for t in self.visitors.tokens(request, tenant, now) if t.admitted]
         if queue is not None:
             sessions = [t for t in sessions if t.queue == queue]
         if not sessions:
-            return _json({"state": "none"})
-        resp = _json({"state": "admitted", "expires_in": min(t.exp for t in sessions) - now})
+            return json_answer({"state": "none"})
+        resp = json_answer({"state": "admitted", "expires_in": min(t.exp for t in sessions) - now})
         for tok in sessions:
             q = QueueRef(tenant.name, tok.queue)
             state = await self._state(q, tenant)
             if state is not None:
-                self.gate.keep_alive(q, tok, state, resp, now, request)
+                self.visitors.keep_alive(q, tok, state, resp, now, request)
         return resp

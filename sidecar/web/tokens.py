@@ -24,10 +24,12 @@ from urllib.parse import quote, unquote
 
 VERSION = "2"
 MAX_TOKEN_LENGTH = 2048
-# Admitted tokens only (at most capacity x churn of them are valid at once, and
-# they carry no return_to): under 400 bytes an entry, so at most about 20 MB.
+# Verified tokens kept per process, admitted and waiting apart (a line of a
+# million pollers must not push out the admitted cookies of the hot path): under
+# 400 bytes an entry, so at most about 20 MB each. Expiry and revocation are
+# checked on every use by the caller, never cached; a miss is the full check.
 VERIFIED_CACHE_SIZE = 50_000
-VERIFIED_CACHE_TOKEN = 400  # longer raw tokens are verified each time, not kept
+VERIFIED_CACHE_TOKEN = 400  # longer raw tokens (a long return_to) are verified each time
 WAITING: Literal["w"] = "w"
 ADMITTED: Literal["a"] = "a"
 
@@ -98,9 +100,11 @@ class Signer:
             raise ValueError("at least one secret is needed")
         self._keys = keys
         # raw token -> Token for tokens already verified: an admitted visitor sends
-        # the same cookie on every request, so this skips the HMAC and the parse.
-        # Only verified tokens get in; expiry and revocation are checked by callers.
+        # the same cookie on every request, a waiter on every poll, so this skips the
+        # HMAC and the parse. Only verified tokens get in; expiry and revocation are
+        # checked by callers on every use.
         self._verified: dict[str, Token] = {}
+        self._waiting: dict[str, Token] = {}
 
     def _mac(self, key: bytes, payload: bytes) -> str:
         digest = hmac.digest(key, payload, hashlib.sha256)  # one-shot C call: hot path
@@ -129,7 +133,7 @@ class Signer:
         Expiry is not checked here: callers compare ``exp`` with their clock.
         Anything malformed, truncated or forged gives ``None``, never an error.
         """
-        cached = self._verified.get(raw)
+        cached = self._verified.get(raw) or self._waiting.get(raw)
         if cached is not None:
             return cached
         if not raw or len(raw) > MAX_TOKEN_LENGTH or not raw.isascii():
@@ -153,8 +157,9 @@ class Signer:
         tok = Token(
             parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[9]), parts[8]
         )
-        if state == ADMITTED and len(raw) <= VERIFIED_CACHE_TOKEN:
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.clear()  # crude but O(1) amortised; refills with live cookies
-            self._verified[raw] = tok
+        if len(raw) <= VERIFIED_CACHE_TOKEN:
+            cache = self._verified if state == ADMITTED else self._waiting
+            if len(cache) >= VERIFIED_CACHE_SIZE:
+                cache.clear()  # crude but O(1) amortised; refills with live cookies
+            cache[raw] = tok
         return tok

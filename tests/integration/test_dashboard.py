@@ -46,19 +46,21 @@ async def test_dashboard_live_figures_and_a_form_change(board: Stack, tmp_path: 
 
         async with Browser() as browser:
             page = await browser.page(1366, 900)
-            await page.goto(board.admin_url + "/")
-            await page.wait_for("location.pathname === '/login'")
+            await page.goto(board.admin_url + "/")  # returns once the page has loaded
+            assert await page.evaluate("location.pathname") == "/login"
             # a wrong token is refused with a message, and no session
-            await page.evaluate(
-                "document.getElementById('token').value = 'wrong-token-0123456789';"
-                "document.querySelector('form').submit()"
-            )
-            await page.wait_for("document.querySelector('.error') !== null")
-            await page.evaluate(
-                f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
-                "document.querySelector('form').submit()"
-            )
-            await page.wait_for(f"{section(queue)} !== null")
+            async with page.navigation():
+                await page.evaluate(
+                    "document.getElementById('token').value = 'wrong-token-0123456789';"
+                    "document.querySelector('form').submit()"
+                )
+            assert await page.evaluate("document.querySelector('.error') !== null")
+            async with page.navigation():
+                await page.evaluate(
+                    f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
+                    "document.querySelector('form').submit()"
+                )
+            assert await page.evaluate(f"{section(queue)} !== null")
             # live: the script has refreshed the figures from /ui/data
             await page.wait_for("document.body.dataset.refreshed !== undefined")
             figure = f"{section(queue)}.querySelector('[data-field=\"{{}}\"]').textContent"
@@ -79,10 +81,11 @@ async def test_dashboard_live_figures_and_a_form_change(board: Stack, tmp_path: 
             assert focusable
 
             # change capacity through the form; the next page shows it
-            await page.evaluate(
-                f"const f = {section(queue)}.querySelector('form.settings');"
-                "f.elements.capacity.value = '4'; f.submit()"
-            )
+            async with page.navigation():
+                await page.evaluate(
+                    f"const f = {section(queue)}.querySelector('form.settings');"
+                    "f.elements.capacity.value = '4'; f.submit()"
+                )
             await page.wait_for(
                 f"{section(queue)} && {section(queue)}.querySelector('form.settings')"
                 f".elements.capacity.value === '4' && !!{section(queue)}.querySelector('em')"
@@ -90,11 +93,13 @@ async def test_dashboard_live_figures_and_a_form_change(board: Stack, tmp_path: 
             await page.wait_for(f"{figure.format('invited')} === '2'")  # two more invited
 
             # an invalid value is refused with a message, nothing changed
-            await page.evaluate(
-                f"const g = {section(queue)}.querySelector('form.settings');"
-                "g.elements.capacity.value = '3'; g.elements.abandon_after.value = '2'; g.submit()"
-            )
-            await page.wait_for("document.querySelector('.error[role=alert]') !== null")
+            async with page.navigation():
+                await page.evaluate(
+                    f"const g = {section(queue)}.querySelector('form.settings');"
+                    "g.elements.capacity.value = '3'; g.elements.abandon_after.value = '2';"
+                    "g.submit()"
+                )
+            assert await page.evaluate("document.querySelector('.error[role=alert]') !== null")
             message = await page.evaluate("document.querySelector('.error[role=alert]').innerText")
             assert "abandon_after" in message
 

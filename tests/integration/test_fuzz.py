@@ -29,7 +29,7 @@ from redis import Redis
 
 from devstack.stack import Stack
 from sidecar.queue.keys import queue_keys
-from sidecar.web.gate import host_name
+from sidecar.web.http import host_name
 from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token
 from tests.conftest import SECRET
 from tests.visitors import COOKIE

@@ -12,10 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from devstack.stack import S3Server, Stack
-from sidecar.config import load
+from devstack.stack import ROOT, S3Server, Stack
+from sidecar.config import S3Settings, load
 from sidecar.pages.publish import IMMUTABLE, publish
-from sidecar.pages.s3 import S3Settings
 from tests.conftest import FAST, QUEUE_LOCATIONS
 
 pytestmark = pytest.mark.integration
@@ -103,7 +102,7 @@ def test_second_publish_uploads_nothing(site: Stack, s3: S3Server) -> None:
 
 def test_theme_change_uploads_only_what_changed(site: Stack, s3: S3Server, tmp_path: Path) -> None:
     themes = tmp_path / "themes"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "theme_assets", themes)
+    shutil.copytree(ROOT / "theme_assets", themes)
     settings = S3Settings.from_env(s3.env("changing"))
     config = config_of(site)
     first = publish(config, settings, root=themes)

@@ -1,0 +1,104 @@
+"""What the endpoints read from a request and the plain answers they give.
+
+Shared by the auth endpoint (gate) and the public endpoints (status): the
+client address nginx passes, the Host as the tenant table knows it, the
+same-site return path, and answers that are never cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from ..config import NAME_RE
+
+NO_STORE = {"Cache-Control": "no-store"}
+# return_to travels %-escaped in the cookie and again in the Location header;
+# bounded so both fit nginx's default 4 KB header buffer with room to spare.
+MAX_RETURN_TO = 1024
+
+
+def safe_path(value: str | None) -> str | None:
+    """``value`` if it is a same-site relative path, else None (no open redirects).
+
+    Refuses scheme-relative (``//host``), backslash tricks (``/\\host``, which
+    browsers read as ``//host``), control characters and spaces (browsers drop
+    tabs and newlines, turning ``/\\t/host`` into ``//host``) and non-ASCII.
+    A path too long to carry is cut to its path, or to ``/``.
+    """
+    if not value or value[0] != "/" or value.startswith("//"):
+        return None
+    if "\\" in value or not all(0x21 <= ord(c) <= 0x7E for c in value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return None
+    if len(quote(value, safe="")) > MAX_RETURN_TO:
+        value = parts.path if len(quote(parts.path, safe="")) <= MAX_RETURN_TO else "/"
+    return value
+
+
+def original_path(request: web.Request) -> str:
+    """Where an auth subrequest's visitor wanted to go (nginx's X-Original-URI)."""
+    return safe_path(request.headers.get("X-Original-URI")) or "/"
+
+
+def return_param(request: web.Request, default: str) -> str:
+    """A public endpoint's ``?return_to=`` if same-site, else ``default``."""
+    return safe_path(request.query.get("return_to")) or default
+
+
+def queue_param(request: web.Request) -> str | None:
+    """``?queue=`` if it is a valid queue name."""
+    queue = request.query.get("queue")
+    return queue if queue and NAME_RE.match(queue) else None
+
+
+def client_address(request: web.Request) -> str:
+    """The address nginx saw (X-Real-IP), as the join budget counts it: an IPv4
+    address, or the /64 of an IPv6 one (one subscriber's usual share). "" if
+    missing or malformed: no budget applies then."""
+    raw = request.headers.get("X-Real-IP", "")
+    try:
+        ip = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
+    return str(ip)
+
+
+def session_address(request: web.Request) -> str:
+    """nginx's $remote_addr as the shared-cookie check records it (45 characters
+    hold any IPv6 address; a comma would split the stored list)."""
+    return request.headers.get("X-Real-IP", "")[:45].replace(",", "")
+
+
+def host_name(host: str) -> str:
+    """Host header without port, lower-case (``[::1]:8080`` -> ``[::1]``)."""
+    host = host.lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0].rstrip(".")  # "shop.example." is "shop.example"
+
+
+def answer(status: int) -> web.Response:
+    """An empty answer no cache keeps."""
+    return web.Response(status=status, headers=NO_STORE)
+
+
+def json_answer(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )

@@ -1,0 +1,268 @@
+"""Visitors: who holds which place or session, and the Redis calls that change it.
+
+One service for both the auth endpoint (gate) and the public endpoints
+(status): reading and verifying tokens from cookies or a Bearer header,
+setting and clearing cookies, joining, claiming a place whose turn came,
+keeping a session alive, leaving, and the "seen waiter" rule. Tokens are
+verified locally; the queue's state comes from the refresher's cache; the
+engine is called only to change something.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ..config import WAITING_TOKEN_TTL, Config, QueueSettings, Tenant
+from ..metrics import Metrics
+from ..queue import REFUSED, Claim, Engine, QueueRef, QueueState, Refresher
+from .http import host_name, session_address
+from .tokens import (
+    ADMITTED,
+    WAITING,
+    Signer,
+    Token,
+    cookie_name,
+    cookie_value,
+    cookie_values,
+    new_session_id,
+)
+
+log = logging.getLogger("sidecar.gate")
+
+# Seconds a refused newcomer is told to wait: the budget is per minute.
+JOIN_REFUSED_RETRY = 60
+
+
+class TooManyJoins(Exception):
+    """The client's address used its budget of new places this minute."""
+
+
+class Visitors:
+    def __init__(self, config: Config, engine: Engine, refresher: Refresher) -> None:
+        self.config = config
+        self.engine = engine
+        self.refresher = refresher
+        self.metrics: Metrics = engine.metrics
+        self.signer = Signer(config.secrets)
+        self.cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
+            "; Secure" if config.cookie_secure else ""
+        )
+
+    # -- who is asking ---------------------------------------------------------
+
+    def tenant(self, request: web.Request) -> Tenant | None:
+        return self.config.tenant_for_host(host_name(request.host))
+
+    def verify(self, raw: str | None, tenant: Tenant, now: int) -> Token | None:
+        """The token in ``raw`` if valid here and now: forged, malformed, expired,
+        other-tenant and revoked tokens all count as no token at all."""
+        if raw is None:
+            return None
+        tok = self.signer.loads(raw)
+        if tok is None or tok.tenant != tenant.name or tok.exp <= now:
+            return None
+        if tok.admitted and tok.sid in self.refresher.revoked:
+            return None  # ended (left, revoked): the visitor joins again like anyone
+        return tok
+
+    def token(
+        self, request: web.Request, tenant: Tenant, now: int, queue: str | None
+    ) -> Token | None:
+        """The visitor's token for ``queue`` (None: the one place they hold, waiting
+        ones first), from their cookies or an ``Authorization: Bearer`` header."""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            tok = self.verify(auth[7:].strip(), tenant, now)
+            if tok is not None and (queue is None or tok.queue == queue):
+                return tok
+        if queue is not None:
+            raw = cookie_value(
+                request.headers.get("Cookie", ""), cookie_name(self.config.cookie_name, queue)
+            )
+            tok = self.verify(raw, tenant, now)
+            return tok if tok is not None and tok.queue == queue else None
+        held = self.tokens(request, tenant, now)
+        return next((t for t in held if not t.admitted), held[0] if held else None)
+
+    def tokens(self, request: web.Request, tenant: Tenant, now: int) -> list[Token]:
+        """Every valid place or session the visitor holds on this site."""
+        found = []
+        for name, raw in cookie_values(request.headers.get("Cookie", ""), self.config.cookie_name):
+            tok = self.verify(raw, tenant, now)
+            if tok is not None and tok.queue == name:
+                found.append(tok)
+        return found
+
+    def prior_token(
+        self, request: web.Request, tenant: Tenant, queue: str, now: int
+    ) -> Token | None:
+        """The cookie this request got a moment ago, before an internal redirect
+        (index, try_files, error_page): nginx passes it as X-Anteroom-Prior."""
+        value = _set_cookie_value(
+            request.headers.get("X-Anteroom-Prior"), self.config.cookie_name, queue
+        )
+        return self.verify(value, tenant, now)
+
+    # -- cookies ---------------------------------------------------------------
+
+    def next_cookie(self, request: web.Request, resp: web.StreamResponse, queue: str) -> str | None:
+        """The session cookie for ``queue`` the browser will send next: the one this
+        answer sets, else the one set before an internal redirect, else the one sent."""
+        name = self.config.cookie_name
+        return (
+            _set_cookie_value(resp.headers.get("Set-Cookie"), name, queue)
+            or _set_cookie_value(request.headers.get("X-Anteroom-Prior"), name, queue)
+            or cookie_value(request.headers.get("Cookie", ""), cookie_name(name, queue))
+        )
+
+    def bearer(self, tok: Token) -> str:
+        """The token as an API client sends it back."""
+        return self.signer.dumps(tok)
+
+    def cookie_header(self, tok: Token, now: int) -> str:
+        name = cookie_name(self.config.cookie_name, tok.queue)
+        return f"{name}={self.signer.dumps(tok)}; Max-Age={tok.exp - now}{self.cookie_attrs}"
+
+    def set_cookie(self, resp: web.StreamResponse, tok: Token, now: int) -> None:
+        # added, not replaced: a keepalive may slide several queues' sessions at once
+        # (an auth answer sets one cookie at most: nginx passes on the first only)
+        resp.headers.add("Set-Cookie", self.cookie_header(tok, now))
+
+    def clear_cookie(self, resp: web.StreamResponse, queue: str) -> None:
+        name = cookie_name(self.config.cookie_name, queue)
+        resp.headers.add("Set-Cookie", f"{name}=; Max-Age=0{self.cookie_attrs}")
+
+    def waiting_location(self, tenant: Tenant, return_to: str, queue: str) -> str:
+        return f"{tenant.waiting_page}?queue={queue}&return_to={quote(return_to, safe='')}"
+
+    # -- the queue's state -----------------------------------------------------
+
+    def cached(self, q: QueueRef) -> QueueState | None:
+        """The refresher's last state of ``q``, if this process has seen it."""
+        return self.refresher.states.get(q)
+
+    async def state(self, q: QueueRef, tenant: Tenant) -> QueueState:
+        """The cached state, read from Redis the first time ``q`` is asked about
+        (:class:`TooManyQueues` past the process's bound; storage errors)."""
+        state = self.refresher.states.get(q)
+        if state is None:
+            state = await self.refresher.state(q, tenant.settings_for(q.queue))
+        return state
+
+    # -- changes ---------------------------------------------------------------
+
+    def token_for(
+        self,
+        q: QueueRef,
+        s: QueueSettings,
+        sid: str,
+        ticket: int,
+        admitted: bool,
+        return_to: str,
+        now: int,
+        epoch: str,
+    ) -> Token:
+        if admitted:
+            exp = _expiry(now, now, s)
+            return Token(q.tenant, q.queue, ADMITTED, ticket, sid, now, exp, epoch=epoch)
+        exp = now + WAITING_TOKEN_TTL
+        return Token(q.tenant, q.queue, WAITING, ticket, sid, now, exp, return_to, epoch)
+
+    async def join(
+        self, q: QueueRef, s: QueueSettings, return_to: str, now: int, address: str = ""
+    ) -> Token:
+        """A new place; :class:`TooManyJoins` if ``address`` used its budget."""
+        sid = new_session_id()
+        admitted, ticket, epoch = await self.engine.join(q, sid, s, address)
+        if ticket == REFUSED:
+            # debug: a minting bot would fill the log (the metric counts them)
+            log.debug("join refused", extra={"queue": str(q), "address": address})
+            raise TooManyJoins(address)
+        self.refresher.note_join(q, ticket, admitted, epoch)
+        log.debug("joined", extra={"queue": str(q), "ticket": ticket, "admitted": admitted})
+        return self.token_for(q, s, sid, ticket, admitted, return_to, now, epoch)
+
+    def seen(self, q: QueueRef, tok: Token, state: QueueState | None = None) -> None:
+        """A waiter asked: they are present (waiters who stop asking are skipped).
+        Against a cached ``state`` of another epoch the number is someone else's."""
+        if state is None or tok.epoch == state.epoch:
+            self.refresher.touch_waiter(q, tok.ticket)
+
+    @staticmethod
+    def must_claim(tok: Token, state: QueueState) -> bool:
+        """Whether only Redis can say what a waiting token's place is worth now: its
+        turn came (by the cached state), or it is of another epoch than the cached
+        one (a place lost in a restart, or a state a moment older than the token)."""
+        return state.line(tok.ticket) <= state.serving or tok.epoch != state.epoch
+
+    async def claim(
+        self, q: QueueRef, tok: Token, state: QueueState, now: int, address: str = ""
+    ) -> Token | None:
+        """Claims a waiter's place when their turn came: the admitted token, a new
+        waiting one (turn and second chance missed: back of the line), or None."""
+        s = state.settings
+        result = await self.engine.claim(q, tok.ticket, tok.sid, s, tok.epoch)
+        if result is Claim.ADMITTED:
+            log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
+            return self.token_for(q, s, tok.sid, tok.ticket, True, "/", now, tok.epoch)
+        if result is Claim.MISSED:
+            log.info("turn missed, rejoining", extra={"queue": str(q), "ticket": tok.ticket})
+            return await self.join(q, s, tok.return_to, now, address)
+        if result is Claim.STALE:
+            # Redis lost the queue (restart without persistence): a new place
+            log.info(
+                "place from before a redis restart, rejoining",
+                extra={"queue": str(q), "ticket": tok.ticket, "epoch": tok.epoch},
+            )
+            return await self.join(q, s, tok.return_to, now, address)
+        return None
+
+    def keep_alive(
+        self,
+        q: QueueRef,
+        tok: Token,
+        state: QueueState,
+        resp: web.StreamResponse,
+        now: int,
+        request: web.Request,
+    ) -> None:
+        """Counts an admitted request as activity (with the client address nginx
+        passes, when the queue watches for shared cookies); slides the cookie when
+        half used, never past the session's absolute lifetime."""
+        s = state.settings
+        if s.shared_sessions == "allow":
+            self.refresher.touch_session(q, tok.sid)
+        else:
+            self.refresher.touch_session(q, tok.sid, session_address(request))
+        if tok.exp - now <= s.session_ttl / 2:
+            exp = _expiry(tok.iat, now, s)
+            if exp > tok.exp:
+                self.set_cookie(resp, replace(tok, exp=exp), now)
+
+    async def leave(self, q: QueueRef, tok: Token) -> bool:
+        """Ends a place or session: refused here at once, freed in Redis (whether a
+        place or slot was freed); storage errors after the local refusal."""
+        until = tok.exp if tok.admitted else 0
+        if tok.admitted:
+            self.refresher.revoke(tok.sid, until)
+        return await self.engine.leave(q, tok.ticket, tok.sid, until, tok.epoch)
+
+
+def _expiry(admitted_at: int, now: int, s: QueueSettings) -> int:
+    """Sliding idle TTL inside the absolute lifetime."""
+    return min(now + s.session_ttl, admitted_at + s.session_max)
+
+
+def _set_cookie_value(header: str | None, prefix: str, queue: str) -> str | None:
+    """The value of our cookie for ``queue`` in a Set-Cookie header value."""
+    if not header:
+        return None
+    name, sep, rest = header.partition("=")
+    if not sep or name.strip() != cookie_name(prefix, queue):
+        return None
+    value = rest.partition(";")[0].strip()
+    return value or None
