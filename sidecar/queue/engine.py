@@ -39,6 +39,7 @@ from .keys import (
     LIVE_BLOCK,
     OPEN_MOVE_CHUNK,
     OPEN_WRITE_CHUNK,
+    RECOVERY_MARGIN_MS,
     REVOKED_RELOAD_CHUNK,
     TICKERS_KEY,
     TICKERS_READ_WHOLE,
@@ -285,6 +286,7 @@ class Claim(enum.Enum):
     NOT_YET = 0  # not invited yet, or recalled for the next free slot
     MISSED = -1  # the turn passed and its second chance too: join again
     STALE = -2  # a place from another epoch (Redis lost the queue since): join again
+    RESTORED = 2  # a place from the epoch Redis lost, back in line under the current one
 
 
 class Joined(NamedTuple):
@@ -370,6 +372,11 @@ class Engine:
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
         self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
+        # each queue as this process last saw it (epoch, tickets, serving): if Redis
+        # loses it, the script that makes the new epoch rebuilds the line from it
+        self._known: dict[QueueRef, tuple[str, int, int]] = {}
+        # how long the line stands still after a loss: a heartbeat flush and a margin
+        self.recovery_ms = purge_slack_ms + RECOVERY_MARGIN_MS
         self._summaries: dict[QueueRef, _Summary] = {}  # each queue's line summary
         self._openings: dict[QueueRef, asyncio.Task[None]] = {}
         self.open_write_chunk = OPEN_WRITE_CHUNK
@@ -459,6 +466,22 @@ class Engine:
             "joins_per_address": s.joins_per_address,
         }
 
+    def _known_args(self, q: QueueRef) -> dict[str, str | int]:
+        epoch, tickets, serving = self._known.get(q, ("", 0, 0))
+        return {
+            "known_epoch": epoch,
+            "known_tickets": tickets,
+            "known_serving": serving,
+            "recovery_ms": self.recovery_ms,
+        }
+
+    def _saw(self, q: QueueRef, epoch: str, tickets: int, serving: int | None = None) -> None:
+        known = self._known.get(q)
+        if known is None or known[0] != epoch:
+            self._known[q] = (epoch, tickets, serving or 0)
+        else:
+            self._known[q] = (epoch, max(known[1], tickets), max(known[2], serving or 0))
+
     # -- joins, coalesced ----------------------------------------------------
 
     async def join(self, q: QueueRef, sid: str, s: QueueSettings, address: str = "") -> Joined:
@@ -525,9 +548,11 @@ class Engine:
         """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
+        args = {**self._admission(s), **self._known_args(q)}
         # someone may wait now: its ticker need not wait for its idle tick
-        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(self._admission(s), pairs), q)
+        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(args, pairs), q)
         epoch, places = _s(reply["epoch"]), reply["places"]
+        self._saw(q, epoch, max((int(t) for t in places[::2]), default=0))
         return [
             Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
         ]
@@ -538,9 +563,15 @@ class Engine:
         self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
     ) -> Claim:
         """``epoch``: the one in the visitor's token; None trusts the ticket (tests)."""
+        return (await self.claim_place(q, ticket, sid, s, epoch))[0]
+
+    async def claim_place(
+        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+    ) -> tuple[Claim, str]:
+        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one)."""
         args = {"ticket": ticket, "sid": sid, "epoch": epoch or "", **self._admission(s)}
         reply = await self._call(CLAIM, q.keys.all(), CLAIM.argv(args))
-        return Claim(int(reply["result"]))
+        return Claim(int(reply["result"])), _s(reply["current_epoch"])
 
     async def leave(
         self, q: QueueRef, ticket: int, sid: str, revoke_until: int, epoch: str | None = None
@@ -628,6 +659,7 @@ class Engine:
                 "shared_sessions": s.shared_sessions,
                 "max_addresses": s.max_addresses,
                 "purge_slack_ms": self.purge_slack_ms,
+                **self._known_args(q),
                 "line_version": summary.version,
                 "line_epoch": summary.epoch,
             }
@@ -636,6 +668,7 @@ class Engine:
         states = []
         for r, (q, s) in zip(replies, queues, strict=True):
             epoch = _s(r["epoch"])
+            self._saw(q, epoch, int(r["tickets"]), int(r["serving"]))
             live = await self._summary(q, r, epoch)
             order = None
             if int(r["opening"]):

@@ -30,7 +30,9 @@ from .keys import (
     LINE_CHUNK,
     LIVE_BLOCK,
     OPEN_INLINE_MAX,
+    PLACE_TTL,
     PRUNE_MAX,
+    RECOVERY_TICKET_SLACK,
 )
 
 # name -> value, as Lua locals of the same name
@@ -44,6 +46,8 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "FRONT_WINDOW": FRONT_WINDOW,
     "HISTORY_STEP": HISTORY_STEP,
     "HISTORY_SECONDS": HISTORY_SECONDS,
+    "PLACE_TTL": PLACE_TTL,
+    "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
     "PRUNE_MAX": PRUNE_MAX,
     "LINE_CHUNK": LINE_CHUNK,
     "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
@@ -142,13 +146,19 @@ _ADMISSION = (
     "joins_per_address",
 )
 
+# What the calling replica last saw of the queue: if Redis lost it since, the new
+# epoch rebuilds the line from the places tokens still vouch for (prelude.lua).
+_KNOWN = ("known_epoch", "known_tickets", "known_serving", "recovery_ms")
+
 JOIN = Script(
     "join",
-    args=_ADMISSION,
+    args=(*_ADMISSION, *_KNOWN),
     rest="(session id, client address) pairs; address '' = unknown: no budget applies",
     reply=("places", "epoch"),
 )
-CLAIM = Script("claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result",))
+CLAIM = Script(
+    "claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result", "current_epoch")
+)
 LEAVE = Script("leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed",))
 HEARTBEAT = Script(
     "heartbeat",
@@ -181,6 +191,7 @@ TICK = Script(
         "shared_sessions",
         "max_addresses",
         "purge_slack_ms",
+        *_KNOWN,
         "line_version",
         "line_epoch",
     ),

@@ -9,8 +9,9 @@
 -- capped work is left for the next call.
 -- Parts: settings.lua, shuffle.lua, advance.lua, summary.lua, history.lua, snapshot.lua.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
--- replica's purge slack, and the line summary version it knows with that
--- version's queue epoch).
+-- replica's purge slack, what it last saw of the queue (prelude.lua
+-- queue_epoch), and the line summary version it knows with that version's
+-- queue epoch).
 local capacity = tonumber(ARGV[1])
 local admit_per_minute = tonumber(ARGV[2])
 local session_ttl = tonumber(ARGV[3])
@@ -23,8 +24,12 @@ local joins_per_address = tonumber(ARGV[9])
 local shared_sessions = ARGV[10]
 local max_addresses = tonumber(ARGV[11])
 local purge_slack_ms = tonumber(ARGV[12])
-local line_version = tonumber(ARGV[13])
-local line_epoch = ARGV[14]
+local known_epoch = ARGV[13]
+local known_tickets = ARGV[14]
+local known_serving = ARGV[15]
+local recovery_ms = ARGV[16]
+local line_version = tonumber(ARGV[17])
+local line_epoch = ARGV[18]
 
 local s = effective_settings{
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
@@ -35,7 +40,7 @@ local s = effective_settings{
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
 local closed = is_closed(s.opens_at)
-local epoch = queue_epoch()
+local epoch = queue_epoch(known_epoch, known_tickets, known_serving, recovery_ms)
 
 local lapsed = purge(grace_ms)
 local expired = end_idle_sessions(purge_slack_ms, s.session_ttl)
@@ -54,8 +59,10 @@ local opening = opening_in_progress()
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
--- nobody is invited before a scheduled opening, or while its order is written
-if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening then
+-- nobody is invited before a scheduled opening, while its order is written, nor
+-- while a lost line is being rebuilt (recovering: the line stands still)
+if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening
+    and not recovering() then
   local capped
   serving, invited, skipped, capped = advance(s, grace_ms, serving, tickets)
   more = more or capped
