@@ -77,6 +77,9 @@ class QueueKeys:
     epoch: str
     # prefix of per-session ZSETs: client address -> last seen (ms); shared cookies
     addresses: str
+    # prefix of proof-of-work challenges already used (web/challenge.py), one
+    # short-lived string each: a solution is accepted once across every replica
+    spent: str
 
     def all(self) -> list[str]:
         return [
@@ -120,6 +123,7 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         rank=base + "rank",
         epoch=base + "epoch",
         addresses=base + "from:",
+        spent=base + "pow:",
     )
 
 
