@@ -72,7 +72,7 @@ class Gate:
         if tok is not None and tok.flagged:
             # a line that never moves: the waiting page, answered from memory
             resp = self._wait(tenant, queue, original_path(request))
-            if tok.iat == now:  # just flagged (a shared cookie revoked): keep it
+            if v.newly_flagged(request, tok):  # just flagged (a shared cookie revoked): keep it
                 v.set_cookie(resp, tok, now)
             return q, "flagged", resp
         if tok is not None and tok.admitted:

@@ -220,7 +220,9 @@ class Status:
             # no place in line: going back to the page joins it
             return {"state": "none", "redirect": return_to}, v, resp
         if tok.flagged:
-            if tok.iat == v.now:  # just flagged (a shared cookie revoked): keep it
+            if self.visitors.newly_flagged(
+                request, tok
+            ):  # just flagged (a shared cookie revoked): keep it
                 self.visitors.set_cookie(resp, tok, v.now)
             return None, v, resp
         if state is None:

@@ -196,6 +196,13 @@ class Visitors:
             tenant, queue, FLAGGED, ticket, new_session_id(), now, exp, return_to, str(start)
         )
 
+    @staticmethod
+    def newly_flagged(request: web.Request, tok: Token) -> bool:
+        """Whether ``tok`` was made for this request (a shared cookie revoked a moment
+        ago) rather than sent by the client: then its cookie must be set."""
+        h = request.headers
+        return tok.sid not in h.get("Cookie", "") and tok.sid not in h.get("Authorization", "")
+
     async def join(
         self, q: QueueRef, s: QueueSettings, return_to: str, now: int, address: str = ""
     ) -> Token:
