@@ -30,7 +30,7 @@ CHALLENGES = ("none", "pow")
 # endless line that looks like any other
 FLAGGED = ("refuse", "infinite")
 # proof of work: log2 of the hashes a newcomer computes on average
-DIFFICULTY_DEFAULT = 20
+DIFFICULTY_DEFAULT = 21
 DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language

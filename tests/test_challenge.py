@@ -122,7 +122,7 @@ def test_challenge_settings_are_checked_by_the_one_validator(tmp_path) -> None:
     env = {**FAST, "ANTEROOM_ADMIN_LISTEN": "off"}
     s = load({**env, "ANTEROOM_CHALLENGE": "pow", "ANTEROOM_FLAGGED": "infinite"}).tenants[0]
     assert (s.queue_defaults.challenge, s.queue_defaults.flagged) == ("pow", "infinite")
-    assert s.queue_defaults.challenge_difficulty == 20
+    assert s.queue_defaults.challenge_difficulty == 21
     for var, value in (
         ("ANTEROOM_CHALLENGE", "captcha"),
         ("ANTEROOM_CHALLENGE_DIFFICULTY", "40"),
