@@ -73,8 +73,12 @@ async def verify_vs_trivial(difficulty: int, n: int = 2000) -> tuple[float, floa
     for _ in range(n):
         c.verify(raw, answer, "bench", "q", difficulty, now)
     verify = (time.perf_counter() - t) / n
+
+    async def trivial_handler(_: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     app = web.Application()
-    app.router.add_get("/", lambda r: web.Response(status=204))
+    app.router.add_get("/", trivial_handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

@@ -85,7 +85,7 @@ async def api_join(v: Visitor, queue: str) -> dict[str, Any]:
     joined = await v.post(
         f"/_anteroom/join?queue={queue}&challenge={c['challenge']}&solution={solution}"
     )
-    assert joined.status == 200, joined.body
+    assert joined.status == 200, joined.text
     body: dict[str, Any] = joined.json()
     return body
 
