@@ -24,11 +24,15 @@ SECRET = (b"bench-secret-0123456789abcdef",)
 async def browser_solves(difficulty: int) -> list[float]:
     files = render_tenant(Tenant("bench", ("*",), QueueSettings()))
     worker = next(v for k, v in files.items() if k.startswith("challenge-worker."))
+    async def script(_: web.Request) -> web.Response:
+        return web.Response(body=worker, content_type="text/javascript")
+
+    async def blank(_: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html>", content_type="text/html")
+
     app = web.Application()
-    app.router.add_get("/w.js", lambda r: web.Response(body=worker, content_type="text/javascript"))
-    app.router.add_get(
-        "/", lambda r: web.Response(text="<!doctype html>", content_type="text/html")
-    )
+    app.router.add_get("/w.js", script)
+    app.router.add_get("/", blank)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
