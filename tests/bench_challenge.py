@@ -24,6 +24,7 @@ SECRET = (b"bench-secret-0123456789abcdef",)
 async def browser_solves(difficulty: int) -> list[float]:
     files = render_tenant(Tenant("bench", ("*",), QueueSettings()))
     worker = next(v for k, v in files.items() if k.startswith("challenge-worker."))
+
     async def script(_: web.Request) -> web.Response:
         return web.Response(body=worker, content_type="text/javascript")
 
