@@ -24,6 +24,14 @@ MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
 # an admitted cookie used from more than max_addresses client addresses at once
 SHARED_SESSIONS = ("allow", "flag", "revoke")
+# what a newcomer does before a place is given: nothing, or a proof of work
+CHALLENGES = ("none", "pow")
+# flagged clients (over the join budget, a shared cookie revoked): told so, or an
+# endless line that looks like any other
+FLAGGED = ("refuse", "infinite")
+# proof of work: log2 of the hashes a newcomer computes on average
+DIFFICULTY_DEFAULT = 21
+DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
@@ -66,6 +74,9 @@ class QueueSettings:
     joins_per_address: int = 0  # new places per client address per minute; 0 = no limit
     shared_sessions: str = "allow"  # allow | flag (log it) | revoke (end the session)
     max_addresses: int = 4  # client addresses one session may use at once (last minute)
+    challenge: str = "none"  # none | pow: newcomers solve a proof of work before a place
+    challenge_difficulty: int = DIFFICULTY_DEFAULT  # log2 of the average hashes to solve it
+    flagged: str = "refuse"  # refuse | infinite: a line that never moves for flagged clients
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -410,6 +421,12 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return opens_at(name, value)
     if key == "shared_sessions":
         return _choice(name, value, SHARED_SESSIONS)
+    if key == "challenge":
+        return _choice(name, value, CHALLENGES)
+    if key == "flagged":
+        return _choice(name, value, FLAGGED)
+    if key == "challenge_difficulty":
+        return _int(name, value, DIFFICULTY_MIN, DIFFICULTY_MAX)
     if key in _QUEUE_ENV:
         return _int(name, value, _QUEUE_ENV[key][1])
     raise ConfigError(f"{name}: unknown setting")
@@ -475,6 +492,9 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
         on_redis_error="ANTEROOM_ON_REDIS_ERROR",
         opens_at="ANTEROOM_OPENS_AT",
         shared_sessions="ANTEROOM_SHARED_SESSIONS",
+        challenge="ANTEROOM_CHALLENGE",
+        challenge_difficulty="ANTEROOM_CHALLENGE_DIFFICULTY",
+        flagged="ANTEROOM_FLAGGED",
     )
     for name, var in variables.items():
         if var in env:

@@ -35,7 +35,17 @@ from prometheus_client.utils import floatToGoString
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Outcomes of a gate decision (label "outcome" of anteroom_decisions_total).
-OUTCOMES = ("admitted", "entered", "waiting", "refused", "off", "redis_error", "over_budget")
+OUTCOMES = (
+    "admitted",
+    "entered",
+    "waiting",
+    "refused",
+    "off",
+    "redis_error",
+    "over_budget",
+    "challenged",
+    "flagged",
+)
 
 LATENCY_BUCKETS = (
     0.0001,

@@ -560,6 +560,19 @@ class Engine:
         reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args))
         return bool(reply["freed"])
 
+    async def spend_challenge(self, q: QueueRef, nonce: str, ttl_ms: int) -> bool:
+        """Records a solved challenge as used (SET NX, gone when it would have
+        expired anyway): True the first time on any replica, False for a replay."""
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Busy("spend_challenge") from None
+        try:
+            return bool(await self.redis.set(q.keys.spent + nonce, b"1", nx=True, px=ttl_ms))
+        finally:
+            self._slots.release()
+
     # -- the refresher's batches ----------------------------------------------
 
     async def heartbeat(
@@ -770,6 +783,10 @@ def _state(
         joins_per_address=int(r["joins_per_address"]),
         shared_sessions=_s(r["shared_sessions"]),
         max_addresses=int(r["max_addresses"]),
+        # set by configuration only: the scripts never read them
+        challenge=configured.challenge,
+        challenge_difficulty=configured.challenge_difficulty,
+        flagged=configured.flagged,
     )
     return QueueState(
         tickets=int(r["tickets"]),

@@ -115,6 +115,9 @@ class QueueKeys:
     # that may come back), until (ms: the line stands still before it), and
     # "t<ticket>" -> session id for each old place put back (at most once)
     recovery: str
+    # prefix of proof-of-work challenges already used (web/challenge.py), one
+    # short-lived string each: a solution is accepted once across every replica
+    spent: str
 
     def all(self) -> list[str]:
         return [
@@ -164,6 +167,7 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         epoch=base + "epoch",
         addresses=base + "from:",
         recovery=base + "recovery",
+        spent=base + "pow:",
     )
 
 

@@ -50,6 +50,9 @@ class Refresher:
         self.heartbeat_interval = heartbeat_interval
         self.states: dict[QueueRef, QueueState] = {}
         self.revoked: dict[str, int] = {}  # session id -> unix second its cookie would expire
+        # sessions this process revoked for sharing (flagged = infinite sends them to
+        # a line that never moves); bounded like the log throttle below
+        self.flagged: set[str] = set()
         self.redis_ok = True
         self._next_prune = 0.0
         self._configured: dict[QueueRef, QueueSettings] = {}
@@ -212,6 +215,9 @@ class Refresher:
         """One line per shared session per minute from this process (flag), or at once
         (revoke: the session ended; this process refuses its cookie from now on)."""
         if shared.revoked:  # every replica reads it from the ended stream on its next tick
+            if len(self.flagged) > MAX_REVOKED:
+                self.flagged.clear()
+            self.flagged.add(shared.sid)
             self.revoke(shared.sid, int(time.time()) + self._settings(shared.queue).session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
