@@ -558,6 +558,7 @@ def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | N
         joins_per_address=int(r["joins_per_address"]),
         shared_sessions=_s(r["shared_sessions"]),
         max_addresses=int(r["max_addresses"]),
+        leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
     )
     return QueueState(
         tickets=int(r["tickets"]),

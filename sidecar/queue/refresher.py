@@ -111,6 +111,14 @@ class Refresher:
             )
         self.states[q] = st
 
+    def forget(self, q: QueueRef) -> None:
+        """Stops ticking ``q`` (forgotten by an operator); a later request brings it back."""
+        self.states.pop(q, None)
+        self._configured.pop(q, None)
+        self._last_ended.pop(q, None)
+        self._sessions.pop(q, None)
+        self._waiters.pop(q, None)
+
     # -- first sight of a queue --------------------------------------------
 
     async def state(self, q: QueueRef, configured: QueueSettings) -> QueueState:

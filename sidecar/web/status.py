@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..config import NAME_RE, Tenant
+from ..config import NAME_RE, ConfigError, Tenant, queue_setting
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
+from ..queue.client import text
+from ..queue.estimate import wait
 from .http import NO_STORE, client_address, json_answer, queue_param, return_param
 from .tokens import Token
 from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors
@@ -44,15 +45,6 @@ def poll_after(position: int, abandon_after: int) -> int:
     """Seconds until the next poll (the page adds jitter)."""
     every = next((secs for upto, secs in POLL_BANDS if position <= upto), POLL_FAR)
     return max(1, min(every, abandon_after // 3))
-
-
-def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] | None]:
-    """ETA in seconds from the admission rate measured over the last minute."""
-    rate = state.admissions_per_second
-    if state.settings.mode == "paused" or rate <= 0:
-        return None, None
-    eta = position / rate
-    return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
 def _shared_parts(queue: str, state: QueueState) -> tuple[str, str]:
@@ -140,7 +132,7 @@ class Status:
         if closed:  # a pre-queue: the order is drawn at the opening, so no place yet
             return f"{head}{tok.ticket}{closed}"
         position = state.position(tok.ticket)
-        eta, eta_range = estimate(position, state)
+        eta, eta_range = wait(position, state)
         return (
             f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
             f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
@@ -286,6 +278,10 @@ class Status:
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
             log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
         return_to = return_param(request, "")
+        if not return_to and request.query.get("via") == "page":
+            # the waiting page's "Leave the line": where the operator chose
+            left = queue or (held[0].queue if len(held) == 1 else None)
+            return_to = await self._leave_to(tenant, left)
         if return_to:
             resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
@@ -293,6 +289,25 @@ class Status:
         for tok in held:
             self.visitors.clear_cookie(resp, tok.queue)
         return resp
+
+    async def _leave_to(self, tenant: Tenant, queue: str | None) -> str:
+        """The queue's ``leave_to``: an operator's override (read now, so a change holds
+        everywhere at once), else its configuration; "/" when unknown or unreadable."""
+        if queue is None:
+            return "/"
+        configured = tenant.settings_for(queue).leave_to
+        try:
+            stored = await self.visitors.engine.redis.hget(
+                QueueRef(tenant.name, queue).keys.settings, "leave_to"
+            )
+        except LEAVE_FAILED:
+            return configured
+        if stored is None:
+            return configured
+        try:  # the configuration's own rule: a value it would refuse is ignored
+            return str(queue_setting("leave_to", "leave_to", text(stored)))
+        except ConfigError:
+            return configured
 
     async def keepalive(self, request: web.Request) -> web.Response:
         """The site-page script's "still here", for every session the visitor holds."""
