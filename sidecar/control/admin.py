@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -71,7 +71,9 @@ AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
 CREATED = "created"  # settings-hash field: unix second a queue was created through the API
 FORGET_CHUNK = 500  # keys per UNLINK when a queue is forgotten
 FORGOTTEN_KEPT = 3600  # seconds a forgotten queue is remembered (replicas drop it meanwhile)
-WATCH_EVERY = 1.0  # seconds between looks for queues forgotten through another replica
+# seconds before a forgotten queue's keys are removed again: every replica's refresher
+# has stopped ticking it by then (queue.refresher.FORGOTTEN_EVERY)
+SWEEP_AFTER = 2.5
 FIELD_LABELS = {
     "capacity": "Capacity",
     "admit_per_minute": "Admit per minute",
@@ -214,7 +216,7 @@ class Admin:
         self.tenants = {t.name: t for t in config.tenants}
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
-        self._forgotten_since = time.time()  # forgettings older than this are done
+        self._tasks: set[asyncio.Task[None]] = set()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
@@ -226,7 +228,7 @@ class Admin:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
-        app.cleanup_ctx.append(self._watching)
+        app.on_cleanup.append(self._cancel_tasks)
         r = app.router
         r.add_get("/api/queues", self.api_queues)
         r.add_get("/api/queues/{tenant}/{queue}", self.api_queue)
@@ -375,7 +377,8 @@ class Admin:
             raw = await pipe.execute()
         return [{text(k): text(v) for k, v in r.items()} for r in raw]
 
-    def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
+    def _overridden(self, q: QueueRef, stored: dict[str, str]) -> dict[str, int | str]:
+        """The valid overrides among the stored ones."""
         configured = self.configured(q)
         overrides: dict[str, int | str] = {}
         for key in OVERRIDABLE:
@@ -383,6 +386,11 @@ class Admin:
                 # what the tick would apply; anything else is ignored there too
                 with contextlib.suppress(ConfigError):
                     overrides[key] = queue_overrides({key: stored[key]}, configured)[key]
+        return overrides
+
+    def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
+        configured = self.configured(q)
+        overrides = self._overridden(q, stored)
         settings = {**_settings_dict(configured), **overrides}
         mode = str(settings["mode"])
         tickets = st.tickets if st else 0
@@ -436,10 +444,11 @@ class Admin:
     ) -> QueueView:
         """Validates ``changes`` whole (OverrideErrors lists every bad field) and stores
         them; ``create``: the queue is new (the caller checked it was unknown)."""
-        before = await self.view(q)
-        base = QueueSettings(**{**asdict(self.configured(q)), **before.settings})
-        cleaned = queue_overrides(changes, base)
-        diff = {k: [before.settings.get(k), v] for k, v in cleaned.items()}
+        # checked before the queue is looked at: a refused creation leaves no trace
+        (stored,) = await self._overrides([q])
+        before = {**asdict(self.configured(q)), **self._overridden(q, stored)}
+        cleaned = queue_overrides(changes, QueueSettings(**before))
+        diff = {k: [before.get(k), v] for k, v in cleaned.items()}
         if cleaned or create:
             async with self.redis.pipeline(transaction=True) as pipe:
                 if create:  # known on every replica from now on, even with no change
@@ -499,13 +508,17 @@ class Admin:
                     "it there and from nginx first; reset its overrides instead"
                 },
             )
-        v = await self.view(q)
-        if (v.waiting or v.active or v.invited) and not force:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in (q.keys.waiting, q.keys.active, q.keys.invited):
+                pipe.zcard(key)  # now, not as of the last tick
+            present = [int(n) for n in await pipe.execute()]
+        if any(present) and not force:
+            waiting, active, invited = present
             raise AdminError(
                 409,
                 {
-                    "error": f"{q.tenant}/{q.queue} has {v.waiting} in line, {v.active} "
-                    f"active and {v.invited} invited: drain it and wait, or forget it with "
+                    "error": f"{q.tenant}/{q.queue} has {waiting} in line, {active} "
+                    f"active and {invited} invited: drain it and wait, or forget it with "
                     "force (they lose their places)"
                 },
             )
@@ -516,7 +529,10 @@ class Admin:
             await pipe.execute()
         self._drop(q)
         removed = await self._remove_keys(q)
-        extra = {"present": [v.waiting, v.active, v.invited]} if force else {}
+        sweep = asyncio.create_task(self._sweep(q))
+        self._tasks.add(sweep)
+        sweep.add_done_callback(self._tasks.discard)
+        extra = {"present": present} if force else {}
         await self.audit(who, "forget", q, keys=removed, **extra)
         return removed
 
@@ -541,36 +557,20 @@ class Admin:
             removed += int(await self.redis.unlink(*chunk))
         return removed
 
-    async def watch_forgotten(self) -> None:
-        """Queues forgotten through another replica's admin: this process stops ticking
-        them too (and removes what its own ticks wrote meanwhile), within a second."""
-        raw: list[tuple[bytes, float]] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-            FORGOTTEN_KEY, f"({self._forgotten_since}", "+inf", withscores=True
-        )
-        for member, at in raw:
-            self._forgotten_since = max(self._forgotten_since, float(at))
-            tenant, _, queue = text(member).partition(":")
-            q = QueueRef(tenant, queue)
-            if tenant not in self.tenants or queue in self.tenants[tenant].queues:
-                continue
-            self._drop(q)
-            if not await self.redis.exists(q.keys.tickets):  # nobody joined since
+    async def _sweep(self, q: QueueRef) -> None:
+        """Once every replica has stopped ticking ``q``, what their last ticks wrote
+        goes too, unless a visitor has come back meanwhile."""
+        await asyncio.sleep(SWEEP_AFTER)
+        try:
+            if not await self.redis.exists(q.keys.tickets, q.keys.settings):
                 await self._remove_keys(q)
+        except StorageError as e:
+            log.warning("forgotten queue not swept", extra={"queue": str(q), "error": str(e)})
 
-    async def _watching(self, app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(WATCH_EVERY)
-                try:
-                    await self.watch_forgotten()
-                except StorageError as e:
-                    log.debug("forgotten queues not read", extra={"error": str(e)})
-
-        task = asyncio.create_task(loop(), name="anteroom-admin-forgotten")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def _cancel_tasks(self, app: web.Application) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- JSON API -------------------------------------------------------------
 
