@@ -102,11 +102,11 @@ ROLE_OF_ACTION = {
 }
 # dashboard buttons that stop or open the gate for everyone: asked twice
 CONFIRM = {
-    "paused": "Pause: nobody new is let in; people in line keep their places.",
-    "drain": "Drain: nobody new is let in while the sessions inside finish.",
-    "closed": "Close: newcomers see the closed page; people in line are told.",
-    "off": "Off: the gate lets everyone through, with no line and no limit.",
-    "forget": "Forget: the queue's line, sessions, settings and history are deleted.",
+    "paused": "Nobody new is let in; people in line keep their places.",
+    "drain": "Nobody new is let in while the sessions inside finish.",
+    "closed": "Newcomers see the closed page; people in line are told.",
+    "off": "The gate lets everyone through, with no line and no limit.",
+    "forget": "The queue's line, sessions, settings and history are deleted.",
 }
 
 
