@@ -61,6 +61,9 @@ from ..queue.keys import (
 
 log = logging.getLogger("sidecar.admin")
 
+WHO = web.RequestKey("admin", AdminToken)  # the token a request came with
+CSRF = web.RequestKey("csrf", str)  # the dashboard form token of its session
+
 SESSION_COOKIE = "anteroom_admin"
 SESSION_TTL = 12 * 3600  # a dashboard sign-in lasts a working day
 FAILED_SIGN_IN_DELAY = 0.5  # seconds
@@ -277,7 +280,7 @@ class Admin:
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="anteroom-admin"'},
                 )
-            request["admin"] = token
+            request[WHO] = token
             return await handler(request)
         if path in ("/login", "/static/dashboard.css"):
             return await handler(request)
@@ -291,14 +294,14 @@ class Admin:
             form = await request.post()
             if not hmac.compare_digest(str(form.get("csrf", "")), self.tokens.csrf(cookie)):
                 return web.json_response({"error": "stale form: reload the page"}, status=403)
-        request["admin"] = token
-        request["csrf"] = self.tokens.csrf(cookie)
+        request[WHO] = token
+        request[CSRF] = self.tokens.csrf(cookie)
         return await handler(request)
 
     def _may(self, request: web.Request, action: str) -> AdminToken:
         """The token of the request if its role allows ``action``; else a 403, audited
         in the log only (a refused viewer must not push changes out of the audit)."""
-        token: AdminToken = request["admin"]
+        token: AdminToken = request[WHO]
         if not allowed(token.role, action):
             needs = ROLE_OF_ACTION[action]
             log.warning(
@@ -712,7 +715,7 @@ class Admin:
     ) -> web.Response:
         views = await self.views()
         recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
-        token: AdminToken = request["admin"]
+        token: AdminToken = request[WHO]
         return self._page(
             "dashboard.html",
             recent=recent,
@@ -722,7 +725,7 @@ class Admin:
             role=token.role,
             may={action: allowed(token.role, action) for action in ROLE_OF_ACTION},
             configured_queues={f"{t.name}/{q}" for t in self.config.tenants for q in t.queues},
-            csrf=request["csrf"],
+            csrf=request[CSRF],
             errors=errors or {},
             settings_fields=[k for k in OVERRIDABLE if k in FIELD_LABELS],
             labels=FIELD_LABELS,
@@ -759,7 +762,7 @@ class Admin:
                 action=action,
                 label=_ACTION_LABELS.get(action, action),
                 what=CONFIRM[action],
-                csrf=request["csrf"],
+                csrf=request[CSRF],
             )
         try:
             if action == "settings":
