@@ -66,12 +66,16 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { echo "anteroom: '$(PYTHON) -m venv' failed; install python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 
+# setuptools notes every editable install of a package-dir layout ("Editable
+# installation ... be careful with folders"): informational only, kept out of the output
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e
+
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e .
+	$(EDITABLE) .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[dev]'
+	$(EDITABLE) '.[dev]'
 	touch $@ $(VENV)/.installed
 
 clean:

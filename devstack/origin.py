@@ -37,8 +37,9 @@ def origin_page(path: str) -> tuple[int, str]:
         )
         body = (
             f"<p>You are in. Requested: <code>{html.escape(path)}</code></p>{items}"
-            '<form method="post" action="/_anteroom/leave?return_to=/">'
-            "<button>Done shopping (frees your place)</button></form>"
+            # ?queue=: leave the shop only (without it every queue's place ends)
+            '<form method="post" action="/_anteroom/leave?queue=shop&amp;return_to=/">'
+            "<button>Done shopping (frees your place in the shop)</button></form>"
         )
         head = (
             '<script src="/_anteroom/waiting/default/keepalive.js" defer '
@@ -64,8 +65,8 @@ TICKETS_PAGES = {
         "folder, with <code>index</code> and <code>try_files</code>.</p>"
         '<div class="item">Friday night — <a href="/tickets/friday/">seats</a></div>'
         '<div class="item">Saturday matinee — <a href="/tickets/saturday.html">seats</a></div>'
-        '<form method="post" action="/_anteroom/leave?return_to=/">'
-        "<button>Done (frees your place)</button></form>",
+        '<form method="post" action="/_anteroom/leave?queue=tickets&amp;return_to=/">'
+        "<button>Done (frees your place for tickets)</button></form>",
     ),
     "friday/index.html": PAGE.format(
         title="Friday night", head="", body='<p>Rows A to F. <a href="/tickets/">Back</a></p>'

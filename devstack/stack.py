@@ -55,7 +55,9 @@ SITE = """
             proxy_pass http://origin;
         }}
         # static pages served by nginx itself, waiting in the queue "tickets";
-        # /tickets/ is one visitor and one place although index redirects it
+        # /tickets/ is one visitor and one place although index redirects it.
+        # try_files has no folder redirect of its own: /tickets would be a 404
+        location = /tickets {{ return 301 /tickets/; }}
         location /tickets/ {{
             set $anteroom_queue tickets;
             include anteroom/gate.conf;

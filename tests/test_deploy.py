@@ -208,7 +208,7 @@ def test_kubernetes_sidecar_probes_ports_and_references() -> None:
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     port = int(env["ANTEROOM_LISTEN"].rpartition(":")[2])
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [p["containerPort"] for p in container["ports"]] == [port, 9091]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"/livez", "/readyz"} <= routes
@@ -250,6 +250,61 @@ def test_kubernetes_config_loads_and_placeholders_are_refused(tmp_path: Path) ->
     secret = find("Secret", "anteroom-secrets")["stringData"]
     with pytest.raises(ConfigError, match="ANTEROOM_SECRETS"):
         load({"ANTEROOM_SECRETS": secret["ANTEROOM_SECRETS"]})
+
+
+def test_prometheus_in_the_cluster_reaches_metrics_and_nothing_more() -> None:
+    """The scrape config keeps the sidecar pods' admin port; the NetworkPolicy admits
+    Prometheus to that port; no Service exposes it."""
+    pod = find("Deployment", "anteroom-sidecar")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env["ANTEROOM_ADMIN_LISTEN"] == f"0.0.0.0:{ports['admin']}"
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    keep = {
+        r["source_labels"][0]: r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    assert keep["__meta_kubernetes_pod_container_port_name"] == "admin"
+    label = "app.kubernetes.io/component"
+    assert (
+        keep["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+        == pod["metadata"]["labels"][label]
+    )
+    assert job["authorization"]["credentials_file"]
+    policy = find("NetworkPolicy", "anteroom-sidecar")["spec"]
+    admin_rules = [
+        r for r in policy["ingress"] if {"port": ports["admin"], "protocol": "TCP"} in r["ports"]
+    ]
+    (rule,) = admin_rules
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"] and peer["podSelector"]  # one namespace's Prometheus
+    for service in (d for d in manifests() if d["kind"] == "Service"):
+        assert all(
+            p.get("targetPort") not in ("admin", ports["admin"]) for p in service["spec"]["ports"]
+        )
+        assert all(p["port"] != ports["admin"] for p in service["spec"]["ports"])
+    secret = find("Secret", "anteroom-secrets")["stringData"]["ANTEROOM_ADMIN_TOKEN"]
+    assert "prometheus:" in secret
+
+
+def test_compose_shares_one_tenants_file_and_states_its_version(tmp_path: Path) -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    mount = "./deploy/compose/anteroom.toml:/etc/anteroom/anteroom.toml:ro"
+    for name in ("sidecar-1", "sidecar-2", "pages"):
+        assert mount in services[name]["volumes"], name
+        assert services[name]["environment"]["ANTEROOM_CONFIG"] == "/etc/anteroom/anteroom.toml"
+    # queue sizes come from the TOML, not from demo values in variables
+    for name in ("sidecar-1", "sidecar-2"):
+        env = services[name]["environment"]
+        assert not {"ANTEROOM_CAPACITY", "ANTEROOM_SESSION_TTL", "ANTEROOM_GRACE"} & set(env)
+    config = load({**FAST, "ANTEROOM_CONFIG": str(ROOT / "deploy" / "compose" / "anteroom.toml")})
+    (tenant,) = config.tenants
+    assert tenant.name == "default"  # the origin's pages link /_anteroom/waiting/default/
+    assert "configs" in compose and "Compose v2.23.1" in COMPOSE.read_text()
 
 
 if __name__ == "__main__":

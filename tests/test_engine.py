@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from sidecar.config import QueueSettings
 from sidecar.queue.engine import Claim, Engine, QueueRef, QueueState
-from sidecar.queue.keys import LIVE_BLOCK
+from sidecar.queue.keys import LIVE_BLOCK, RECOVERY_TICKET_SLACK
 from tests.conftest import ticket_members
 
 Q = QueueRef("acme", "checkout")
@@ -508,45 +508,63 @@ async def test_live_positions_far_back_are_close_and_never_go_up(
     print(f"far-back positions at most {worst} too high (bound {LIVE_BLOCK - 1})")
 
 
-async def test_a_restart_without_persistence_starts_a_new_epoch(
+async def test_a_restart_without_persistence_rebuilds_the_line_from_tokens(
     replicas: list[Engine], redis: Redis
 ) -> None:
-    """Redis lost everything: places from before are recognised as gone (their
-    numbers are handed out again in the new epoch), never claimed by their old
-    holders, never left on someone else's behalf; the line moves from zero."""
+    """Redis lost everything while a replica remembered the queue: the new epoch
+    numbers newcomers after every place from before; for the recovery window the
+    line stands still, sessions from before are counted again first, and old
+    waiting tokens put their own ticket back in line, once each. Then the line
+    moves in ticket order: old places first, newcomers behind."""
     e = replicas[0]
+    e.recovery_ms = 400  # the window; a heartbeat interval + 4 s in a sidecar
     s = QueueSettings(capacity=2, grace=30)
-    old = [await e.join(Q, f"old{i}", s) for i in range(6)]
-    await seen(e, s, *(t for a, t, _ in old if not a))
+    old = [await e.join(Q, f"old{i}", s) for i in range(6)]  # old0, old1 inside; 3..6 wait
+    await seen(e, s, 3, 4, 5, 6)
     before = (await tick(e, s)).epoch
     assert before and {j.epoch for j in old} == {before}
-    assert await tick(replicas[1], s) and (await tick(e, s)).epoch == before  # stable
 
     await redis.flushall()  # a restart without persistence
     st = await tick(e, s)
-    assert st.epoch and st.epoch != before and (st.tickets, st.serving) == (0, 0)
-    # the holder of old ticket 3 finds no place (their number is nobody's yet)
-    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
-    new = [await e.join(Q, f"new{i}", s) for i in range(4)]
-    assert [(j.admitted, j.ticket, j.epoch) for j in new] == [
-        (True, 1, st.epoch),
-        (True, 2, st.epoch),
-        (False, 3, st.epoch),
-        (False, 4, st.epoch),
-    ]
-    await seen(e, s, 3, 4)
-    # ticket 3 is new3's now: the old holder can neither claim nor free it
-    await e.leave(Q, 1, "new0", 0, st.epoch)
+    last = 6 + RECOVERY_TICKET_SLACK
+    assert st.epoch and st.epoch != before and (st.tickets, st.serving) == (last, 2)
+    # a newcomer queues behind every old place, though two slots are free
+    newcomer = await e.join(Q, "new0", s)
+    assert (newcomer.admitted, newcomer.ticket) == (False, last + 1)
+    await seen(e, s, last + 1)
+    # an admitted cookie coming back is counted first
+    assert (await e.heartbeat({Q: (["old0"], [], s)})).ended == 0
+    # old waiting tokens: their ticket back once (again for the same session: two tabs)
+    assert await e.claim_place(Q, 3, "old2", s, before) == (Claim.RESTORED, st.epoch)
+    assert await e.claim_place(Q, 3, "old2", s, before) == (Claim.RESTORED, st.epoch)
+    assert await e.claim(Q, 3, "copy", s, before) is Claim.STALE  # a replay, other session
+    assert await e.claim(Q, 5, "old4", s, before) is Claim.RESTORED
+    assert await e.claim(Q, 2, "old1", s, before) is Claim.STALE  # its turn had passed
+    assert await e.claim(Q, last + 1, "x", s, before) is Claim.STALE  # never handed out
+    assert await e.claim(Q, 3, "old2", s, "other-epoch") is Claim.STALE
+    st = await tick(e, s)
+    assert (st.invited, st.active, st.waiting) == (0, 1, 3)  # the line stands still
+    assert [st.position(t) for t in (3, 5, last + 1)] == [1, 2, 3]
+
+    await asyncio.sleep(0.45)  # the window ends: the line moves in ticket order
     st = await tick(e, s)
     assert await ticket_members(redis, Q.keys.invited) == [3]
-    assert await e.claim(Q, 3, "old2", s, before) is Claim.STALE
-    assert await e.leave(Q, 3, "old2", 0, before) is False
-    assert await ticket_members(redis, Q.keys.invited) == [3]
-    assert await e.claim(Q, 3, "new2", s, st.epoch) is Claim.ADMITTED
-    # sessions admitted before come back only while there is room (heartbeat.lua)
-    await e.heartbeat({Q: (["old0", "old1"], [], s)})
+    assert await e.claim(Q, 3, "old2", s, st.epoch) is Claim.ADMITTED
+    await e.leave(Q, 3, "old2", 0, st.epoch)
+    await tick(e, s)
+    assert await ticket_members(redis, Q.keys.invited) == [5]  # 4 never came back
+    assert await e.claim(Q, 4, "old3", s, before) is Claim.STALE  # passed: join again
+    # after the window a session from before comes back only with room and nobody waiting
+    assert (await e.heartbeat({Q: (["old1"], [], s)})).ended == 1
     assert await occupancy(redis) == 2
-    assert await redis.zscore(Q.keys.revoked, "old0") and await redis.zscore(Q.keys.revoked, "old1")
+
+    # a replica that never saw the queue starts an epoch with nothing to rebuild
+    await redis.flushall()
+    fresh = replicas[2]
+    st = await tick(fresh, s)
+    assert (st.tickets, st.serving) == (0, 0)
+    assert await fresh.claim(Q, 6, "old5", s, before) is Claim.STALE
+    assert (await fresh.join(Q, "new1", s)).admitted
 
 
 async def test_the_epoch_survives_when_redis_keeps_its_data(

@@ -100,3 +100,55 @@ def test_systemd_files_name_real_settings() -> None:
     unit = (ROOT / "deploy" / "systemd" / "anteroom.service").read_text()
     assert "EnvironmentFile=/etc/anteroom/anteroom.env" in unit
     assert re.search(r"^ExecStart=\S+/python -m sidecar$", unit, re.M)
+
+
+def test_every_folder_of_package_data_is_a_listed_package() -> None:
+    """setuptools warns at install about a data folder that is not a listed package."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    folders = {
+        "sidecar." + ".".join(p.relative_to(ROOT / "sidecar").parts)
+        for p in (ROOT / "sidecar").rglob("*")
+        if p.is_dir() and p.name != "__pycache__"
+    }
+    folders |= {
+        "sidecar.theme_assets." + ".".join(p.relative_to(ROOT / "theme_assets").parts)
+        for p in (ROOT / "theme_assets").rglob("*")
+        if p.is_dir()
+    }
+    assert folders - listed == set(), "add these to [tool.setuptools] packages"
+
+
+def build_warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "Warning" in line or "absent from" in line]
+
+
+def test_wheel_build_prints_no_warnings(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert build_warnings(r.stdout + r.stderr) == []
+
+
+def test_editable_install_prints_no_warnings(tmp_path: Path) -> None:
+    """The Makefile's editable install, in a venv of its own (no dependencies)."""
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    make = (ROOT / "Makefile").read_text()
+    editable = re.search(r'^EDITABLE := (\w+)="([^"]*)" \$\(PY\) -m pip install (.+)$', make, re.M)
+    assert editable, "Makefile: no EDITABLE line"
+    env = {**os.environ, editable.group(1): editable.group(2)}
+    pip = [str(tmp_path / "venv" / "bin" / "python"), "-m", "pip", "install"]
+    subprocess.run([*pip, "-q", "--upgrade", "pip"], check=True, env=env)
+    r = subprocess.run(
+        [*pip, "--no-deps", *editable.group(3).split(), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert build_warnings(r.stdout + r.stderr) == []

@@ -32,6 +32,7 @@ from .keys import (
     ADDRESSES_KEPT,
     HEARTBEAT_CHUNK,
     LIVE_BLOCK,
+    RECOVERY_MARGIN_MS,
     QueueKeys,
     queue_keys,
 )
@@ -191,6 +192,7 @@ class Claim(enum.Enum):
     NOT_YET = 0  # not invited yet, or recalled for the next free slot
     MISSED = -1  # the turn passed and its second chance too: join again
     STALE = -2  # a place from another epoch (Redis lost the queue since): join again
+    RESTORED = 2  # a place from the epoch Redis lost, back in line under the current one
 
 
 class Joined(NamedTuple):
@@ -266,6 +268,11 @@ class Engine:
         self._joins: dict[QueueRef, _Joins] = {}
         self._joining: set[QueueRef] = set()
         self._orders: dict[QueueRef, LineOrder] = {}  # each queue's last drawn order
+        # each queue as this process last saw it (epoch, tickets, serving): if Redis
+        # loses it, the script that makes the new epoch rebuilds the line from it
+        self._known: dict[QueueRef, tuple[str, int, int]] = {}
+        # how long the line stands still after a loss: a heartbeat flush and a margin
+        self.recovery_ms = purge_slack_ms + RECOVERY_MARGIN_MS
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load_scripts(self) -> None:
@@ -344,6 +351,22 @@ class Engine:
             "joins_per_address": s.joins_per_address,
         }
 
+    def _known_args(self, q: QueueRef) -> dict[str, str | int]:
+        epoch, tickets, serving = self._known.get(q, ("", 0, 0))
+        return {
+            "known_epoch": epoch,
+            "known_tickets": tickets,
+            "known_serving": serving,
+            "recovery_ms": self.recovery_ms,
+        }
+
+    def _saw(self, q: QueueRef, epoch: str, tickets: int, serving: int | None = None) -> None:
+        known = self._known.get(q)
+        if known is None or known[0] != epoch:
+            self._known[q] = (epoch, tickets, serving or 0)
+        else:
+            self._known[q] = (epoch, max(known[1], tickets), max(known[2], serving or 0))
+
     # -- joins, coalesced ----------------------------------------------------
 
     async def join(self, q: QueueRef, sid: str, s: QueueSettings, address: str = "") -> Joined:
@@ -410,8 +433,10 @@ class Engine:
         """Tickets for ``sids`` in order: [(admitted at once, ticket or REFUSED, epoch)]."""
         addrs = addresses if addresses is not None else [""] * len(sids)
         pairs = [x for pair in zip(sids, addrs, strict=True) for x in pair]
-        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(self._admission(s), pairs))
+        args = {**self._admission(s), **self._known_args(q)}
+        reply = await self._call(JOIN, q.keys.all(), JOIN.argv(args, pairs))
         epoch, places = _s(reply["epoch"]), reply["places"]
+        self._saw(q, epoch, max((int(t) for t in places[::2]), default=0))
         return [
             Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
         ]
@@ -422,9 +447,15 @@ class Engine:
         self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
     ) -> Claim:
         """``epoch``: the one in the visitor's token; None trusts the ticket (tests)."""
+        return (await self.claim_place(q, ticket, sid, s, epoch))[0]
+
+    async def claim_place(
+        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+    ) -> tuple[Claim, str]:
+        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one)."""
         args = {"ticket": ticket, "sid": sid, "epoch": epoch or "", **self._admission(s)}
         reply = await self._call(CLAIM, q.keys.all(), CLAIM.argv(args))
-        return Claim(int(reply["result"]))
+        return Claim(int(reply["result"])), _s(reply["current_epoch"])
 
     async def leave(
         self, q: QueueRef, ticket: int, sid: str, revoke_until: int, epoch: str | None = None
@@ -508,12 +539,15 @@ class Engine:
                             "max_addresses": s.max_addresses,
                             "purge_slack_ms": self.purge_slack_ms,
                             "last_ended": last_ended,
+                            **self._known_args(q),
                         }
                     ),
                 )
                 for q, s, last_ended in queues
             ]
         )
+        for r, (q, _, _) in zip(replies, queues, strict=True):
+            self._saw(q, _s(r["epoch"]), int(r["tickets"]), int(r["serving"]))
         return [
             _state(r, s, await self._line_order(q, r))
             for r, (q, s, _) in zip(replies, queues, strict=True)

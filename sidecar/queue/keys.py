@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import WAITING_TOKEN_TTL
+
 PREFIX = "aq"
 
 # Ended sessions are published in a capped stream; replicas read it each tick.
@@ -37,6 +39,21 @@ LIVE_BLOCK = 100
 # aq:{tenant:queue}:addr:<address>:<minute>, built inside join.lua; it outlives
 # its minute so a clock step between replicas never resets it early.
 ADDRESS_COUNTER_TTL = 120
+# The same budget also caps the places one address holds in line at once: a SET
+# of its tickets per address, aq:{tenant:queue}:held:<address>, cleaned at its
+# next join (tickets no longer in line leave it). It lives as long as a place
+# can (a waiting token's lifetime) after the address's last join, so it never
+# forgets a place that could still draw.
+PLACE_TTL = WAITING_TOKEN_TTL
+# Redis lost a queue (restart without persistence) while replicas remembered it:
+# the new epoch starts a recovery. Tickets are numbered on from the last count a
+# replica saw plus this slack (tickets handed out since its last tick), so every
+# place from before stays ahead of newcomers.
+RECOVERY_TICKET_SLACK = 10_000
+# For one heartbeat flush plus this long (the engine's purge slack + margin), the
+# line stands still: admitted cookies that come back are counted before anyone
+# new is admitted, and waiters' polls put their old tickets back in line.
+RECOVERY_MARGIN_MS = 4_000
 # Shared admitted cookies: client addresses a session used in this window count
 # as "at once"; a session keeps at most ADDRESSES_KEPT of them (newest).
 ADDRESS_WINDOW_MS = 60_000
@@ -83,6 +100,10 @@ class QueueKeys:
     epoch: str
     # prefix of per-session ZSETs: client address -> last seen (ms); shared cookies
     addresses: str
+    # HASH, after Redis lost the queue: from (the lost epoch), first..last (its tickets
+    # that may come back), until (ms: the line stands still before it), and
+    # "t<ticket>" -> session id for each old place put back (at most once)
+    recovery: str
 
     def all(self) -> list[str]:
         return [
@@ -102,6 +123,7 @@ class QueueKeys:
             self.order,
             self.rank,
             self.epoch,
+            self.recovery,
         ]
 
 
@@ -126,6 +148,7 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         rank=base + "rank",
         epoch=base + "epoch",
         addresses=base + "from:",
+        recovery=base + "recovery",
     )
 
 

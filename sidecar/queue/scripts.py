@@ -26,6 +26,8 @@ from .keys import (
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
     LIVE_BLOCK,
+    PLACE_TTL,
+    RECOVERY_TICKET_SLACK,
     REVOKED_RELOAD_MAX,
 )
 
@@ -39,6 +41,8 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "FIRST_POLL_WINDOW_MS": FIRST_POLL_WINDOW_MS,
     "FRONT_WINDOW": FRONT_WINDOW,
     "REVOKED_RELOAD_MAX": REVOKED_RELOAD_MAX,
+    "PLACE_TTL": PLACE_TTL,
+    "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
@@ -101,13 +105,19 @@ _ADMISSION = (
     "joins_per_address",
 )
 
+# What the calling replica last saw of the queue: if Redis lost it since, the new
+# epoch rebuilds the line from the places tokens still vouch for (prelude.lua).
+_KNOWN = ("known_epoch", "known_tickets", "known_serving", "recovery_ms")
+
 JOIN = Script(
     "join",
-    args=_ADMISSION,
+    args=(*_ADMISSION, *_KNOWN),
     rest="(session id, client address) pairs; address '' = unknown: no budget applies",
     reply=("places", "epoch"),
 )
-CLAIM = Script("claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result",))
+CLAIM = Script(
+    "claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result", "current_epoch")
+)
 LEAVE = Script("leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed",))
 HEARTBEAT = Script(
     "heartbeat",
@@ -141,6 +151,7 @@ TICK = Script(
         "max_addresses",
         "purge_slack_ms",
         "last_ended",
+        *_KNOWN,
     ),
     reply=(
         "tickets",

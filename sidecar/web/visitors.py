@@ -205,7 +205,12 @@ class Visitors:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
-        result = await self.engine.claim(q, tok.ticket, tok.sid, s, tok.epoch)
+        result, epoch = await self.engine.claim_place(q, tok.ticket, tok.sid, s, tok.epoch)
+        if result is Claim.RESTORED:
+            # Redis lost the queue and the token vouched for this place: same ticket,
+            # the new epoch (queue/lua/claim.lua)
+            log.info("place restored", extra={"queue": str(q), "ticket": tok.ticket})
+            return replace(tok, epoch=epoch)
         if result is Claim.ADMITTED:
             log.info("admitted", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
             return self.token_for(q, s, tok.sid, tok.ticket, True, "/", now, tok.epoch)

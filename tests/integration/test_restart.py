@@ -1,5 +1,6 @@
 """Redis restarts under a queue, through real nginx: without persistence (the queue
-gets a new epoch, places from before are replaced) and with an append-only file
+gets a new epoch; places from before come back under it while their tokens
+return in time: tests/integration/test_recovery.py) and with an append-only file
 (nothing changes for anyone)."""
 
 from __future__ import annotations
@@ -158,9 +159,9 @@ async def test_restart_without_persistence_nobody_stuck_no_ticket_twice(
 async def test_sessions_from_before_come_back_only_with_room(
     sampled: tuple[Stack, Occupancy], http: aiohttp.ClientSession
 ) -> None:
-    """After a restart that lost everything, newcomers took the free slots first;
-    sessions admitted before end (their cookie stops passing) instead of
-    exceeding capacity."""
+    """After a restart that lost everything, sessions admitted before stay silent
+    past the recovery window and newcomers take the free slots; when they come
+    back they end (their cookie stops passing) instead of exceeding capacity."""
     stack, occupancy = sampled
     old = [Visitor(http, stack.url) for _ in range(CAPACITY)]
     for v in old:

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from devstack.stack import Stack
 from sidecar.config import QueueSettings
 from sidecar.queue.engine import REFUSED, Claim, Engine, QueueRef, QueueState, shuffled_order
+from sidecar.queue.keys import PLACE_TTL
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack, ticket_members
 from tests.visitors import Visitor
 
@@ -249,6 +250,40 @@ async def test_join_budget_per_address(replicas: list[Engine], redis: Redis) -> 
     ]
     ttls = [await redis.ttl(k) for k in keys]
     assert all(0 < ttl <= 120 for ttl in ttls)
+
+
+async def test_join_budget_caps_the_places_an_address_holds(
+    replicas: list[Engine], redis: Redis
+) -> None:
+    """The budget is also a cap on places held in line at once: a new minute gives an
+    address new joins but no more places while it holds its budget; a place that
+    leaves the line (left, invited, dropped) makes room for one more."""
+    e = replicas[0]
+    s = QueueSettings(capacity=3, mode="on", joins_per_address=2, opens_at=FAR)
+    a, b = await e.join(Q, "a", s, "10.0.0.1"), await e.join(Q, "b", s, "10.0.0.1")
+    assert (a.ticket, b.ticket) == (1, 2)
+
+    async def next_minute() -> None:  # what the counters' expiry does a minute later
+        async for k in redis.scan_iter("aq:{acme:sale}:addr:*"):
+            await redis.delete(k)
+
+    await next_minute()
+    assert (await e.join(Q, "c", s, "10.0.0.1")).ticket == REFUSED
+    assert (await e.join(Q, "d", s, "10.0.0.2")).ticket == 3  # another address: its own
+    await e.leave(Q, a.ticket, "a", 0)
+    assert (await e.join(Q, "e", s, "10.0.0.1")).ticket == 4  # room for one again
+    assert (await e.join(Q, "f", s, "10.0.0.1")).ticket == REFUSED
+    held = "aq:{acme:sale}:held:10.0.0.1"
+    assert sorted(int(t) for t in await redis.smembers(held)) == [2, 4]
+    assert 0 < await redis.ttl(held) <= PLACE_TTL
+    # the opening: places invited or admitted no longer count as held
+    opened = replace(s, opens_at=PAST)
+    await e.heartbeat({Q: ([], [2, 3, 4], opened)})
+    await tick(e, opened)
+    await next_minute()
+    assert await ticket_members(redis, Q.keys.invited) == [2, 3, 4]
+    g, h = await e.join(Q, "g", opened, "10.0.0.1"), await e.join(Q, "h", opened, "10.0.0.1")
+    assert (g.ticket, h.ticket) == (5, 6)
 
 
 async def test_join_budget_is_per_queue_and_off_by_default(replicas: list[Engine]) -> None:

@@ -2,10 +2,14 @@
 -- is already active (two tabs, a retried request). A ticket admits at most
 -- once: a turn that passed gives one second chance within one grace period,
 -- ahead of the line; after that the visitor joins at the back.
--- A place from another epoch (Redis lost the queue since) is no place: its
--- number may belong to someone else now ('' trusts the ticket: tests).
+-- A place from another epoch (Redis lost the queue since) comes back once, with
+-- its old ticket, if it belongs to the lost epoch the recovery rebuilds and the
+-- line has not passed it yet (its holder is the session the first one back had:
+-- a second tab, never a copy with another session); otherwise it is no place.
+-- ('' trusts the ticket: tests.)
 -- Arguments and reply: scripts.CLAIM. result: 1 admitted, 0 not yet (waiting or
--- recalled), -1 turn missed: join again, -2 place from before a restart: join again
+-- recalled), -1 turn missed: join again, -2 place from before a restart: join again,
+-- 2 put back in line in the current epoch (current_epoch: the token's new epoch)
 local ticket = ARGV[1]
 local sid = ARGV[2]
 local epoch = ARGV[3]
@@ -17,35 +21,55 @@ local grace_ms = tonumber(ARGV[8])
 local opens_at = ARGV[9]
 local joins_per_address = ARGV[10]  -- part of the admission policy; unused here
 
-if epoch ~= '' and redis.call('GET', K_EPOCH) ~= epoch then
-  return reply{result = -2}
+local current = redis.call('GET', K_EPOCH)
+if epoch ~= '' and current ~= epoch then
+  if not current then
+    return reply{result = 0, current_epoch = ''}  -- Redis is back but nobody ticked yet
+  end
+  local r = redis.call('HMGET', K_RECOVERY, 'from', 'first', 'last')
+  local t = tonumber(ticket)
+  if r[1] ~= epoch or t < tonumber(r[2]) or t > tonumber(r[3]) then
+    return reply{result = -2, current_epoch = current}
+  end
+  local holder = redis.call('HGET', K_RECOVERY, 't' .. ticket)
+  if holder == sid then
+    return reply{result = 2, current_epoch = current}  -- already back (another tab)
+  end
+  if holder or t <= tonumber(redis.call('GET', K_SERVING) or '0') then
+    return reply{result = -2, current_epoch = current}  -- taken back, or passed
+  end
+  redis.call('HSET', K_RECOVERY, 't' .. ticket, sid)
+  redis.call('ZADD', K_WAITING, now_ms, ticket)  -- seen: it just asked
+  count_in_line(ticket, 1)
+  return reply{result = 2, current_epoch = current}
 end
+current = current or ''
 
 purge(grace_ms)
 if redis.call('ZSCORE', K_ACTIVE, sid) then
-  return reply{result = 1}
+  return reply{result = 1, current_epoch = current}
 end
 if redis.call('ZREM', K_INVITED, ticket) == 1 then
   -- the slot was reserved (and counted against the rate) when invited
   redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
-  return reply{result = 1}
+  return reply{result = 1, current_epoch = current}
 end
 -- its turn comes when the line reaches its line number (shuffled after an opening)
 if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
-  return reply{result = 0}
+  return reply{result = 0, current_epoch = current}
 end
 if redis.call('ZSCORE', K_RECALL, ticket) then
-  return reply{result = 0}
+  return reply{result = 0, current_epoch = current}
 end
 if second_chance(ticket, grace_ms) then
   -- nobody is admitted before a scheduled opening
   local open = (mode == 'on' or mode == 'queue-all') and not is_closed(effective_opens_at(opens_at))
   if open and free_slots(capacity, admit_per_minute) > redis.call('ZCARD', K_RECALL) then
     admit(sid, confirm_ms)
-    return reply{result = 1}
+    return reply{result = 1, current_epoch = current}
   end
   -- no room now: first in line for the next free slot (tick.lua)
   redis.call('ZADD', K_RECALL, ticket, ticket)
-  return reply{result = 0}
+  return reply{result = 0, current_epoch = current}
 end
-return reply{result = -1}
+return reply{result = -1, current_epoch = current}

@@ -2,7 +2,8 @@
 -- request with a valid cookie is extended (GT: never shortened). One that
 -- Redis no longer counts and that was not ended (Redis lost it: a restart
 -- without persistence) comes back only where a newcomer would be let in at once
--- (mode on, nobody in line or recalled, room); otherwise it ends like a leave,
+-- (mode on, nobody in line or recalled, room), or with room within the recovery
+-- window after the loss (prelude.lua queue_epoch); otherwise it ends like a leave,
 -- so every replica refuses the cookie and the visitor joins the line again:
 -- capacity and the line's order hold.
 -- Shared cookies: the client addresses a session was used from are addresses_kept for
@@ -21,8 +22,10 @@ local address_prefix = ARGV[8]
 local sessions = tonumber(ARGV[9])
 local counted, ended, shared = 0, 0, {}
 local until_sec = now_sec + math.ceil(session_ttl_ms / 1000)
-local open = mode == 'on' and redis.call('ZCARD', K_WAITING) == 0
-  and redis.call('ZCARD', K_RECALL) == 0
+-- After Redis lost the queue, sessions coming back within the recovery window
+-- are counted first, whoever waits: they were inside before anyone now in line.
+local open = recovering() or (mode == 'on' and redis.call('ZCARD', K_WAITING) == 0
+  and redis.call('ZCARD', K_RECALL) == 0)
 
 local function end_session(sid)
   redis.call('ZREM', K_ACTIVE, sid)

@@ -2,9 +2,9 @@
 -- (scripts.py: constants shared with Python, REST, REPLY_FIELDS).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
-  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK, K_EPOCH =
+  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK, K_EPOCH, K_RECOVERY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -32,13 +32,36 @@ end
 -- The queue's epoch, made the first time it is touched: Redis' clock in
 -- microseconds, so a queue lost in a restart without persistence gets a new
 -- one and places handed out before it are recognised as gone.
-local function queue_epoch()
+-- known_*: what the calling replica last saw of the queue ('' = nothing). A new
+-- epoch where a replica knew another means Redis lost the queue: the line is
+-- rebuilt from the tokens (recovery). Tickets go on after every place from before
+-- (plus a slack for those handed out since that replica's last look), so
+-- newcomers queue behind them; for recovery_ms the line stands still, so admitted
+-- cookies coming back are counted first (heartbeat.lua) and waiters' polls put
+-- their old tickets back in line (claim.lua).
+local function queue_epoch(known_epoch, known_tickets, known_serving, recovery_ms)
   local epoch = redis.call('GET', K_EPOCH)
   if not epoch then
     epoch = clock[1] .. string.format('%06d', tonumber(clock[2]))
     redis.call('SET', K_EPOCH, epoch)
+    if known_epoch and known_epoch ~= '' then
+      local serving = tonumber(known_serving) or 0
+      local last = (tonumber(known_tickets) or 0) + RECOVERY_TICKET_SLACK
+      last = math.max(last, tonumber(redis.call('GET', K_TICKETS) or '0'))
+      redis.call('SET', K_TICKETS, last)
+      redis.call('SET', K_SERVING, serving)
+      redis.call('DEL', K_RECOVERY)
+      redis.call('HSET', K_RECOVERY, 'from', known_epoch, 'first', serving + 1, 'last', last,
+        'until', now_ms + (tonumber(recovery_ms) or 0))
+      redis.call('EXPIRE', K_RECOVERY, PLACE_TTL)
+    end
   end
   return epoch
+end
+
+-- Within the recovery window after Redis lost the queue: nobody new is admitted.
+local function recovering()
+  return (tonumber(redis.call('HGET', K_RECOVERY, 'until')) or 0) > now_ms
 end
 
 -- A scheduled opening (unix seconds, 0 = none): the operator's override in the

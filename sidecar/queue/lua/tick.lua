@@ -3,7 +3,8 @@
 -- Idempotent and leaderless: two replicas running it together invite each
 -- waiter once, because the script is atomic and reads the stored counters.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
--- replica's purge slack and the last ended-stream id it read).
+-- replica's purge slack, the last ended-stream id it read, and what it last saw
+-- of the queue: prelude.lua queue_epoch).
 local capacity = tonumber(ARGV[1])
 local admit_per_minute = tonumber(ARGV[2])
 local session_ttl = tonumber(ARGV[3])
@@ -17,6 +18,10 @@ local shared_sessions = ARGV[10]
 local max_addresses = tonumber(ARGV[11])
 local purge_slack_ms = tonumber(ARGV[12])
 local last_ended = ARGV[13]
+local known_epoch = ARGV[14]
+local known_tickets = ARGV[15]
+local known_serving = ARGV[16]
+local recovery_ms = ARGV[17]
 
 local s = {
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
@@ -41,7 +46,7 @@ end
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
 local closed = is_closed(s.opens_at)
-local epoch = queue_epoch()
+local epoch = queue_epoch(known_epoch, known_tickets, known_serving, recovery_ms)
 
 local lapsed = purge(grace_ms)
 local expired = end_idle_sessions(purge_slack_ms, s.session_ttl)
@@ -119,8 +124,9 @@ end
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
--- nobody is invited before a scheduled opening, whatever the free capacity
-if (s.mode == 'on' or s.mode == 'queue-all') and not closed then
+-- nobody is invited before a scheduled opening, whatever the free capacity, nor
+-- while a lost line is being rebuilt (recovering: the line stands still)
+if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not recovering() then
   local free = free_slots(s.capacity, s.admit_per_minute)
   -- second chances first: they were ahead of everyone still in line
   while free > 0 do
