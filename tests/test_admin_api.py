@@ -55,7 +55,9 @@ async def admin_client(redis: Redis, redis_url: str, aiohttp_client: Any) -> Asy
 
 def routes(client: Client) -> set[tuple[str, str]]:
     found = set()
-    for route in client.server.app.router.routes():
+    app = client.app
+    assert app is not None
+    for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
         if (path.startswith("/api/") or path == "/metrics") and route.method != "HEAD":
             found.add((route.method, path))
