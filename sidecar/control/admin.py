@@ -74,9 +74,9 @@ AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
 CREATED = "created"  # settings-hash field: unix second a queue was created through the API
 FORGET_CHUNK = 500  # keys per UNLINK when a queue is forgotten
 FORGOTTEN_KEPT = 3600  # seconds a forgotten queue is remembered (replicas drop it meanwhile)
-# seconds before a forgotten queue's keys are removed again: every replica's refresher
-# has stopped ticking it by then (queue.refresher.FORGOTTEN_EVERY)
-SWEEP_AFTER = 2.5
+# seconds a forget waits before removing the keys: every process's refresher has
+# stopped ticking the queue by then (it looks every queue.refresher.FORGOTTEN_EVERY)
+FORGET_WAIT = 2.5
 FIELD_LABELS = {
     "capacity": "Capacity",
     "admit_per_minute": "Admit per minute",
@@ -219,7 +219,7 @@ class Admin:
         self.tenants = {t.name: t for t in config.tenants}
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._forgetting: set[QueueRef] = set()  # stopping everywhere before the keys go
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
@@ -231,7 +231,6 @@ class Admin:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
-        app.on_cleanup.append(self._cancel_tasks)
         r = app.router
         r.add_get("/api/queues", self.api_queues)
         r.add_get("/api/queues/{tenant}/{queue}", self.api_queue)
@@ -342,6 +341,8 @@ class Admin:
         return q
 
     async def is_known(self, q: QueueRef) -> bool:
+        if q in self._forgetting:
+            return False
         if q.queue in self.tenants[q.tenant].queues or q in self.refresher.states:
             return True
         return bool(await self.redis.exists(q.keys.tickets, q.keys.settings))
@@ -359,7 +360,7 @@ class Admin:
                     break
             self._seen = found
             self._next_scan = time.monotonic() + SCAN_EVERY
-        return sorted(refs | self._seen)
+        return sorted((refs | self._seen) - self._forgetting)
 
     def configured(self, q: QueueRef) -> QueueSettings:
         return self.tenants[q.tenant].settings_for(q.queue)
@@ -530,11 +531,16 @@ class Admin:
             pipe.zadd(FORGOTTEN_KEY, {f"{q.tenant}:{q.queue}": now})
             pipe.zremrangebyscore(FORGOTTEN_KEY, "-inf", now - FORGOTTEN_KEPT)
             await pipe.execute()
-        self._drop(q)
-        removed = await self._remove_keys(q)
-        sweep = asyncio.create_task(self._sweep(q))
-        self._tasks.add(sweep)
-        sweep.add_done_callback(self._tasks.discard)
+        # every process stops ticking it first: a tick of a queue whose keys are gone
+        # would start a recovery and write them again
+        self._forgetting.add(q)
+        try:
+            self._drop(q)
+            await asyncio.sleep(FORGET_WAIT)
+            self._drop(q)
+            removed = await self._remove_keys(q)
+        finally:
+            self._forgetting.discard(q)
         extra = {"present": present} if force else {}
         await self.audit(who, "forget", q, keys=removed, **extra)
         return removed
@@ -559,21 +565,6 @@ class Admin:
         if chunk:
             removed += int(await self.redis.unlink(*chunk))
         return removed
-
-    async def _sweep(self, q: QueueRef) -> None:
-        """Once every replica has stopped ticking ``q``, what their last ticks wrote
-        goes too, unless a visitor has come back meanwhile."""
-        await asyncio.sleep(SWEEP_AFTER)
-        try:
-            if not await self.redis.exists(q.keys.tickets, q.keys.settings):
-                await self._remove_keys(q)
-        except StorageError as e:
-            log.warning("forgotten queue not swept", extra={"queue": str(q), "error": str(e)})
-
-    async def _cancel_tasks(self, app: web.Application) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- JSON API -------------------------------------------------------------
 

@@ -275,6 +275,11 @@ class Engine:
         self.recovery_ms = purge_slack_ms + RECOVERY_MARGIN_MS
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def forget(self, q: QueueRef) -> None:
+        """An operator deleted ``q``: its keys going is no loss to recover from."""
+        self._known.pop(q, None)
+        self._orders.pop(q, None)
+
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
         itself whenever Redis answers NOSCRIPT (restart, failover, flush)."""

@@ -123,6 +123,7 @@ class Refresher:
         self._sessions.pop(q, None)
         self._waiters.pop(q, None)
         self.engine.metrics.forget(q)
+        self.engine.forget(q)
 
     async def drop_forgotten(self) -> None:
         """Queues forgotten through the admin API (on any replica) since the last look:

@@ -17,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from devstack.stack import ROOT, Stack
-from sidecar.control import admin
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 
@@ -463,11 +462,9 @@ async def test_forget_removes_a_queue_from_every_replica_and_redis(
         async def no_keys() -> bool:
             return [k async for k in redis.scan_iter(match=f"aq:{{acme:{queue}}}:*")] == []
 
-        assert await listed()  # at once on the admin's process
-        # the other process stops ticking it within a second; the sweep after it
-        await asyncio.sleep(admin.SWEEP_AFTER + 0.5)
-        await eventually(no_keys, within=3.0, interval=0.2)
-        await asyncio.sleep(1.5)  # and nothing writes it again
+        # the answer comes once every process has stopped ticking it and its keys are gone
+        assert await listed() and await no_keys()
+        await asyncio.sleep(1.5)  # and nothing writes it again (no recovery, no history)
         assert await no_keys() and await listed()
     finally:
         await redis.aclose()
