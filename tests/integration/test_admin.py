@@ -528,3 +528,32 @@ async def test_the_origin_ends_a_session_as_the_docs_say(
     assert r.returncode == 0 and json.loads(r.stdout) == {"state": "left", "freed": True}, r
     _, view = await api(http, admin_stack, "GET", f"/api/queues/acme/{queue}")
     assert view["active"] + view["invited"] <= 1  # only the former waiter holds a slot
+
+
+async def test_leave_the_line_goes_where_the_operator_chose(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    queue = "leaving"
+    for _ in range(2):  # the house full
+        await Visitor(http, admin_stack.url).get(f"/q/{queue}/")
+    status, _ = await api(
+        http,
+        admin_stack,
+        "PATCH",
+        f"/api/queues/acme/{queue}",
+        json={"leave_to": "//evil.example/"},
+    )
+    assert status == 400
+    status, view = await api(
+        http, admin_stack, "PATCH", f"/api/queues/acme/{queue}", json={"leave_to": "/sold-out"}
+    )
+    assert status == 200 and view["overrides"] == {"leave_to": "/sold-out"}
+    waiter = Visitor(http, admin_stack.url)
+    assert (await waiter.get(f"/q/{queue}/")).status == 302
+    page = await waiter.get("/_anteroom/waiting/acme/")
+    form = re.search(r'<form method="post" action="([^"]+)" id="leave-form">', page.text)
+    assert form is not None and form.group(1) == "/_anteroom/leave?via=page"
+    # what the page's script sends (it adds the queue), through nginx; at once on both
+    r = await waiter.post(f"{form.group(1)}&queue={queue}")
+    assert (r.status, r.location) == (303, "/sold-out")
+    assert waiter.cookie is None  # the place is given up
