@@ -28,6 +28,7 @@ fmt: $(VENV)/.installed-dev
 bench: system-deps $(VENV)/.installed-dev ## throughput ratios, bursts and bytes per waiter (needs wrk)
 	$(PY) -m tests.bench
 	$(PY) -m tests.bench_queue
+	$(PY) -m tests.bench_lines
 
 # SHAPE=flash: 2,000 visitors within 4 s, then a plateau (45 s in all)
 loadtest: system-deps $(VENV)/.installed-dev ## Locust against a local stack (bounded: 60 s)

@@ -13,6 +13,7 @@ import bisect
 import enum
 import hashlib
 import itertools
+import logging
 import struct
 import sys
 import time
@@ -31,12 +32,30 @@ from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
     HEARTBEAT_CHUNK,
+    LINE_CHUNK,
     LIVE_BLOCK,
+    OPEN_MOVE_CHUNK,
+    OPEN_WRITE_CHUNK,
     RECOVERY_MARGIN_MS,
+    REVOKED_RELOAD_CHUNK,
     QueueKeys,
     queue_keys,
 )
-from .scripts import CLAIM, HEARTBEAT, JOIN, LEAVE, SCRIPTS, TICK, Script, source
+from .scripts import (
+    CLAIM,
+    HEARTBEAT,
+    JOIN,
+    LEAVE,
+    LINE,
+    OPEN,
+    REVOKED,
+    SCRIPTS,
+    TICK,
+    Script,
+    source,
+)
+
+log = logging.getLogger("sidecar.engine")
 
 
 class QueueRef(NamedTuple):
@@ -55,8 +74,9 @@ class QueueRef(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class LiveLine:
-    """Who is still in line, as the tick saw it: exactly for ``front`` (one char per
-    ticket after ``serving``: "1" still in line), then per block of tickets."""
+    """Who is still in line, as the summary last read said: exactly for ``front`` (one
+    char per line number after ``at``, the serving it was read at: "1" still in
+    line), then per block of line numbers."""
 
     front: str = ""
     blocks: tuple[int, ...] = ()  # block numbers, ascending
@@ -65,11 +85,22 @@ class LiveLine:
     # tickets this process handed out since the tick (sorted): positions right after
     # joining count them, at O(log n) a join whatever the length of the line
     recent: list[int] = field(default_factory=list)
+    at: int | None = None  # the serving the front was read at (None: the caller's)
 
     @classmethod
-    def of(cls, front: str, counts: Mapping[int, int]) -> LiveLine:
+    def of(cls, front: str, counts: Mapping[int, int], at: int | None = None) -> LiveLine:
         blocks = tuple(sorted(counts))
-        return cls(front, blocks, tuple(itertools.accumulate(counts[b] for b in blocks)), counts)
+        return cls(
+            front,
+            blocks,
+            tuple(itertools.accumulate(counts[b] for b in blocks)),
+            counts,
+            at=at,
+        )
+
+    def again(self) -> LiveLine:
+        """The same summary for a new tick (nothing changed): no joins since it yet."""
+        return LiveLine(self.front, self.blocks, self.cumulative, self.counts, [], self.at)
 
     def joined(self, ticket: int) -> LiveLine:
         bisect.insort(self.recent, ticket)
@@ -87,10 +118,13 @@ class LiveLine:
         window, at most LIVE_BLOCK - 1 too many beyond it."""
         if ticket <= serving:
             return 0
-        offset = ticket - serving - 1
+        # a summary read at an earlier serving still counts those invited since:
+        # the answer of then, never a higher one
+        base = serving if self.at is None else self.at
+        offset = ticket - base - 1
         if offset < len(self.front):
             return self.front.count("1", 0, offset)
-        window_end = serving + len(self.front)  # last ticket the front covers
+        window_end = base + len(self.front)  # last line number the front covers
         mine = ticket // LIVE_BLOCK
         ahead = self.front.count("1")
         ahead += self._in_blocks(window_end // LIVE_BLOCK + 1, mine)
@@ -103,6 +137,41 @@ class LiveLine:
             self.recent, window_end
         )
         return ahead
+
+
+@dataclass(slots=True)
+class _Summary:
+    """A process's copy of one queue's line summary (lua/summary.lua), kept up to
+    date from the blocks changed since its version."""
+
+    epoch: str = ""
+    version: int = 0
+    counts: dict[int, int] = field(default_factory=dict)
+    live: LiveLine = field(default_factory=LiveLine)
+
+    def apply(self, r: Mapping[str, Any], epoch: str, serving: int) -> bool:
+        """Folds one read in; True when caught up (the summary is whole again)."""
+        if int(r["line_same"]):
+            self.live = self.live.again()
+            return True
+        if int(r["line_full"]) or epoch != self.epoch:
+            self.counts = {}
+        self.epoch = epoch
+        blocks = r["blocks"]
+        for i in range(0, len(blocks), 2):
+            block, n = int(blocks[i]), int(blocks[i + 1])
+            if n > 0:
+                self.counts[block] = n
+            else:
+                self.counts.pop(block, None)
+        self.version = int(r["line_version"])
+        if int(r["line_more"]):
+            return False
+        floor = serving // LIVE_BLOCK  # blocks behind serving never change again
+        for block in [b for b in self.counts if b < floor]:
+            del self.counts[block]
+        self.live = LiveLine.of(_s(r["front"]), dict(self.counts), serving)
+        return True
 
 
 def shuffled_order(seed: int, count: int) -> list[int]:
@@ -119,6 +188,21 @@ def shuffled_order(seed: int, count: int) -> list[int]:
         j = int((s1 - s2) % 2147483562 / 2147483562 * i)
         a[i - 1], a[j] = a[j], a[i - 1]
     return a
+
+
+def drawn_order(seed: int, count: int) -> tuple[bytes, bytes]:
+    """The order and rank strings of an opening (4 bytes big-endian per place), as
+    open.lua writes them: order[i] = ticket offset at line first + i, rank its inverse."""
+    order = array("I", shuffled_order(seed, count))
+    rank = array("I", bytes(4 * count)) if order.itemsize == 4 else array("I", [0] * count)
+    for i, t in enumerate(order):
+        rank[t] = i
+    if order.itemsize != 4:  # a platform whose C int is not 4 bytes
+        return struct.pack(f">{count}I", *order), struct.pack(f">{count}I", *rank)
+    if sys.byteorder == "little":
+        order.byteswap()
+        rank.byteswap()
+    return order.tobytes(), rank.tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +254,9 @@ class QueueState:
     live: LiveLine = field(default_factory=LiveLine)
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
     order: LineOrder | None = None  # the last opening's shuffled pre-queue
-    opened: bool = False  # this tick performed the opening (the shuffle)
+    opened: bool = False  # this tick drew the opening's order (or its seed)
+    opening: bool = False  # the drawn order is being written: nobody admitted, no positions
+    more: bool = False  # capped work (pruning, the advance) was left for the next tick
     epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
 
     def line(self, ticket: int) -> int:
@@ -224,6 +310,8 @@ class Busy(Exception):
 REFUSED = 0  # the ticket of a join refused because its address used up its budget
 JOIN_BATCH_MAX = 500  # newcomers per join script call: one call stays near a millisecond
 
+# Ended sessions a tick reports: (stream id, session id, unix second its cookie expires)
+Ended = tuple[tuple[str, str, int], ...]
 # A call of one script: (script, keys, args)
 Call = tuple[Script, list[str], list[Any]]
 
@@ -273,6 +361,10 @@ class Engine:
         self._known: dict[QueueRef, tuple[str, int, int]] = {}
         # how long the line stands still after a loss: a heartbeat flush and a margin
         self.recovery_ms = purge_slack_ms + RECOVERY_MARGIN_MS
+        self._summaries: dict[QueueRef, _Summary] = {}  # each queue's line summary
+        self._openings: dict[QueueRef, asyncio.Task[None]] = {}
+        self.open_write_chunk = OPEN_WRITE_CHUNK
+        self.open_move_chunk = OPEN_MOVE_CHUNK
         self._tasks: set[asyncio.Task[None]] = set()
 
     def forget(self, q: QueueRef) -> None:
@@ -524,39 +616,114 @@ class Engine:
         """Purges, advances and reads each queue: [(queue, configured settings, last ended id)]."""
         if not queues:
             return []
-        replies = await self._batch(
-            [
-                (
-                    TICK,
-                    q.keys.all(),
-                    TICK.argv(
-                        {
-                            "capacity": s.capacity,
-                            "admit_per_minute": s.admit_per_minute,
-                            "session_ttl": s.session_ttl,
-                            "grace": s.grace,
-                            "abandon_after": s.abandon_after,
-                            "mode": s.mode,
-                            "session_max": s.session_max,
-                            "opens_at": s.opens_at,
-                            "joins_per_address": s.joins_per_address,
-                            "shared_sessions": s.shared_sessions,
-                            "max_addresses": s.max_addresses,
-                            "purge_slack_ms": self.purge_slack_ms,
-                            "last_ended": last_ended,
-                            **self._known_args(q),
-                        }
-                    ),
-                )
-                for q, s, last_ended in queues
-            ]
+        calls: list[Call] = []
+        for q, s, last_ended in queues:
+            summary = self._summaries.get(q) or _Summary()
+            args = {
+                "capacity": s.capacity,
+                "admit_per_minute": s.admit_per_minute,
+                "session_ttl": s.session_ttl,
+                "grace": s.grace,
+                "abandon_after": s.abandon_after,
+                "mode": s.mode,
+                "session_max": s.session_max,
+                "opens_at": s.opens_at,
+                "joins_per_address": s.joins_per_address,
+                "shared_sessions": s.shared_sessions,
+                "max_addresses": s.max_addresses,
+                "purge_slack_ms": self.purge_slack_ms,
+                "last_ended": last_ended,
+                **self._known_args(q),
+                "line_version": summary.version,
+                "line_epoch": summary.epoch,
+            }
+            calls.append((TICK, q.keys.all(), TICK.argv(args)))
+        replies = await self._batch(calls)
+        states = []
+        for r, (q, s, _) in zip(replies, queues, strict=True):
+            epoch = _s(r["epoch"])
+            self._saw(q, epoch, int(r["tickets"]), int(r["serving"]))
+            live = await self._summary(q, r, epoch)
+            ended = _ended(r["ended"])
+            if reload := _s(r["reload"]):
+                ended = await self._reload_revoked(q, reload)
+            order = None
+            if int(r["opening"]):
+                first, last = int(r["shuffled_first"]), int(r["shuffled_last"])
+                self._drive_opening(q, _s(r["seed"]), first, last)
+            else:
+                order = await self._line_order(q, r)
+            states.append(_state(r, s, order, live, ended))
+        return states
+
+    async def _summary(self, q: QueueRef, r: Mapping[str, Any], epoch: str) -> LiveLine:
+        """The queue's line summary after this tick: the blocks changed since the last
+        one folded in; cut short (a new process, an opening), read on until whole."""
+        summary = self._summaries.setdefault(q, _Summary())
+        reply, serving = r, int(r["serving"])
+        while not summary.apply(reply, epoch, serving):
+            args = {"line_version": summary.version, "line_epoch": epoch, "limit": LINE_CHUNK}
+            reply = LINE.decode(await self._evalsha(LINE, q.keys.all(), LINE.argv(args)))
+            serving = int(reply["serving"])
+        return summary.live
+
+    async def _reload_revoked(self, q: QueueRef, stream_id: str) -> Ended:
+        """Every revocation still in force, in short calls; the stream is read on from
+        ``stream_id`` (where it stood before the reload) at the next tick."""
+        found: list[tuple[str, str, int]] = []
+        after = ""
+        while True:
+            args = {"after": after, "limit": REVOKED_RELOAD_CHUNK}
+            r = REVOKED.decode(await self._evalsha(REVOKED, q.keys.all(), REVOKED.argv(args)))
+            chunk = r["revoked"]
+            for i in range(0, len(chunk), 2):
+                found.append((stream_id, _s(chunk[i]), int(float(chunk[i + 1]))))
+            if int(r["done"]) or not chunk:
+                break
+            after = _s(chunk[-2])
+        return tuple(found) or ((stream_id, "", 0),)
+
+    # -- a big opening, in short calls -----------------------------------------
+
+    def _drive_opening(self, q: QueueRef, seed: str, first: int, last: int) -> None:
+        """Writes the order the tick drew a seed for (one task per queue and process;
+        replicas racing each other write the same bytes once: open.lua)."""
+        task = self._openings.get(q)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self._open(q, seed, first, last))
+        self._openings[q] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, q: QueueRef, seed: str, first: int, last: int) -> None:
+        keys = q.keys.all()
+        count = last - first + 1
+        log.info(
+            "queue opening, order drawn",
+            extra={"queue": str(q), "seed": int(seed), "first": first, "last": last},
         )
-        for r, (q, _, _) in zip(replies, queues, strict=True):
-            self._saw(q, _s(r["epoch"]), int(r["tickets"]), int(r["serving"]))
-        return [
-            _state(r, s, await self._line_order(q, r))
-            for r, (q, s, _) in zip(replies, queues, strict=True)
-        ]
+        order, rank = await asyncio.to_thread(drawn_order, int(seed), count)
+        written = moved = 0
+        try:
+            while True:
+                n = min(self.open_write_chunk, count - written)
+                args = {
+                    "seed": seed,
+                    "offset": written,
+                    "order": order[4 * written : 4 * (written + n)],
+                    "rank": rank[4 * written : 4 * (written + n)],
+                    "move": self.open_move_chunk,
+                }
+                r = OPEN.decode(await self._evalsha(OPEN, keys, OPEN.argv(args)))
+                written, moved = int(r["written"]), int(r["moved"])
+                if int(r["done"]):
+                    break
+        except (RedisError, OSError) as e:  # the next tick starts it again from where it stood
+            log.warning("opening interrupted", extra={"queue": str(q), "error": str(e)})
+            return
+        if moved == count:
+            log.info("queue opened", extra={"queue": str(q), "seed": int(seed)})
 
     async def _line_order(self, q: QueueRef, r: Mapping[str, Any]) -> LineOrder | None:
         """The queue's drawn order, read once per process and opening (about 4 MB
@@ -582,8 +749,19 @@ class Engine:
         return packed or b"", int(seed or 0)
 
 
-def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None) -> QueueState:
-    ended, blocks = r["ended"], r["blocks"]
+def _ended(ended: Sequence[Any]) -> Ended:
+    return tuple(
+        (_s(ended[i]), _s(ended[i + 1]), int(float(ended[i + 2]))) for i in range(0, len(ended), 3)
+    )
+
+
+def _state(
+    r: Mapping[str, Any],
+    configured: QueueSettings,
+    order: LineOrder | None,
+    live: LiveLine,
+    ended: Ended,
+) -> QueueState:
     settings = QueueSettings(
         capacity=int(r["capacity"]),
         admit_per_minute=int(r["admit_per_minute"]),
@@ -612,16 +790,13 @@ def _state(r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | N
         lapsed=int(r["lapsed"]),
         newly_invited=int(r["newly_invited"]),
         skipped=int(r["skipped"]),
-        ended=tuple(
-            (_s(ended[i]), _s(ended[i + 1]), int(float(ended[i + 2])))
-            for i in range(0, len(ended), 3)
-        ),
+        ended=ended,
         recalled=int(r["recalled"]),
-        live=LiveLine.of(
-            _s(r["front"]), {int(blocks[i]): int(blocks[i + 1]) for i in range(0, len(blocks), 2)}
-        ),
+        live=live,
         closed=bool(int(r["closed"])),
         order=order,
         opened=bool(int(r["opened"])),
+        opening=bool(int(r["opening"])),
+        more=bool(int(r["more"])),
         epoch=_s(r["epoch"]),
     )

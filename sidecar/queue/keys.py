@@ -20,14 +20,27 @@ HEARTBEAT_CHUNK = 500
 # Tickets one advance may pass at most (invited or skipped), so one script call
 # stays short (about 5 ms) yet 100k abandoned places are passed in a few seconds.
 ADVANCE_MAX_STEPS = 10_000
+# Waiters who stopped polling that one tick takes out of the line at most (about
+# 3 us each); the rest go at the next ticks (the reply says more work is left).
+PRUNE_MAX = 1_000
 # A newcomer who has not polled yet counts as present this long: the time to
 # load the waiting page and send the first status poll (or, without
 # JavaScript, the page's 20 s refresh). Bots that take a place and never come
 # back are dropped from the line after it.
 FIRST_POLL_WINDOW_MS = 30_000
-# Revoked sessions a (new or lagging) replica loads at once; revocations only
-# concern admitted sessions, so this is far above capacity x session churn.
-REVOKED_RELOAD_MAX = 100_000
+# Revoked sessions a (new or lagging) replica reloads per script call (about 3 us
+# each); it reads them all, chunk after chunk, before its first state is used.
+REVOKED_RELOAD_CHUNK = 1_000
+# Changed blocks of the line summary one call returns at most; a process that is
+# further behind (new, or after an opening) reads the rest in more calls.
+LINE_CHUNK = 2_000
+# An opening: a pre-queue of up to OPEN_INLINE_MAX places is shuffled inside the
+# tick (a few ms); a bigger one is drawn by the sidecar from the seed the tick
+# logs, and written (OPEN_WRITE_CHUNK places per call) then counted in its new
+# places (OPEN_MOVE_CHUNK per call) in short calls, the queue "opening" meanwhile.
+OPEN_INLINE_MAX = 1_000
+OPEN_WRITE_CHUNK = 32_768
+OPEN_MOVE_CHUNK = 2_000
 # Live positions: the tick reports exactly who is still in line among the next
 # FRONT_WINDOW tickets (rounded up to whole blocks), and beyond that how many
 # are in line per block of LIVE_BLOCK tickets, so every process answers status
@@ -89,6 +102,10 @@ class QueueKeys:
     missed: str  # ZSET ticket -> end of its second chance (ms); negative once used
     recall: str  # ZSET ticket -> ticket: came back within their second chance, served first
     live: str  # HASH ticket // LIVE_BLOCK -> how many of that block are still in line
+    # the line summary's version: bumped by every script call that changes a block of
+    # `live` or moves `serving`, so a process reads only what changed since its version
+    line_version: str
+    line_log: str  # ZSET block -> line_version of its last change (blocks ahead of serving)
     history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
     # Scheduled opening: {from, to} tickets of the pre-queue while closed; after the
     # shuffle {first, last, seed, at}: the line order of tickets first..last
@@ -119,6 +136,8 @@ class QueueKeys:
             self.missed,
             self.recall,
             self.live,
+            self.line_version,
+            self.line_log,
             self.opening,
             self.order,
             self.rank,
@@ -142,6 +161,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         missed=base + "missed",
         recall=base + "recall",
         live=base + "live",
+        line_version=base + "line:v",
+        line_log=base + "line:log",
         history=base + "history",
         opening=base + "opening",
         order=base + "order",

@@ -25,10 +25,12 @@ from .keys import (
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
+    LINE_CHUNK,
     LIVE_BLOCK,
+    OPEN_INLINE_MAX,
     PLACE_TTL,
+    PRUNE_MAX,
     RECOVERY_TICKET_SLACK,
-    REVOKED_RELOAD_MAX,
 )
 
 # name -> value, as Lua locals of the same name
@@ -40,9 +42,11 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "ENDED_STREAM_MAXLEN": ENDED_STREAM_MAXLEN,
     "FIRST_POLL_WINDOW_MS": FIRST_POLL_WINDOW_MS,
     "FRONT_WINDOW": FRONT_WINDOW,
-    "REVOKED_RELOAD_MAX": REVOKED_RELOAD_MAX,
     "PLACE_TTL": PLACE_TTL,
     "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
+    "PRUNE_MAX": PRUNE_MAX,
+    "LINE_CHUNK": LINE_CHUNK,
+    "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
@@ -59,6 +63,8 @@ class Script:
     args: tuple[str, ...]
     reply: tuple[str, ...]
     rest: str = ""  # what the variadic ARGV tail holds ("" = none)
+    # prelude parts (lua/<part>.lua) the script uses, each one concern: functions only
+    parts: tuple[str, ...] = ()
 
     def argv(self, values: Mapping[str, Any], rest: Sequence[Any] = ()) -> list[Any]:
         """ARGV in the script's order; every named argument exactly once."""
@@ -152,6 +158,8 @@ TICK = Script(
         "purge_slack_ms",
         "last_ended",
         *_KNOWN,
+        "line_version",
+        "line_epoch",
     ),
     reply=(
         "tickets",
@@ -176,29 +184,57 @@ TICK = Script(
         "lapsed",
         "newly_invited",
         "skipped",
+        "pruned",
+        "more",
         "ended",
+        "reload",
         "recalled",
+        "line_version",
+        "line_full",
+        "line_same",
+        "line_more",
         "front",
         "blocks",
         "closed",
         "opened",
+        "opening",
         "shuffled_first",
         "shuffled_last",
         "seed",
         "epoch",
     ),
+    parts=("settings", "shuffle", "advance", "summary", "revocations"),
 )
+LINE = Script(
+    "line",
+    args=("line_version", "line_epoch", "limit"),
+    reply=(
+        "serving",
+        "line_version",
+        "line_full",
+        "line_same",
+        "line_more",
+        "front",
+        "blocks",
+    ),
+    parts=("summary",),
+)
+OPEN = Script(
+    "open",
+    args=("seed", "offset", "order", "rank", "move"),
+    reply=("written", "moved", "done"),
+    parts=("shuffle",),
+)
+REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 
-SCRIPTS: Mapping[str, Script] = {s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK)}
+SCRIPTS: Mapping[str, Script] = {
+    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED)
+}
 
 
 def source(script: Script) -> str:
-    """What Redis runs: the generated header, the shared prelude, the script."""
+    """What Redis runs: the generated header, the shared prelude, the script's parts,
+    the script."""
     lua = resources.files("sidecar.queue.lua")
-    return "\n".join(
-        (
-            script.header(),
-            lua.joinpath("prelude.lua").read_text(),
-            lua.joinpath(f"{script.name}.lua").read_text(),
-        )
-    )
+    files = ("prelude", *script.parts, script.name)
+    return "\n".join((script.header(), *(lua.joinpath(f"{f}.lua").read_text() for f in files)))

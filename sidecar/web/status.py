@@ -47,9 +47,28 @@ def poll_after(position: int, abandon_after: int) -> int:
     return max(1, min(every, abandon_after // 3))
 
 
-def _shared_parts(queue: str, state: QueueState) -> tuple[str, str]:
+# The final countdown: answers before an opening send each waiter back at a
+# second of their own within OPENING_SPREAD seconds after it (spread by ticket),
+# so a pre-queue of N lands at about N / OPENING_SPREAD polls a second, not all
+# in the first (docs/performance.md has the model).
+OPENING_SPREAD = 20
+
+
+def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
+    """Seconds until the next poll of a waiter in a pre-queue."""
+    # often enough to count as present, whatever the spread
+    limit = max(1, min(20, abandon_after // 3))
+    if opens_in + 1 > limit:
+        return limit
+    # the spread stays inside the abandon window: a waiter is never taken for gone
+    spread = max(0, min(OPENING_SPREAD, abandon_after // 2 - opens_in - 1))
+    return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
+
+
+def _shared_parts(queue: str, state: QueueState) -> tuple[str, str, int]:
     """The JSON every waiter of ``state`` shares: the head up to the ticket, and for
-    a pre-queue the tail after it ("" when the line is open)."""
+    a pre-queue (or while its drawn order is written) the tail after it up to the
+    waiter's own poll_after ("" when the line is open), and opens_in."""
     head = json.dumps(
         {
             "state": "waiting",
@@ -61,21 +80,21 @@ def _shared_parts(queue: str, state: QueueState) -> tuple[str, str]:
             "redirect": None,
         }
     )
-    closed = ""
-    if state.closed:
-        opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
+    closed, opens_in = "", 0
+    if state.closed or state.opening:
+        if state.closed:
+            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
         tail = {
             "position": None,
             "ahead": None,
             "eta_seconds": None,
             "eta_range": None,
             "opens_in": opens_in,
-            "notice": "opens_later",
-            # come back at the opening, and often enough to count as present
-            "poll_after": max(1, min(opens_in + 1, 20, state.settings.abandon_after // 3)),
+            # "opening": the order is being written, places come in a moment
+            "notice": "opens_later" if state.closed else "opening",
         }
-        closed = ", " + json.dumps(tail)[1:]
-    return head[:-1] + ', "ticket": ', closed
+        closed = ", " + json.dumps(tail)[1:-1] + ', "poll_after": '
+    return head[:-1] + ', "ticket": ', closed, opens_in
 
 
 @dataclass(slots=True)
@@ -93,7 +112,7 @@ class Status:
     def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
         # queue -> (the state they were built from, head, closed tail): see _waiting
-        self._shared: dict[QueueRef, tuple[QueueState, str, str]] = {}
+        self._shared: dict[QueueRef, tuple[QueueState, str, str, int]] = {}
 
     def _tenant(self, request: web.Request) -> Tenant:
         tenant = self.visitors.tenant(request)
@@ -128,9 +147,10 @@ class Status:
             if len(self._shared) >= MAX_SHARED_BODIES:
                 self._shared.clear()
             shared = self._shared[q] = (state, *_shared_parts(tok.queue, state))
-        _, head, closed = shared
-        if closed:  # a pre-queue: the order is drawn at the opening, so no place yet
-            return f"{head}{tok.ticket}{closed}"
+        _, head, closed, opens_in = shared
+        if closed:  # a pre-queue, or its order being written: no place yet
+            after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
+            return f"{head}{tok.ticket}{closed}{after}}}"
         position = state.position(tok.ticket)
         eta, eta_range = wait(position, state)
         return (

@@ -62,8 +62,9 @@ if redis.call('ZSCORE', K_RECALL, ticket) then
   return reply{result = 0, current_epoch = current}
 end
 if second_chance(ticket, grace_ms) then
-  -- nobody is admitted before a scheduled opening
+  -- nobody is admitted before a scheduled opening, nor while its order is written
   local open = (mode == 'on' or mode == 'queue-all') and not is_closed(effective_opens_at(opens_at))
+    and not opening_in_progress()
   if open and free_slots(capacity, admit_per_minute) > redis.call('ZCARD', K_RECALL) then
     admit(sid, confirm_ms)
     return reply{result = 1, current_epoch = current}

@@ -116,5 +116,8 @@ for i, ok in ipairs(accepted) do
     end
   end
 end
-if serving >= first then redis.call('SET', K_SERVING, serving) end
+if serving >= first then
+  redis.call('SET', K_SERVING, serving)
+  line_moved = true
+end
 return reply{places = out, epoch = epoch}

@@ -2,9 +2,10 @@
 -- (scripts.py: constants shared with Python, REST, REPLY_FIELDS).
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
-  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_OPENING, K_ORDER, K_RANK, K_EPOCH, K_RECOVERY =
+  K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_LINE_VERSION, K_LINE_LOG, K_OPENING, K_ORDER, K_RANK,
+  K_EPOCH, K_RECOVERY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+  KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -13,8 +14,30 @@ local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
 
+-- The line summary (keys.QueueKeys.line_version): blocks whose count this call
+-- changed, and whether it moved serving, published once when it answers.
+local changed_blocks, line_moved = {}, false
+
+local function line_publish()
+  local list = {}
+  for block in pairs(changed_blocks) do list[#list + 1] = block end
+  if #list == 0 and not line_moved then return end
+  -- one version per changed block: a reader cut short mid-way resumes exactly
+  local v = redis.call('INCRBY', K_LINE_VERSION, math.max(#list, 1)) - #list
+  for i = 1, #list, 1000 do
+    local args = {}
+    for j = i, math.min(i + 999, #list) do
+      args[#args + 1] = v + j
+      args[#args + 1] = list[j]
+    end
+    redis.call('ZADD', K_LINE_LOG, unpack(args))
+  end
+  changed_blocks, line_moved = {}, false
+end
+
 -- The script's answer, fields by name laid out in the order scripts.py declares
 -- (REPLY_FIELDS): a field missing or unknown is an error, never a shifted reply.
+-- The line summary's changes are published with it.
 local function reply(fields)
   local out, n = {}, 0
   for i, name in ipairs(REPLY_FIELDS) do
@@ -26,6 +49,7 @@ local function reply(fields)
     n = n + 1
     if n > #REPLY_FIELDS then return redis.error_reply('unknown reply field: ' .. name) end
   end
+  line_publish()
   return out
 end
 
@@ -77,27 +101,36 @@ local function is_closed(opens_at)
 end
 
 -- Line order. The pre-queue of the last opening (tickets first..last) was put in a
--- shuffled order (tick.lua); every other ticket's line number is the ticket itself.
+-- shuffled order (opening.lua); every other ticket's line number is the ticket itself.
 -- `serving`, `live` and the front window count line numbers; the other sets hold
--- tickets. The order and rank strings hold 4 bytes per place.
+-- tickets. The order and rank strings hold 4 bytes per place. While an opening
+-- is being written (opening.moved present), tickets first..first+moved-1 have
+-- their drawn place and the others still stand at their ticket.
 local shuffled
 local function shuffled_range()
   if not shuffled then
-    local r = redis.call('HMGET', K_OPENING, 'first', 'last')
-    shuffled = {tonumber(r[1]) or 0, tonumber(r[2]) or -1}
+    local r = redis.call('HMGET', K_OPENING, 'first', 'last', 'moved')
+    local first, last = tonumber(r[1]) or 0, tonumber(r[2]) or -1
+    shuffled = {first, last, r[3] and first + tonumber(r[3]) - 1 or last}
   end
-  return shuffled[1], shuffled[2]
+  return shuffled[1], shuffled[2], shuffled[3]
+end
+
+local function opening_in_progress()
+  local first, last, placed = shuffled_range()
+  return placed < last
 end
 
 local function line_of(t)
   t = tonumber(t)
-  local first, last = shuffled_range()
-  if t < first or t > last then return t end
+  local first, _, placed = shuffled_range()
+  if t < first or t > placed then return t end
   local i = 4 * (t - first)
   return first + struct.unpack('>I4', redis.call('GETRANGE', K_RANK, i, i + 3))
 end
 
 -- The tickets at line numbers lo..hi, in line order (one read of the order string).
+-- Not during an opening (nobody is invited then, and no front is reported).
 local function tickets_at(lo, hi)
   local first, last = shuffled_range()
   local out = {}
@@ -118,11 +151,13 @@ end
 local function count_in_line(l, n)
   local block = math.floor(tonumber(l) / LIVE_BLOCK)
   if redis.call('HINCRBY', K_LIVE, block, n) <= 0 then redis.call('HDEL', K_LIVE, block) end
+  changed_blocks[block] = true
 end
 
--- Takes tickets out of the line in bulk (scores lo..hi), keeping the block counts.
-local function leave_line_by_score(lo, hi)
-  local gone = redis.call('ZRANGEBYSCORE', K_WAITING, lo, hi)
+-- Takes tickets out of the line in bulk (scores lo..hi), keeping the block counts:
+-- at most `limit` of them; returns how many went.
+local function leave_line_by_score(lo, hi, limit)
+  local gone = redis.call('ZRANGEBYSCORE', K_WAITING, lo, hi, 'LIMIT', 0, limit)
   if #gone == 0 then return 0 end
   local per_block = {}
   for _, t in ipairs(gone) do
@@ -130,7 +165,9 @@ local function leave_line_by_score(lo, hi)
     per_block[block] = (per_block[block] or 0) + 1
   end
   for block, n in pairs(per_block) do count_in_line(block * LIVE_BLOCK, -n) end
-  redis.call('ZREMRANGEBYSCORE', K_WAITING, lo, hi)
+  for i = 1, #gone, 1000 do
+    redis.call('ZREM', K_WAITING, unpack(gone, i, math.min(i + 999, #gone)))
+  end
   return #gone
 end
 -- A used second chance keeps its entry in `missed`, shifted below zero, until a
