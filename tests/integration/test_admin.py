@@ -518,7 +518,8 @@ async def test_the_origin_ends_a_session_as_the_docs_say(
 
     await eventually(waiter_in, within=2.0)  # the freed slot went to the next in line
     # the ended session no longer passes as itself: its holder would queue again
-    assert await auth_on_every_process(http, admin_stack, queue, buyers[0].cookie) == [0, 0]
+    ended = buyers[0].cookie
+    assert await auth_on_every_process(http, admin_stack, queue, ended) == [0, 0]
 
     # curl: the block from the docs, as written, in bash
     r = run(
@@ -526,8 +527,9 @@ async def test_the_origin_ends_a_session_as_the_docs_say(
         {**env, "VISITOR_COOKIES": cookie_header(buyers[1])},
     )
     assert r.returncode == 0 and json.loads(r.stdout) == {"state": "left", "freed": True}, r
-    _, view = await api(http, admin_stack, "GET", f"/api/queues/acme/{queue}")
-    assert view["active"] + view["invited"] <= 1  # only the former waiter holds a slot
+    _, listed = await api(http, admin_stack, "GET", f"/api/queues/acme/{queue}/sessions")
+    sessions = {s["session"] for s in listed["sessions"]}
+    assert sid(waiter) in sessions and not {sid(b) for b in buyers} & sessions
 
 
 async def test_leave_the_line_goes_where_the_operator_chose(
