@@ -160,6 +160,10 @@ class Metrics:
         key = (q, outcome)
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
+    def forget(self, q: tuple[str, str]) -> None:
+        """A forgotten queue's decision counters go with it (the series ends)."""
+        self.decisions = {k: n for k, n in self.decisions.items() if k[0] != q}
+
     def decision_time(self, seconds: float) -> None:
         self._decision_h.observe(seconds)
 

@@ -367,6 +367,11 @@ class Engine:
         self.open_move_chunk = OPEN_MOVE_CHUNK
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def forget(self, q: QueueRef) -> None:
+        """An operator deleted ``q``: its keys going is no loss to recover from."""
+        self._known.pop(q, None)
+        self._orders.pop(q, None)
+
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
         itself whenever Redis answers NOSCRIPT (restart, failover, flush)."""
@@ -787,6 +792,7 @@ def _state(
         challenge=configured.challenge,
         challenge_difficulty=configured.challenge_difficulty,
         flagged=configured.flagged,
+        leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
     )
     return QueueState(
         tickets=int(r["tickets"]),

@@ -80,6 +80,12 @@ HISTORY_SECONDS = 3_600
 # Queues found in Redis by the admin (SCAN for their ticket counters), at most.
 SCAN_MAX_QUEUES = 1_000
 TICKETS_PATTERN = PREFIX + ":{*}:tickets"
+# ... and by their settings hash (a queue created through the admin API before its
+# first visitor): "tick…" or "sett…", one SCAN for both
+KNOWN_PATTERN = PREFIX + ":{*}:[st][ie][ct][kt]*"
+# Queues forgotten through the admin API: ZSET "tenant:queue" -> unix second. Every
+# replica's admin stops tracking them; kept an hour.
+FORGOTTEN_KEY = PREFIX + ":admin:forgotten"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +184,11 @@ def queue_of_tickets_key(key: str) -> tuple[str, str] | None:
         return None
     tenant, sep, queue = key[len(head) : -len(tail)].partition(":")
     return (tenant, queue) if sep else None
+
+
+def queue_of_key(key: str) -> tuple[str, str] | None:
+    """(tenant, queue) of a key ``aq:{tenant:queue}:tickets`` or ``…:settings``."""
+    for suffix in ("}:tickets", "}:settings"):
+        if key.endswith(suffix):
+            return queue_of_tickets_key(key[: -len(suffix)] + "}:tickets")
+    return None

@@ -21,8 +21,9 @@ from dataclasses import replace
 from redis.exceptions import RedisError
 
 from ..config import QueueSettings
+from .client import text
 from .engine import REFUSED, Engine, QueueRef, QueueState, Shared
-from .keys import ADDRESSES_KEPT
+from .keys import ADDRESSES_KEPT, FORGOTTEN_KEY
 
 log = logging.getLogger("sidecar.refresher")
 
@@ -30,6 +31,8 @@ MAX_QUEUES = 1000  # queue names come from nginx config; a runaway regex should 
 # Revoked admitted sessions kept in memory (about 200 bytes each): admissions are
 # bounded by capacity, so this is only reached if sessions churn very fast.
 MAX_REVOKED = 100_000
+# seconds between looks for queues an operator forgot (one ZRANGEBYSCORE per process)
+FORGOTTEN_EVERY = 1.0
 
 
 class TooManyQueues(Exception):
@@ -62,6 +65,7 @@ class Refresher:
         self._sessions: defaultdict[QueueRef, dict[str, set[str]]] = defaultdict(dict)
         self._shared_logged: dict[str, float] = {}  # sid -> when last logged (monotonic)
         self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
+        self._forgotten_since = time.time()  # forgettings before this process are done
 
     # -- hot path: plain dict work, no awaits -------------------------------
 
@@ -114,6 +118,30 @@ class Refresher:
             )
         self.states[q] = st
 
+    def forget(self, q: QueueRef) -> None:
+        """Stops ticking ``q`` (forgotten by an operator); a later request brings it back."""
+        self.states.pop(q, None)
+        self._configured.pop(q, None)
+        self._last_ended.pop(q, None)
+        self._sessions.pop(q, None)
+        self._waiters.pop(q, None)
+        self.engine.metrics.forget(q)
+        self.engine.forget(q)
+
+    async def drop_forgotten(self) -> None:
+        """Queues forgotten through the admin API (on any replica) since the last look:
+        this process stops ticking them, within FORGOTTEN_EVERY."""
+        try:
+            raw: list[tuple[bytes, float]] = await self.engine.redis.zrangebyscore(  # type: ignore[assignment]
+                FORGOTTEN_KEY, f"({self._forgotten_since}", "+inf", withscores=True
+            )
+        except (RedisError, OSError):
+            return  # the tick reports the outage
+        for member, at in raw:
+            self._forgotten_since = max(self._forgotten_since, float(at))
+            tenant, _, queue = text(member).partition(":")
+            self.forget(QueueRef(tenant, queue))
+
     # -- first sight of a queue --------------------------------------------
 
     async def state(self, q: QueueRef, configured: QueueSettings) -> QueueState:
@@ -150,9 +178,13 @@ class Refresher:
 
     async def run(self) -> None:
         next_flush = time.monotonic() + self.heartbeat_interval
+        next_forgotten = time.monotonic() + FORGOTTEN_EVERY
         while True:
             started = time.monotonic()
             try:
+                if started >= next_forgotten:
+                    next_forgotten = started + FORGOTTEN_EVERY
+                    await self.drop_forgotten()
                 was_ok = self.redis_ok
                 await self.refresh()
                 # back from an outage: the sessions held meanwhile are counted again
@@ -173,7 +205,8 @@ class Refresher:
             return
         self._redis_recovered()
         for (q, _, _), st in zip(queues, states, strict=True):
-            self._absorb(q, st)
+            if q in self._configured:  # not forgotten while the tick ran
+                self._absorb(q, st)
         if self.on_tick is not None:
             await self.on_tick(self.states)
         if self.revoked and time.monotonic() >= self._next_prune:

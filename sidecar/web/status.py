@@ -19,8 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import NAME_RE, Tenant
+from ..config import NAME_RE, ConfigError, Tenant, queue_setting
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
+from ..queue.client import text
+from ..queue.estimate import wait
 from .challenge import Refused
 from .http import NO_STORE, client_address, json_answer, queue_param, return_param
 from .tokens import Token
@@ -63,15 +65,6 @@ def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
     # the spread stays inside the abandon window: a waiter is never taken for gone
     spread = max(0, min(OPENING_SPREAD, abandon_after // 2 - opens_in - 1))
     return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
-
-
-def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] | None]:
-    """ETA in seconds from the admission rate measured over the last minute."""
-    rate = state.admissions_per_second
-    if state.settings.mode == "paused" or rate <= 0:
-        return None, None
-    eta = position / rate
-    return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
 def _shared_parts(queue: str, state: QueueState) -> tuple[str, str, int]:
@@ -209,7 +202,7 @@ class Status:
             after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
             return f"{head}{tok.ticket}{closed}{after}}}"
         position = state.position(tok.ticket)
-        eta, eta_range = estimate(position, state)
+        eta, eta_range = wait(position, state)
         return (
             f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
             f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
@@ -427,6 +420,10 @@ class Status:
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
             log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
         return_to = return_param(request, "")
+        if not return_to and request.query.get("via") == "page":
+            # the waiting page's "Leave the line": where the operator chose
+            left = queue or (held[0].queue if len(held) == 1 else None)
+            return_to = await self._leave_to(tenant, left)
         if return_to:
             resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
@@ -434,6 +431,25 @@ class Status:
         for tok in held:
             self.visitors.clear_cookie(resp, tok.queue)
         return resp
+
+    async def _leave_to(self, tenant: Tenant, queue: str | None) -> str:
+        """The queue's ``leave_to``: an operator's override (read now, so a change holds
+        everywhere at once), else its configuration; "/" when unknown or unreadable."""
+        if queue is None:
+            return "/"
+        configured = tenant.settings_for(queue).leave_to
+        try:
+            stored = await self.visitors.engine.redis.hget(
+                QueueRef(tenant.name, queue).keys.settings, "leave_to"
+            )
+        except LEAVE_FAILED:
+            return configured
+        if stored is None:
+            return configured
+        try:  # the configuration's own rule: a value it would refuse is ignored
+            return str(queue_setting("leave_to", "leave_to", text(stored)))
+        except ConfigError:
+            return configured
 
     async def keepalive(self, request: web.Request) -> web.Response:
         """The site-page script's "still here", for every session the visitor holds."""

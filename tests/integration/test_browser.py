@@ -220,10 +220,10 @@ async def test_countdown_before_a_scheduled_opening_then_admitted(
         http.patch(
             f"{one_seat.admin_url}/api/queues/acme/{queue}",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            json={"opens_at": opens_at},
+            json={"opens_at": opens_at, "create": True},  # nobody has visited it yet
         ) as r,
     ):
-        assert r.status == 200
+        assert r.status == 201
     await asyncio.sleep(0.3)  # every process has ticked the override
     async with Browser() as browser:
         page = await browser.page(390, 844, mobile=True)
