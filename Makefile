@@ -53,7 +53,13 @@ system-deps:
 	fi
 
 # The browser test drives Debian's chromium; without it (and without root) it is skipped.
+# axe-core (accessibility checks in those tests) comes from npm into .axe/.
 browser-deps:
+	@[ -f .axe/node_modules/axe-core/axe.min.js ] || { \
+	  if command -v npm >/dev/null; then npm install -q --no-save --prefix .axe axe-core@4 >/dev/null; \
+	  else echo "anteroom: npm not found; accessibility checks will be skipped"; \
+	       echo "  install it with: sudo apt-get install -y npm"; fi; \
+	}
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "anteroom: installing chromium for the browser test"; \

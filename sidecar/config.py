@@ -17,13 +17,21 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 MODES = ("on", "queue-all", "paused", "off")
 ON_REDIS_ERROR = ("wait", "open")
 # an admitted cookie used from more than max_addresses client addresses at once
 SHARED_SESSIONS = ("allow", "flag", "revoke")
+# what a newcomer does before a place is given: nothing, or a proof of work
+CHALLENGES = ("none", "pow")
+# flagged clients (over the join budget, a shared cookie revoked): told so, or an
+# endless line that looks like any other
+FLAGGED = ("refuse", "infinite")
+# proof of work: log2 of the hashes a newcomer computes on average
+DIFFICULTY_DEFAULT = 21
+DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
@@ -66,6 +74,10 @@ class QueueSettings:
     joins_per_address: int = 0  # new places per client address per minute; 0 = no limit
     shared_sessions: str = "allow"  # allow | flag (log it) | revoke (end the session)
     max_addresses: int = 4  # client addresses one session may use at once (last minute)
+    challenge: str = "none"  # none | pow: newcomers solve a proof of work before a place
+    challenge_difficulty: int = DIFFICULTY_DEFAULT  # log2 of the average hashes to solve it
+    flagged: str = "refuse"  # refuse | infinite: a line that never moves for flagged clients
+    leave_to: str = "/"  # where "Leave the line" on the waiting page goes: a same-site path
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -97,8 +109,18 @@ OVERRIDABLE = (
     "mode",
     "shared_sessions",
     "max_addresses",
+    "leave_to",
 )
 ADMIN_TOKEN_MIN = 16
+# what an admin token may do, each role including the ones before it
+ROLES = ("viewer", "operator", "admin")
+LEAVE_TO_MAX = 512  # characters; a path, carried in a Location header
+
+
+class AdminToken(NamedTuple):
+    name: str  # what the audit log shows
+    token: str
+    role: str = "admin"  # one of ROLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +213,7 @@ class Config:
     demo: bool = False
     admin_host: str = "127.0.0.1"
     admin_port: int = 9091  # 0: no admin listener (ANTEROOM_ADMIN_LISTEN=off)
-    admin_tokens: tuple[tuple[str, str], ...] = ()  # (name for the audit log, token)
+    admin_tokens: tuple[AdminToken, ...] = ()
     admin_token_generated: bool = False  # demo without ANTEROOM_ADMIN_TOKEN
     admin_url: str = DEFAULT_ADMIN_URL  # where the CLI finds the admin listener
     log_levels: tuple[tuple[str, str], ...] = ()  # (logger, level) overrides
@@ -308,10 +330,10 @@ def load(env: Mapping[str, str], serving: bool = True) -> Config:
         if not demo:
             raise ConfigError(
                 "ANTEROOM_ADMIN_TOKEN: required for the admin listener "
-                "(comma-separated tokens, optionally name:token; "
+                "(comma-separated tokens, each optionally name:token or name:role:token; "
                 "or ANTEROOM_ADMIN_LISTEN=off for none)"
             )
-        admin_tokens, generated = (("demo", random_tokens.token_urlsafe(24)),), True
+        admin_tokens, generated = (AdminToken("demo", random_tokens.token_urlsafe(24)),), True
 
     return Config(
         secrets=secrets,
@@ -380,22 +402,36 @@ def _fast_pass(env: Mapping[str, str]) -> tuple[str, int]:
     return secret, ttl
 
 
-def admin_tokens_from(raw: str) -> tuple[tuple[str, str], ...]:
-    """``name:token`` or bare ``token`` items, comma-separated. The name is what the
-    audit log shows; a bare token is called ``token1``, ``token2``… by position."""
-    tokens: list[tuple[str, str]] = []
+def admin_tokens_from(raw: str) -> tuple[AdminToken, ...]:
+    """``name:role:token``, ``name:token`` or bare ``token`` items, comma-separated.
+    The name is what the audit log shows (a bare token is ``token1``, ``token2``… by
+    position); the role is one of ROLES, ``admin`` when not given."""
+    tokens: list[AdminToken] = []
     for i, item in enumerate((t.strip() for t in raw.split(",") if t.strip()), start=1):
         name, sep, token = item.partition(":")
+        role = "admin"
         if not sep or not NAME_RE.match(name):
             name, token = f"token{i}", item
+        else:
+            maybe_role, sep2, rest = token.partition(":")
+            if sep2 and maybe_role in ROLES:
+                role, token = maybe_role, rest
+            elif sep2 and re.fullmatch(r"[A-Za-z]{1,16}", maybe_role):
+                # a misspelt role must not become part of an admin token
+                raise ConfigError(
+                    f"ANTEROOM_ADMIN_TOKEN: {name}: unknown role {maybe_role!r} "
+                    f"(one of {', '.join(ROLES)}; name:role:token)"
+                )
         if len(token) < ADMIN_TOKEN_MIN:
             raise ConfigError(
                 f"ANTEROOM_ADMIN_TOKEN: {name}: each token must be at least "
                 f"{ADMIN_TOKEN_MIN} characters"
             )
-        if any(n == name for n, _ in tokens):
+        if any(t.name == name for t in tokens):
             raise ConfigError(f"ANTEROOM_ADMIN_TOKEN: the name {name!r} is used twice")
-        tokens.append((name, token))
+        if any(t.token == token for t in tokens):
+            raise ConfigError(f"ANTEROOM_ADMIN_TOKEN: {name}: the same token is listed twice")
+        tokens.append(AdminToken(name, token, role))
     return tuple(tokens)
 
 
@@ -410,6 +446,14 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return opens_at(name, value)
     if key == "shared_sessions":
         return _choice(name, value, SHARED_SESSIONS)
+    if key == "challenge":
+        return _choice(name, value, CHALLENGES)
+    if key == "flagged":
+        return _choice(name, value, FLAGGED)
+    if key == "challenge_difficulty":
+        return _int(name, value, DIFFICULTY_MIN, DIFFICULTY_MAX)
+    if key == "leave_to":
+        return leave_to(name, value)
     if key in _QUEUE_ENV:
         return _int(name, value, _QUEUE_ENV[key][1])
     raise ConfigError(f"{name}: unknown setting")
@@ -434,6 +478,24 @@ def opens_at(name: str, value: object) -> int:
         f"{name}: expected unix seconds or an ISO-8601 time with its zone "
         f"(2026-12-01T09:00:00Z), got {value!r}"
     )
+
+
+def leave_to(name: str, value: object) -> str:
+    """A path on the same site: "/", "/shop/thanks?from=queue"; never another host."""
+    ok = (
+        isinstance(value, str)
+        and 0 < len(value) <= LEAVE_TO_MAX
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and all(0x21 <= ord(c) <= 0x7E for c in value)
+    )
+    if not ok or urlsplit(str(value)).netloc:
+        raise ConfigError(
+            f"{name}: a path on the same site starting with a single '/' "
+            f"(printable ASCII, no spaces, at most {LEAVE_TO_MAX} characters), got {value!r}"
+        )
+    return str(value)
 
 
 def queue_overrides(changes: Mapping[str, object], base: QueueSettings) -> dict[str, int | str]:
@@ -475,6 +537,10 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
         on_redis_error="ANTEROOM_ON_REDIS_ERROR",
         opens_at="ANTEROOM_OPENS_AT",
         shared_sessions="ANTEROOM_SHARED_SESSIONS",
+        challenge="ANTEROOM_CHALLENGE",
+        challenge_difficulty="ANTEROOM_CHALLENGE_DIFFICULTY",
+        flagged="ANTEROOM_FLAGGED",
+        leave_to="ANTEROOM_LEAVE_TO",
     )
     for name, var in variables.items():
         if var in env:

@@ -35,7 +35,17 @@ from prometheus_client.utils import floatToGoString
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Outcomes of a gate decision (label "outcome" of anteroom_decisions_total).
-OUTCOMES = ("admitted", "entered", "waiting", "refused", "off", "redis_error", "over_budget")
+OUTCOMES = (
+    "admitted",
+    "entered",
+    "waiting",
+    "refused",
+    "off",
+    "redis_error",
+    "over_budget",
+    "challenged",
+    "flagged",
+)
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -149,6 +159,10 @@ class Metrics:
     def decision(self, q: tuple[str, str], outcome: str) -> None:
         key = (q, outcome)
         self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    def forget(self, q: tuple[str, str]) -> None:
+        """A forgotten queue's decision counters go with it (the series ends)."""
+        self.decisions = {k: n for k, n in self.decisions.items() if k[0] != q}
 
     def decision_time(self, seconds: float) -> None:
         self._decision_h.observe(seconds)

@@ -67,10 +67,16 @@ class Page:
             within,
         )
 
-    async def evaluate(self, expression: str) -> Any:
-        """The expression's value; RuntimeError if it threw (an action on a page
-        that is not there is an error, never a silent no-op)."""
-        r = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+    async def evaluate(self, expression: str, await_promise: bool = False) -> Any:
+        """The expression's value (a promise's, with ``await_promise``); RuntimeError
+        if it threw (an action on a page that is not there is an error, never a
+        silent no-op)."""
+        r = await self.send(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
+        )
         if "exceptionDetails" in r:
             details = r["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")

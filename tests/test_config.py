@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sidecar.config import DEMO_SECRET, Config, ConfigError, load
+from sidecar.config import DEMO_SECRET, Config, ConfigError, QueueSettings, load, queue_overrides
 
 SECRET = {"ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_ADMIN_TOKEN": "ops:" + "t" * 20}
 
@@ -119,12 +120,77 @@ def test_shared_sessions_from_environment_toml_and_overrides(tmp_path: Path) -> 
 
 def test_admin_tokens_named_for_the_audit_log() -> None:
     c = load({**SECRET, "ANTEROOM_ADMIN_TOKEN": f"alice:{'a' * 16}, {'b' * 16}"})
-    assert c.admin_tokens == (("alice", "a" * 16), ("token2", "b" * 16))
+    assert c.admin_tokens == (("alice", "a" * 16, "admin"), ("token2", "b" * 16, "admin"))
     assert (c.admin_host, c.admin_port) == ("127.0.0.1", 9091)
     off = load({"ANTEROOM_SECRETS": "s" * 20, "ANTEROOM_ADMIN_LISTEN": "off"})
     assert off.admin_port == 0 and off.admin_tokens == ()
     demo = load({"ANTEROOM_DEMO": "1"})
     assert demo.admin_token_generated and len(demo.admin_tokens[0][1]) >= 16
+
+
+def test_admin_token_roles_and_old_settings_as_admin() -> None:
+    raw = f"eve:viewer:{'v' * 16},olga:operator:{'o' * 16},ada:admin:{'a' * 16},"
+    raw += f"old:{'x' * 16},{'b' * 16},colon:{'t1' * 4}:{'u' * 8}"
+    tokens = load({**SECRET, "ANTEROOM_ADMIN_TOKEN": raw}).admin_tokens
+    assert [(t.name, t.role) for t in tokens] == [
+        ("eve", "viewer"),
+        ("olga", "operator"),
+        ("ada", "admin"),
+        ("old", "admin"),  # name:token, as before
+        ("token5", "admin"),  # a bare token, as before
+        ("colon", "admin"),  # a token with a colon in it that names no role
+    ]
+    assert tokens[0].token == "v" * 16 and tokens[5].token == f"{'t1' * 4}:{'u' * 8}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        # a misspelt role never becomes part of an admin's token
+        (f"eve:viewr:{'v' * 16}", "ANTEROOM_ADMIN_TOKEN: eve: unknown role 'viewr'"),
+        (f"eve:viewer:{'v' * 8}", "ANTEROOM_ADMIN_TOKEN: eve: each token must be at least 16"),
+        (f"a:viewer:{'v' * 16},b:admin:{'v' * 16}", "ANTEROOM_ADMIN_TOKEN: b: the same token"),
+        (f"a:viewer:{'v' * 16},a:admin:{'w' * 16}", "ANTEROOM_ADMIN_TOKEN: the name 'a'"),
+    ],
+)
+def test_bad_admin_tokens_stop_start_up_naming_the_setting(raw: str, named: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load({**SECRET, "ANTEROOM_ADMIN_TOKEN": raw})
+    assert str(e.value).startswith(named)
+
+
+@pytest.mark.parametrize("value", ["/", "/shop/thanks", "/bye?from=queue&x=1", "/a%20b", "/#top"])
+def test_leave_to_is_a_same_site_path_everywhere(tmp_path: Path, value: str) -> None:
+    text = f'[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\nleave_to = "{value}"\n'
+    assert load(toml(tmp_path, text)).tenants[0].settings_for("q").leave_to == value
+    assert load({**SECRET, "ANTEROOM_LEAVE_TO": value}).tenants[0].queue_defaults.leave_to == value
+    assert queue_overrides({"leave_to": value}, QueueSettings()) == {"leave_to": value}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "shop",
+        "//evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/a b",
+        "/é",
+        "/x\t/evil",
+        "/" + "a" * 600,
+    ],
+)
+def test_leave_to_elsewhere_is_refused_naming_the_setting(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^ANTEROOM_LEAVE_TO: a path on the same site"):
+        load({**SECRET, "ANTEROOM_LEAVE_TO": value})
+    with pytest.raises(ConfigError, match="leave_to: a path on the same site"):
+        queue_overrides({"leave_to": value}, QueueSettings())
+    text = (
+        f'[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\nleave_to = {json.dumps(value)}'
+    )
+    with pytest.raises(ConfigError, match=r"^tenants\.a\.queues\.q\.leave_to: a path"):
+        load(toml(tmp_path, text))
 
 
 def test_operator_overrides_follow_the_same_rules() -> None:

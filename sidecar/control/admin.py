@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
@@ -31,28 +32,37 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.asyncio import Redis, RedisCluster
 
-from ..config import NAME_RE as NAME
 from ..config import (
+    MODES,
     OVERRIDABLE,
+    ROLES,
     WAITING_TOKEN_TTL,
+    AdminToken,
     Config,
     ConfigError,
     OverrideErrors,
     QueueSettings,
     queue_overrides,
+    queue_setting,
 )
+from ..config import NAME_RE as NAME
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
 from ..queue import Engine, QueueRef, QueueState, Refresher, StorageError, TooManyQueues, history
 from ..queue.client import text
+from ..queue.estimate import newcomer_wait
 from ..queue.keys import (
     AUDIT_KEY,
     AUDIT_MAXLEN,
+    FORGOTTEN_KEY,
+    KNOWN_PATTERN,
     SCAN_MAX_QUEUES,
-    TICKETS_PATTERN,
-    queue_of_tickets_key,
+    queue_of_key,
 )
 
 log = logging.getLogger("sidecar.admin")
+
+WHO = web.RequestKey("admin", AdminToken)  # the token a request came with
+CSRF = web.RequestKey("csrf", str)  # the dashboard form token of its session
 
 SESSION_COOKIE = "anteroom_admin"
 SESSION_TTL = 12 * 3600  # a dashboard sign-in lasts a working day
@@ -61,6 +71,12 @@ SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
+CREATED = "created"  # settings-hash field: unix second a queue was created through the API
+FORGET_CHUNK = 500  # keys per UNLINK when a queue is forgotten
+FORGOTTEN_KEPT = 3600  # seconds a forgotten queue is remembered (replicas drop it meanwhile)
+# seconds a forget waits before removing the keys: every process's refresher has
+# stopped ticking the queue by then (it looks every queue.refresher.FORGOTTEN_EVERY)
+FORGET_WAIT = 2.5
 FIELD_LABELS = {
     "capacity": "Capacity",
     "admit_per_minute": "Admit per minute",
@@ -69,8 +85,31 @@ FIELD_LABELS = {
     "abandon_after": "Abandon after (s)",
     "session_max": "Session max (s)",
     "joins_per_address": "Joins per address / min (0 = no limit)",
-    "opens_at": "Opens at (unix time, 0 = none)",
+    "opens_at": "Opens at",
+    "closes_at": "Closes at",
     "max_addresses": "Addresses per session",
+    "leave_to": "“Leave the line” goes to",
+}
+# entered as local date-times in the dashboard; unix seconds in the API
+TIME_FIELDS = ("opens_at", "closes_at")
+TEXT_FIELDS = ("leave_to",)
+# what each role may do (each role may do what the ones before it may)
+ROLE_OF_ACTION = {
+    "read": "viewer",
+    "set": "operator",
+    "create": "operator",
+    "reset": "operator",
+    "drain": "operator",
+    "revoke": "admin",
+    "forget": "admin",
+}
+# dashboard buttons that stop or open the gate for everyone: asked twice
+CONFIRM = {
+    "paused": "Nobody new is let in; people in line keep their places.",
+    "drain": "Nobody new is let in while the sessions inside finish.",
+    "closed": "Newcomers see the closed page; people in line are told.",
+    "off": "The gate lets everyone through, with no line and no limit.",
+    "forget": "The queue's line, sessions, settings and history are deleted.",
 }
 
 
@@ -110,36 +149,44 @@ def _settings_dict(s: QueueSettings) -> dict[str, int | str]:
     return {k: v for k, v in asdict(s).items() if k in OVERRIDABLE}
 
 
+def allowed(role: str, action: str) -> bool:
+    """Whether ``role`` may do ``action`` (a key of ROLE_OF_ACTION)."""
+    return ROLES.index(role) >= ROLES.index(ROLE_OF_ACTION[action])
+
+
 class Tokens:
     """The admin tokens: Bearer checks, and the dashboard's signed session cookie."""
 
-    def __init__(self, tokens: tuple[tuple[str, str], ...]) -> None:
-        self._tokens = [(name, token.encode()) for name, token in tokens]
+    def __init__(self, tokens: tuple[AdminToken, ...]) -> None:
+        self._tokens = [(t, t.token.encode()) for t in tokens]
 
-    def name_of(self, presented: str) -> str | None:
-        """The name of the token presented, comparing with every token in constant time."""
+    def find(self, presented: str) -> AdminToken | None:
+        """The token presented, comparing with every token in constant time."""
         raw = presented.encode()
         found = None
-        for name, token in self._tokens:
+        for t, token in self._tokens:
             if hmac.compare_digest(raw, token) and found is None:
-                found = name
+                found = t
         return found
 
+    def _named(self, name: str) -> AdminToken | None:
+        return next((t for t, _ in self._tokens if t.name == name), None)
+
     def _sign(self, name: str, purpose: str, exp: int) -> str | None:
-        for n, token in self._tokens:
-            if n == name:
-                return hmac.new(
-                    token, f"{purpose}|{name}|{exp}".encode(), hashlib.sha256
-                ).hexdigest()
-        return None
+        t = self._named(name)
+        if t is None:
+            return None
+        # the role is signed too: a session ends when its token's role changes
+        msg = f"{purpose}|{name}|{t.role}|{exp}".encode()
+        return hmac.new(t.token.encode(), msg, hashlib.sha256).hexdigest()
 
     def session(self, name: str, now: int) -> str:
         exp = now + SESSION_TTL
         return f"{name}|{exp}|{self._sign(name, 'session', exp)}"
 
-    def session_name(self, cookie: str | None, now: int) -> str | None:
-        """The token name a session cookie was signed for, if still valid. Removing a
-        token from ANTEROOM_ADMIN_TOKEN ends the sessions it opened."""
+    def session_token(self, cookie: str | None, now: int) -> AdminToken | None:
+        """The token a session cookie was signed for, if still valid. Removing a token
+        from ANTEROOM_ADMIN_TOKEN (or changing its role) ends the sessions it opened."""
         if not cookie:
             return None
         name, _, rest = cookie.partition("|")
@@ -147,7 +194,7 @@ class Tokens:
         if not exp_s.isdigit() or int(exp_s) <= now:
             return None
         good = self._sign(name, "session", int(exp_s))
-        return name if good is not None and hmac.compare_digest(good, sig) else None
+        return self._named(name) if good is not None and hmac.compare_digest(good, sig) else None
 
     def csrf(self, cookie: str) -> str:
         name, _, rest = cookie.partition("|")
@@ -172,6 +219,7 @@ class Admin:
         self.tenants = {t.name: t for t in config.tenants}
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
+        self._forgetting: set[QueueRef] = set()  # stopping everywhere before the keys go
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
@@ -187,7 +235,8 @@ class Admin:
         r.add_get("/api/queues", self.api_queues)
         r.add_get("/api/queues/{tenant}/{queue}", self.api_queue)
         r.add_patch("/api/queues/{tenant}/{queue}", self.api_patch)
-        r.add_delete("/api/queues/{tenant}/{queue}", self.api_reset)
+        r.add_delete("/api/queues/{tenant}/{queue}", self.api_forget)
+        r.add_delete("/api/queues/{tenant}/{queue}/overrides", self.api_reset)
         r.add_post("/api/queues/{tenant}/{queue}/drain", self.api_drain)
         r.add_get("/api/queues/{tenant}/{queue}/sessions", self.api_sessions)
         r.add_delete("/api/queues/{tenant}/{queue}/sessions/{sid}", self.api_revoke)
@@ -223,20 +272,20 @@ class Admin:
         if path.startswith("/api/") or path == "/metrics":
             auth = request.headers.get("Authorization", "")
             scheme, _, presented = auth.partition(" ")
-            name = self.tokens.name_of(presented.strip()) if scheme.lower() == "bearer" else None
-            if name is None:
+            token = self.tokens.find(presented.strip()) if scheme.lower() == "bearer" else None
+            if token is None:
                 return web.json_response(
                     {"error": "a valid admin token is required (Authorization: Bearer …)"},
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="anteroom-admin"'},
                 )
-            request["admin"] = name
+            request[WHO] = token
             return await handler(request)
         if path in ("/login", "/static/dashboard.css"):
             return await handler(request)
         cookie = request.cookies.get(SESSION_COOKIE)
-        name = self.tokens.session_name(cookie, int(time.time()))
-        if name is None or cookie is None:
+        token = self.tokens.session_token(cookie, int(time.time()))
+        if token is None or cookie is None:
             if request.method == "GET" and path == "/":
                 raise web.HTTPSeeOther("/login")
             return web.json_response({"error": "sign in first"}, status=401)
@@ -244,13 +293,33 @@ class Admin:
             form = await request.post()
             if not hmac.compare_digest(str(form.get("csrf", "")), self.tokens.csrf(cookie)):
                 return web.json_response({"error": "stale form: reload the page"}, status=403)
-        request["admin"] = name
-        request["csrf"] = self.tokens.csrf(cookie)
+        request[WHO] = token
+        request[CSRF] = self.tokens.csrf(cookie)
         return await handler(request)
+
+    def _may(self, request: web.Request, action: str) -> AdminToken:
+        """The token of the request if its role allows ``action``; else a 403, audited
+        in the log only (a refused viewer must not push changes out of the audit)."""
+        token: AdminToken = request[WHO]
+        if not allowed(token.role, action):
+            needs = ROLE_OF_ACTION[action]
+            log.warning(
+                "admin action refused",
+                extra={"by": token.name, "role": token.role, "action": action, "needs": needs},
+            )
+            raise AdminError(
+                403,
+                {
+                    "error": f"the {token.role} role may not {action}: it needs {needs}",
+                    "role": token.role,
+                    "needs": needs,
+                },
+            )
+        return token
 
     # -- queues and their figures ---------------------------------------------
 
-    def _ref(self, request: web.Request) -> QueueRef:
+    def _name(self, request: web.Request) -> QueueRef:
         tenant, queue = request.match_info["tenant"], request.match_info["queue"]
         if tenant not in self.tenants:
             raise AdminError(404, {"error": f"unknown tenant {tenant!r}"})
@@ -258,20 +327,40 @@ class Admin:
             raise AdminError(404, {"error": "queue names are letters, digits, '_' or '-'"})
         return QueueRef(tenant, queue)
 
+    async def _ref(self, request: web.Request) -> QueueRef:
+        """The queue the path names, if it is known (a typo never makes a queue)."""
+        q = self._name(request)
+        if not await self.is_known(q):
+            raise AdminError(
+                404,
+                {
+                    "error": f"unknown queue {q.tenant}/{q.queue}: nobody has visited it and "
+                    'it is not configured; create it with PATCH {"create": true, …}'
+                },
+            )
+        return q
+
+    async def is_known(self, q: QueueRef) -> bool:
+        if q in self._forgetting:
+            return False
+        if q.queue in self.tenants[q.tenant].queues or q in self.refresher.states:
+            return True
+        return bool(await self.redis.exists(q.keys.tickets, q.keys.settings))
+
     async def known_queues(self) -> list[QueueRef]:
         refs = {QueueRef(t.name, q) for t in self.config.tenants for q in t.queues}
         refs |= set(self.refresher.states)
         if time.monotonic() >= self._next_scan:
             found: set[QueueRef] = set()
-            async for key in self.redis.scan_iter(match=TICKETS_PATTERN, count=500):
-                tq = queue_of_tickets_key(key.decode() if isinstance(key, bytes) else key)
+            async for key in self.redis.scan_iter(match=KNOWN_PATTERN, count=500):
+                tq = queue_of_key(text(key))
                 if tq and tq[0] in self.tenants and NAME.match(tq[1]):
                     found.add(QueueRef(*tq))
                 if len(found) >= SCAN_MAX_QUEUES:
                     break
             self._seen = found
             self._next_scan = time.monotonic() + SCAN_EVERY
-        return sorted(refs | self._seen)
+        return sorted((refs | self._seen) - self._forgetting)
 
     def configured(self, q: QueueRef) -> QueueSettings:
         return self.tenants[q.tenant].settings_for(q.queue)
@@ -292,7 +381,8 @@ class Admin:
             raw = await pipe.execute()
         return [{text(k): text(v) for k, v in r.items()} for r in raw]
 
-    def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
+    def _overridden(self, q: QueueRef, stored: dict[str, str]) -> dict[str, int | str]:
+        """The valid overrides among the stored ones."""
         configured = self.configured(q)
         overrides: dict[str, int | str] = {}
         for key in OVERRIDABLE:
@@ -300,13 +390,16 @@ class Admin:
                 # what the tick would apply; anything else is ignored there too
                 with contextlib.suppress(ConfigError):
                     overrides[key] = queue_overrides({key: stored[key]}, configured)[key]
+        return overrides
+
+    def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
+        configured = self.configured(q)
+        overrides = self._overridden(q, stored)
         settings = {**_settings_dict(configured), **overrides}
         mode = str(settings["mode"])
         tickets = st.tickets if st else 0
         serving = st.serving if st else 0
-        rate = st.admissions_per_second if st else 0.0
-        newcomer = max(tickets - serving, 0) + 1
-        eta = round(newcomer / rate, 1) if rate > 0 and mode in ("on", "queue-all") else None
+        eta = newcomer_wait(st) if st else None
         return QueueView(
             tenant=q.tenant,
             queue=q.queue,
@@ -337,10 +430,11 @@ class Admin:
 
     # -- changes (shared by the API, the dashboard and the CLI) ----------------
 
-    async def audit(self, who: str, action: str, q: QueueRef | None, **detail: Any) -> None:
+    async def audit(self, who: AdminToken, action: str, q: QueueRef | None, **detail: Any) -> None:
         now = time.time()
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        entry = {"at": now, "when": when, "by": who, "action": action, **detail}
+        entry = {"at": now, "when": when, "by": who.name, "role": who.role, "action": action}
+        entry.update(detail)
         if q is not None:
             entry.update(tenant=q.tenant, queue=q.queue)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -349,23 +443,32 @@ class Admin:
             await pipe.execute()
         log.info("admin change", extra={k: v for k, v in entry.items() if k != "at"})
 
-    async def change(self, who: str, q: QueueRef, changes: Mapping[str, object]) -> QueueView:
-        """Validates ``changes`` whole (OverrideErrors lists every bad field) and stores them."""
-        before = await self.view(q)
-        base = QueueSettings(**{**asdict(self.configured(q)), **before.settings})
-        cleaned = queue_overrides(changes, base)
-        diff = {k: [before.settings.get(k), v] for k, v in cleaned.items()}
-        if cleaned:
+    async def change(
+        self, who: AdminToken, q: QueueRef, changes: Mapping[str, object], create: bool = False
+    ) -> QueueView:
+        """Validates ``changes`` whole (OverrideErrors lists every bad field) and stores
+        them; ``create``: the queue is new (the caller checked it was unknown)."""
+        # checked before the queue is looked at: a refused creation leaves no trace
+        (stored,) = await self._overrides([q])
+        before = {**asdict(self.configured(q)), **self._overridden(q, stored)}
+        cleaned = queue_overrides(changes, QueueSettings(**before))
+        diff = {k: [before.get(k), v] for k, v in cleaned.items()}
+        if cleaned or create:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(q.keys.settings, mapping=cleaned)  # type: ignore[arg-type]
+                if create:  # known on every replica from now on, even with no change
+                    pipe.hsetnx(q.keys.settings, CREATED, str(int(time.time())))
+                if cleaned:
+                    pipe.hset(q.keys.settings, mapping=cleaned)  # type: ignore[arg-type]
                 if cleaned.get("mode", "paused") != "paused":
                     pipe.hdel(q.keys.settings, DRAIN)  # resuming ends a drain
                 await pipe.execute()
+            if create:
+                await self.redis.zrem(FORGOTTEN_KEY, f"{q.tenant}:{q.queue}")
             await self.engine.poke(q)  # its ticker applies it now, every replica reads it
-            await self.audit(who, "set", q, changes=diff)
+            await self.audit(who, "create" if create else "set", q, changes=diff)
         return await self.view(q)
 
-    async def reset(self, who: str, q: QueueRef, names: list[str]) -> QueueView:
+    async def reset(self, who: AdminToken, q: QueueRef, names: list[str]) -> QueueView:
         bad = [n for n in names if n not in OVERRIDABLE]
         if bad:
             raise OverrideErrors({n: f"{n}: not a setting ({', '.join(OVERRIDABLE)})" for n in bad})
@@ -381,7 +484,7 @@ class Admin:
             await self.audit(who, "reset", q, changes=removed)
         return await self.view(q)
 
-    async def drain(self, who: str, q: QueueRef) -> QueueView:
+    async def drain(self, who: AdminToken, q: QueueRef) -> QueueView:
         before = await self.view(q)
         await self.redis.hset(
             q.keys.settings, mapping={"mode": "paused", DRAIN: str(int(time.time()))}
@@ -390,7 +493,7 @@ class Admin:
         await self.audit(who, "drain", q, changes={"mode": [before.mode, "paused"]})
         return await self.view(q)
 
-    async def revoke(self, who: str, q: QueueRef, sid: str) -> bool:
+    async def revoke(self, who: AdminToken, q: QueueRef, sid: str) -> bool:
         if not SID_RE.match(sid):
             raise AdminError(400, {"error": "session ids are letters, digits, '_' or '-'"})
         # as long as any cookie of it could be presented (a place in line lasts longest)
@@ -400,13 +503,81 @@ class Admin:
         await self.audit(who, "revoke", q, session=sid, freed=freed)
         return freed
 
+    async def forget(self, who: AdminToken, q: QueueRef, force: bool = False) -> int:
+        """Deletes a queue nobody needs (a typo, a retired sale): its keys, in chunks,
+        and its place in the list, the dashboard and /metrics on every replica.
+        Returns the number of keys removed."""
+        if q.queue in self.tenants[q.tenant].queues:
+            raise AdminError(
+                409,
+                {
+                    "error": f"{q.tenant}/{q.queue} is configured (ANTEROOM_CONFIG): remove "
+                    "it there and from nginx first; reset its overrides instead"
+                },
+            )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in (q.keys.waiting, q.keys.active, q.keys.invited):
+                pipe.zcard(key)  # now, not as of the last tick
+            present = [int(n) for n in await pipe.execute()]
+        if any(present) and not force:
+            waiting, active, invited = present
+            raise AdminError(
+                409,
+                {
+                    "error": f"{q.tenant}/{q.queue} has {waiting} in line, {active} "
+                    f"active and {invited} invited: drain it and wait, or forget it with "
+                    "force (they lose their places)"
+                },
+            )
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(FORGOTTEN_KEY, {f"{q.tenant}:{q.queue}": now})
+            pipe.zremrangebyscore(FORGOTTEN_KEY, "-inf", now - FORGOTTEN_KEPT)
+            await pipe.execute()
+        # every process stops ticking it first: a tick of a queue whose keys are gone
+        # would start a recovery and write them again
+        self._forgetting.add(q)
+        try:
+            self._drop(q)
+            await asyncio.sleep(FORGET_WAIT)
+            self._drop(q)
+            removed = await self._remove_keys(q)
+        finally:
+            self._forgetting.discard(q)
+        extra = {"present": present} if force else {}
+        await self.audit(who, "forget", q, keys=removed, **extra)
+        return removed
+
+    def _drop(self, q: QueueRef) -> None:
+        self.refresher.forget(q)
+        self._seen.discard(q)
+
+    async def _remove_keys(self, q: QueueRef) -> int:
+        """The queue's keys: the fixed ones in one UNLINK (big sets are freed off
+        Redis's main thread), then what a SCAN finds (per-session and per-address
+        keys), FORGET_CHUNK keys per call. One slot: the hash tag."""
+        fixed = [*q.keys.all(), q.keys.history]
+        removed = int(await self.redis.unlink(*fixed))
+        chunk: list[bytes | str] = []
+        prefix = f"{q.keys.tickets[: -len('tickets')]}*"
+        async for key in self.redis.scan_iter(match=prefix, count=1000):
+            chunk.append(key)
+            if len(chunk) >= FORGET_CHUNK:
+                removed += int(await self.redis.unlink(*chunk))
+                chunk = []
+        if chunk:
+            removed += int(await self.redis.unlink(*chunk))
+        return removed
+
     # -- JSON API -------------------------------------------------------------
 
     async def api_queues(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
         return web.json_response({"queues": [asdict(v) for v in await self.views()]})
 
     async def api_queue(self, request: web.Request) -> web.Response:
-        return web.json_response(asdict(await self.view(self._ref(request))))
+        self._may(request, "read")
+        return web.json_response(asdict(await self.view(await self._ref(request))))
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -418,28 +589,49 @@ class Admin:
         return body
 
     async def api_patch(self, request: web.Request) -> web.Response:
-        q = self._ref(request)
+        who = self._may(request, "set")
         body = await self._body(request)
+        create = body.pop("create", False)
+        if not isinstance(create, bool):
+            raise AdminError(400, {"error": "create: true or false"})
+        q = self._name(request)
+        create = create and not await self.is_known(q)
+        if not create:
+            q = await self._ref(request)
         try:
-            view = await self.change(request["admin"], q, body)
+            view = await self.change(who, q, body, create=create)
         except OverrideErrors as e:
             raise AdminError(400, {"error": "nothing was changed", "fields": e.errors}) from None
-        return web.json_response(asdict(view))
+        return web.json_response(asdict(view), status=201 if create else 200)
 
     async def api_reset(self, request: web.Request) -> web.Response:
-        q = self._ref(request)
+        who = self._may(request, "reset")
+        q = await self._ref(request)
         names = [n for n in request.query.get("keys", "").split(",") if n]
         try:
-            view = await self.reset(request["admin"], q, names)
+            view = await self.reset(who, q, names)
         except OverrideErrors as e:
             raise AdminError(400, {"error": "nothing was changed", "fields": e.errors}) from None
         return web.json_response(asdict(view))
 
+    async def api_forget(self, request: web.Request) -> web.Response:
+        who = self._may(request, "forget")
+        if "keys" in request.query:  # the old spelling of a reset: never a deletion
+            raise AdminError(
+                400, {"error": "resetting overrides moved to DELETE …/{queue}/overrides?keys="}
+            )
+        q = await self._ref(request)
+        force = request.query.get("force", "") in ("1", "true", "yes")
+        removed = await self.forget(who, q, force)
+        return web.json_response({"forgotten": f"{q.tenant}/{q.queue}", "keys": removed})
+
     async def api_drain(self, request: web.Request) -> web.Response:
-        return web.json_response(asdict(await self.drain(request["admin"], self._ref(request))))
+        who = self._may(request, "drain")
+        return web.json_response(asdict(await self.drain(who, await self._ref(request))))
 
     async def api_sessions(self, request: web.Request) -> web.Response:
-        q = self._ref(request)
+        self._may(request, "read")
+        q = await self._ref(request)
         now_ms = int(time.time() * 1000)
         rows: list[tuple[bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
             q.keys.active, 0, 199, withscores=True
@@ -451,12 +643,14 @@ class Admin:
         return web.json_response({"sessions": sessions})
 
     async def api_revoke(self, request: web.Request) -> web.Response:
-        q = self._ref(request)
+        who = self._may(request, "revoke")
+        q = await self._ref(request)
         sid = request.match_info["sid"]
-        freed = await self.revoke(request["admin"], q, sid)
+        freed = await self.revoke(who, q, sid)
         return web.json_response({"revoked": sid, "freed": freed})
 
     async def api_audit(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
         try:
             limit = min(max(int(request.query.get("limit", "100")), 1), AUDIT_LIMIT)
         except ValueError:
@@ -465,6 +659,7 @@ class Admin:
         return web.json_response({"entries": [json.loads(e) for e in raw]})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
         self.metrics.queues = [_figures(v) for v in await self.views()]
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -489,17 +684,17 @@ class Admin:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        name = self.tokens.name_of(str(form.get("token", "")).strip())
-        if name is None:
+        token = self.tokens.find(str(form.get("token", "")).strip())
+        if token is None:
             log.warning("admin sign-in refused", extra={"remote": request.remote})
             await asyncio.sleep(FAILED_SIGN_IN_DELAY)  # slows guessing; tokens are long anyway
             return self._page("login.html", status=401, error="That token is not valid.")
         resp = web.HTTPSeeOther("/")
         resp.headers["Set-Cookie"] = (
-            f"{SESSION_COOKIE}={self.tokens.session(name, int(time.time()))}; "
+            f"{SESSION_COOKIE}={self.tokens.session(token.name, int(time.time()))}; "
             f"Max-Age={SESSION_TTL}; Path=/; HttpOnly; SameSite=Strict"
         )
-        await self.audit(name, "sign-in", None)
+        await self.audit(token, "sign-in", None)
         return resp
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
@@ -514,16 +709,24 @@ class Admin:
     ) -> web.Response:
         views = await self.views()
         recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
+        token: AdminToken = request[WHO]
         return self._page(
             "dashboard.html",
             recent=recent,
             status=400 if errors else 200,
             queues=views,
-            who=request["admin"],
-            csrf=request["csrf"],
+            who=token.name,
+            role=token.role,
+            may={action: allowed(token.role, action) for action in ROLE_OF_ACTION},
+            configured_queues={f"{t.name}/{q}" for t in self.config.tenants for q in t.queues},
+            csrf=request[CSRF],
             errors=errors or {},
             settings_fields=[k for k in OVERRIDABLE if k in FIELD_LABELS],
             labels=FIELD_LABELS,
+            modes=MODES,
+            time_fields=TIME_FIELDS,
+            text_fields=TEXT_FIELDS,
+            local_time=_datetime_local,
         )
 
     async def ui_data(self, request: web.Request) -> web.Response:
@@ -538,29 +741,55 @@ class Admin:
         )
 
     async def ui_change(self, request: web.Request) -> web.StreamResponse:
-        q = self._ref(request)
+        q = await self._ref(request)
         form = await request.post()
         action = str(form.get("action", ""))
-        who = request["admin"]
+        needs = {"settings": "set", "reset": "reset", "drain": "drain", "forget": "forget"}
+        if action not in needs and action not in MODES:
+            raise AdminError(400, {"error": f"unknown action {action!r}"})
+        who = self._may(request, needs.get(action, "set"))
+        if action in CONFIRM and form.get("confirm") != "yes":
+            v = await self.view(q)
+            return self._page(
+                "confirm.html",
+                q=v,
+                action=action,
+                label=_ACTION_LABELS.get(action, action),
+                what=CONFIRM[action],
+                csrf=request[CSRF],
+            )
         try:
             if action == "settings":
                 current = (await self.view(q)).settings
-                changes = {
-                    k: str(form[k]).strip()
-                    for k in OVERRIDABLE
-                    if k in form and str(form[k]).strip() != str(current[k])
-                }
+                changes: dict[str, object] = {}
+                for k in OVERRIDABLE:
+                    if k not in form:
+                        continue
+                    value: object = str(form[k]).strip()
+                    if k in TIME_FIELDS:
+                        value = _from_local(str(value), str(form.get(k + "_offset", "")))
+                        with contextlib.suppress(ConfigError):  # else the change says why
+                            value = queue_setting(k, k, value)
+                    if str(value) != str(current.get(k)):
+                        changes[k] = value
                 await self.change(who, q, changes)
-            elif action in ("on", "queue-all", "paused"):
+            elif action in MODES:
                 await self.change(who, q, {"mode": action})
             elif action == "drain":
                 await self.drain(who, q)
             elif action == "reset":
                 await self.reset(who, q, [])
-            else:
-                raise AdminError(400, {"error": f"unknown action {action!r}"})
+            elif action == "forget":
+                await self.forget(who, q)
+                raise web.HTTPSeeOther("/")
         except OverrideErrors as e:
             return await self.dashboard(request, errors={f"{q.tenant}/{q.queue}": e.errors})
+        except AdminError as e:
+            if e.status != 409:
+                raise
+            return await self.dashboard(
+                request, errors={f"{q.tenant}/{q.queue}": {"queue": e.body["error"]}}
+            )
         raise web.HTTPSeeOther(f"/#q-{q.tenant}-{q.queue}")
 
     async def static(self, request: web.Request) -> web.Response:
@@ -572,6 +801,40 @@ class Admin:
         return web.Response(
             text=text, content_type=types[name], headers={"Cache-Control": "no-cache"}
         )
+
+
+_ACTION_LABELS = {
+    "paused": "Pause",
+    "drain": "Drain",
+    "closed": "Close",
+    "off": "Turn off",
+    "forget": "Forget",
+}
+
+
+def _datetime_local(unix: object) -> str:
+    """A time field's value for ``<input type=datetime-local>``, in UTC (the page's
+    script shows it in the browser's zone); "" for none."""
+    if not isinstance(unix, int) or unix <= 0:
+        return ""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def _from_local(value: str, offset: str) -> str:
+    """A dashboard date-time (the browser's local time, ``offset`` minutes east of
+    UTC as its script sends it; UTC without JavaScript) as ISO-8601 with its zone,
+    for the configuration's own rule to check; "0" (none) when empty."""
+    if not value or value == "0":
+        return "0"
+    try:
+        minutes = int(offset) if offset else 0
+        zone = timezone(timedelta(minutes=minutes))
+    except (ValueError, OverflowError):
+        zone = UTC
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=zone).isoformat()
+    except ValueError:
+        return value  # the configuration's rule names what is wrong with it
 
 
 def _figures(v: QueueView) -> QueueFigures:

@@ -2,7 +2,8 @@
 
 It talks to ``ANTEROOM_ADMIN_URL`` (default ``http://127.0.0.1:9091``) with the
 first token of ``ANTEROOM_ADMIN_TOKEN``, so it validates and audits exactly as
-the API and the dashboard do (the audit log names that token).
+the API and the dashboard do (the audit log names that token and its role; the
+API refuses what the role may not do).
 Exit status: 0 done, 1 the admin listener failed or is unreachable, 2 bad input
 or configuration (one line each).
 """
@@ -39,7 +40,10 @@ def add_parser(sub: Any) -> None:
     st = qsub.add_parser("set", help="override settings: capacity=10 mode=paused …")
     st.add_argument("tenant")
     st.add_argument("queue")
-    st.add_argument("changes", nargs="+", metavar="key=value")
+    st.add_argument("changes", nargs="*", metavar="key=value")
+    st.add_argument(
+        "--create", action="store_true", help="the queue is new (else an unknown name is refused)"
+    )
     reset = qsub.add_parser("reset", help="back to the configured value (all if no key)")
     reset.add_argument("tenant")
     reset.add_argument("queue")
@@ -51,6 +55,14 @@ def add_parser(sub: Any) -> None:
     revoke.add_argument("tenant")
     revoke.add_argument("queue")
     revoke.add_argument("session_id")
+    forget = qsub.add_parser(
+        "forget", help="delete a queue that is not configured: its keys, its place in the list"
+    )
+    forget.add_argument("tenant")
+    forget.add_argument("queue")
+    forget.add_argument(
+        "--force", action="store_true", help="even with people in line or inside (they lose them)"
+    )
     audit = qsub.add_parser("audit", help="recent changes, newest first")
     audit.add_argument("--limit", type=int, default=20)
 
@@ -97,7 +109,7 @@ class Client:
                 reply = {}
             fields = reply.get("fields") or {}
             message = "; ".join(fields.values()) or reply.get("error") or e.reason
-            raise Failed(2 if e.code in (400, 404) else 1, f"{e.code}: {message}") from None
+            raise Failed(2 if e.code in (400, 404, 409) else 1, f"{e.code}: {message}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise Failed(1, f"admin listener unreachable at {self.url}: {reason}") from None
@@ -119,7 +131,9 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
         view = c.call("GET", path)
         return json.dumps(view, indent=2) if a.json else _show(view)
     if a.action == "set":
-        changes = {}
+        if not a.changes and not a.create:
+            raise ConfigError("set: give at least one key=value (or --create)")
+        changes: dict[str, Any] = {"create": True} if a.create else {}
         for item in a.changes:
             key, sep, value = item.partition("=")
             if not sep or not key:
@@ -128,7 +142,10 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
         return _show(c.call("PATCH", path, changes))
     if a.action == "reset":
         query = f"?keys={','.join(a.keys)}" if a.keys else ""
-        return _show(c.call("DELETE", path + query))
+        return _show(c.call("DELETE", path + "/overrides" + query))
+    if a.action == "forget":
+        r = c.call("DELETE", path + ("?force=true" if a.force else ""))
+        return f"forgot {r['forgotten']} ({r['keys']} keys removed)"
     if a.action == "drain":
         return _show(c.call("POST", path + "/drain"))
     if a.action == "revoke":
@@ -167,4 +184,5 @@ def _audit_line(e: dict[str, Any]) -> str:
     where = f" {e['tenant']}/{e['queue']}" if "tenant" in e else ""
     changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in e.get("changes", {}).items())
     extra = f" session {e['session']}" if "session" in e else ""
-    return f"{e.get('when', e['at'])}  {e['by']}  {e['action']}{where}{extra}  {changes}".rstrip()
+    by = f"{e['by']} ({e['role']})" if "role" in e else e["by"]
+    return f"{e.get('when', e['at'])}  {by}  {e['action']}{where}{extra}  {changes}".rstrip()

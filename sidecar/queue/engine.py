@@ -384,6 +384,11 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tickers_len = 0  # fields of keys.TICKERS_KEY at the last read
 
+    def forget(self, q: QueueRef) -> None:
+        """An operator deleted ``q``: its keys going is no loss to recover from."""
+        self._known.pop(q, None)
+        self._orders.pop(q, None)
+
     async def load_scripts(self) -> None:
         """SCRIPT LOAD on the server (every primary of a cluster); done again by
         itself whenever Redis answers NOSCRIPT (restart, failover, flush)."""
@@ -584,6 +589,19 @@ class Engine:
         # every replica reads the ended stream at its next refresh
         reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args), q)
         return bool(reply["freed"])
+
+    async def spend_challenge(self, q: QueueRef, nonce: str, ttl_ms: int) -> bool:
+        """Records a solved challenge as used (SET NX, gone when it would have
+        expired anyway): True the first time on any replica, False for a replay."""
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Busy("spend_challenge") from None
+        try:
+            return bool(await self.redis.set(q.keys.spent + nonce, b"1", nx=True, px=ttl_ms))
+        finally:
+            self._slots.release()
 
     # -- the refresher's batches ----------------------------------------------
 
@@ -919,6 +937,11 @@ def _state(
         joins_per_address=int(r["joins_per_address"]),
         shared_sessions=_s(r["shared_sessions"]),
         max_addresses=int(r["max_addresses"]),
+        # set by configuration only: the scripts never read them
+        challenge=configured.challenge,
+        challenge_difficulty=configured.challenge_difficulty,
+        flagged=configured.flagged,
+        leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
     )
     return QueueState(
         tickets=int(r["tickets"]),

@@ -95,6 +95,12 @@ IDLE_TICK = 4.0  # under HISTORY_STEP: every history bucket still gets its point
 # Queues found in Redis by the admin (SCAN for their ticket counters), at most.
 SCAN_MAX_QUEUES = 1_000
 TICKETS_PATTERN = PREFIX + ":{*}:tickets"
+# ... and by their settings hash (a queue created through the admin API before its
+# first visitor): "tick…" or "sett…", one SCAN for both
+KNOWN_PATTERN = PREFIX + ":{*}:[st][ie][ct][kt]*"
+# Queues forgotten through the admin API: ZSET "tenant:queue" -> unix second. Every
+# replica's admin stops tracking them; kept an hour.
+FORGOTTEN_KEY = PREFIX + ":admin:forgotten"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,9 @@ class QueueKeys:
     # that may come back), until (ms: the line stands still before it), and
     # "t<ticket>" -> session id for each old place put back (at most once)
     recovery: str
+    # prefix of proof-of-work challenges already used (web/challenge.py), one
+    # short-lived string each: a solution is accepted once across every replica
+    spent: str
 
     def all(self) -> list[str]:
         return [
@@ -184,6 +193,7 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         snapshot=base + "snapshot",
         addresses=base + "from:",
         recovery=base + "recovery",
+        spent=base + "pow:",
     )
 
 
@@ -194,3 +204,11 @@ def queue_of_tickets_key(key: str) -> tuple[str, str] | None:
         return None
     tenant, sep, queue = key[len(head) : -len(tail)].partition(":")
     return (tenant, queue) if sep else None
+
+
+def queue_of_key(key: str) -> tuple[str, str] | None:
+    """(tenant, queue) of a key ``aq:{tenant:queue}:tickets`` or ``…:settings``."""
+    for suffix in ("}:tickets", "}:settings"):
+        if key.endswith(suffix):
+            return queue_of_tickets_key(key[: -len(suffix)] + "}:tickets")
+    return None

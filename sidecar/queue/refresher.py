@@ -32,8 +32,9 @@ from dataclasses import dataclass, replace
 from redis.exceptions import RedisError
 
 from ..config import QueueSettings
+from .client import text
 from .engine import REFUSED, Busy, Engine, QueueRef, QueueState, Shared
-from .keys import ADDRESSES_KEPT, ENDED_READ_CHUNK, IDLE_TICK, LEASE_MIN_MS
+from .keys import ADDRESSES_KEPT, ENDED_READ_CHUNK, FORGOTTEN_KEY, IDLE_TICK, LEASE_MIN_MS
 from .revocations import Revocations
 
 log = logging.getLogger("sidecar.refresher")
@@ -42,6 +43,9 @@ MAX_QUEUES = 3_000  # tracked at once by one process (bounds each refresh's call
 FORGET_AFTER = 300.0  # seconds without a request before a queue is forgotten
 EVICT_AFTER = 60.0  # a full set makes room by forgetting queues quiet this long
 SHARED_LOGGED_MAX = 10_000
+FLAGGED_MAX = 100_000  # sessions revoked for sharing, kept for `flagged = infinite`
+# seconds between looks for queues an operator forgot (one ZRANGEBYSCORE per process)
+FORGOTTEN_EVERY = 1.0
 
 
 class TooManyQueues(Busy):
@@ -74,6 +78,10 @@ class Refresher:
         self.holder = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.states: dict[QueueRef, QueueState] = {}
         self.revoked = Revocations(engine)  # `sid in revoked`: ended for certain
+        # sessions this process revoked for sharing (flagged = infinite sends them to
+        # a line that never moves); bounded, cleared when full
+        self.flagged: set[str] = set()
+        self._forgotten_since = time.time()  # forgettings before this process are done
         self.redis_ok = True
         self._next_prune = 0.0
         self._tracked: dict[QueueRef, _Tracked] = {}
@@ -200,13 +208,43 @@ class Refresher:
         if loaded:
             log.info("revocations loaded", extra={"queue": str(q), "count": loaded})
 
+    # -- queues an operator forgot ------------------------------------------
+
+    def forget(self, q: QueueRef) -> None:
+        """Stops tracking ``q`` (forgotten by an operator); a later request brings it back."""
+        if q in self._tracked:
+            self._forget(q)
+        self.states.pop(q, None)
+        self._sessions.pop(q, None)
+        self._waiters.pop(q, None)
+        self.engine.metrics.forget(q)
+        self.engine.forget(q)
+
+    async def drop_forgotten(self) -> None:
+        """Queues forgotten through the admin API (on any replica) since the last look:
+        this process stops ticking them, within FORGOTTEN_EVERY."""
+        try:
+            raw: list[tuple[bytes, float]] = await self.engine.redis.zrangebyscore(  # type: ignore[assignment]
+                FORGOTTEN_KEY, f"({self._forgotten_since}", "+inf", withscores=True
+            )
+        except (RedisError, OSError):
+            return  # the next refresh reports the outage
+        for member, at in raw:
+            self._forgotten_since = max(self._forgotten_since, float(at))
+            tenant, _, queue = text(member).partition(":")
+            self.forget(QueueRef(tenant, queue))
+
     # -- background loop ----------------------------------------------------
 
     async def run(self) -> None:
         next_flush = time.monotonic() + self.heartbeat_interval
+        next_forgotten = time.monotonic() + FORGOTTEN_EVERY
         while True:
             started = time.monotonic()
             try:
+                if started >= next_forgotten:
+                    next_forgotten = started + FORGOTTEN_EVERY
+                    await self.drop_forgotten()
                 was_ok = self.redis_ok
                 await self.refresh()
                 # back from an outage: the sessions held meanwhile are counted again
@@ -280,8 +318,12 @@ class Refresher:
         if not due:
             return
         states = await self.engine.tick([(q, self._tracked[q].configured) for q in due])
-        changed = [q for q, st in zip(due, states, strict=True) if st.changed]
+        changed = [
+            q for q, st in zip(due, states, strict=True) if st.changed and q in self._tracked
+        ]
         for q, st in zip(due, states, strict=True):
+            if q not in self._tracked:  # forgotten while the tick ran
+                continue
             self._absorb(q, st)
             # someone in line, invited or recalled; capped work left; an opening written
             busy = st.waiting or st.invited or st.recalled or st.more or st.opening
@@ -302,7 +344,7 @@ class Refresher:
         """The snapshots of queues another process ticks whose version moved."""
         states = await self.engine.snapshots([(q, self._tracked[q].configured) for q in queues])
         for q, st in zip(queues, states, strict=True):
-            if st is not None:
+            if st is not None and q in self._tracked:
                 self.states[q] = st
 
     async def _read_ended(self, queues: Sequence[QueueRef]) -> None:
@@ -382,6 +424,9 @@ class Refresher:
         (revoke: the session ended; this process refuses its cookie from now on)."""
         s = self._settings(shared.queue)
         if shared.revoked and s is not None:  # every replica reads it from the ended stream
+            if len(self.flagged) >= FLAGGED_MAX:
+                self.flagged.clear()
+            self.flagged.add(shared.sid)
             self.revoke(shared.sid, int(time.time()) + s.session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:

@@ -157,6 +157,7 @@ def create_app(
     app.router.add_get("/_anteroom/status", timed(guarded(status.status), metrics.status_time))
     app.router.add_get("/_anteroom/continue", guarded(status.resume))
     app.router.add_post("/_anteroom/join", guarded(status.join))
+    app.router.add_get("/_anteroom/challenge", guarded(status.challenge))
     app.router.add_post("/_anteroom/leave", guarded(status.leave))
     app.router.add_post("/_anteroom/keepalive", guarded(status.keepalive))
     app.router.add_get("/healthz", health.healthz)

@@ -75,6 +75,12 @@ class Gate:
                     tok = None
             except StorageError:  # cannot tell: wait, never pass unchecked
                 return q, "waiting", self._wait(tenant, queue, original_path(request), 2)
+        if tok is not None and tok.flagged:
+            # a line that never moves: the waiting page, answered from memory
+            resp = self._wait(tenant, queue, original_path(request))
+            if v.newly_flagged(request, tok):  # just flagged (a shared cookie revoked): keep it
+                v.set_cookie(resp, tok, now)
+            return q, "flagged", resp
         if tok is not None and tok.admitted:
             resp = answer(204)
             v.keep_alive(q, tok, state, resp, now, request)
@@ -102,8 +108,15 @@ class Gate:
                 if method in ("HEAD", "OPTIONS") or (cross_site and method != "GET"):
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 self._check_scheme(request)
+                if state.settings.challenge == "pow":
+                    # a place only for a solved challenge: the page solves it, then joins
+                    return q, "challenged", self._wait(tenant, queue, return_to, challenge=True)
                 new = await v.join(q, state.settings, return_to, now, client_address(request))
         except TooManyJoins:
+            if state.settings.flagged == "infinite":
+                resp = self._wait(tenant, queue, return_to)
+                v.set_cookie(resp, v.flag(tenant.name, queue, return_to, now, state), now)
+                return q, "flagged", resp
             # no place, no cookie: the waiting page comes back later, with backoff
             return q, "over_budget", self._wait(tenant, queue, return_to, JOIN_REFUSED_RETRY)
         except Busy:
@@ -153,12 +166,17 @@ class Gate:
         )
 
     def _wait(
-        self, tenant: Tenant, queue: str, return_to: str, retry_after: int = 5
+        self,
+        tenant: Tenant,
+        queue: str,
+        return_to: str,
+        retry_after: int = 5,
+        challenge: bool = False,
     ) -> web.Response:
         resp = answer(401)
-        resp.headers["X-Anteroom-Location"] = self.visitors.waiting_location(
-            tenant, return_to, queue
-        )
+        location = self.visitors.waiting_location(tenant, return_to, queue)
+        # the page without JavaScript shows why it cannot get a place (CSS :target)
+        resp.headers["X-Anteroom-Location"] = location + ("#challenge" if challenge else "")
         resp.headers["Retry-After"] = str(retry_after)
         return resp
 

@@ -19,11 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import NAME_RE, Tenant
+from ..config import NAME_RE, ConfigError, Tenant, queue_setting
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
+from ..queue.client import text
+from ..queue.estimate import wait
+from .challenge import Refused
 from .http import NO_STORE, client_address, json_answer, queue_param, return_param
 from .tokens import Token
-from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors
+from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors, flagged_position
 
 log = logging.getLogger("sidecar.status")
 
@@ -62,15 +65,6 @@ def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
     # the spread stays inside the abandon window: a waiter is never taken for gone
     spread = max(0, min(OPENING_SPREAD, abandon_after // 2 - opens_in - 1))
     return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
-
-
-def estimate(position: int, state: QueueState) -> tuple[float | None, list[int] | None]:
-    """ETA in seconds from the admission rate measured over the last minute."""
-    rate = state.admissions_per_second
-    if state.settings.mode == "paused" or rate <= 0:
-        return None, None
-    eta = position / rate
-    return round(eta, 1), [math.floor(eta * 0.75), math.ceil(eta * 1.5)]
 
 
 def _shared_parts(queue: str, state: QueueState) -> tuple[str, str, int]:
@@ -140,8 +134,56 @@ class Status:
         if tok is None or not NAME_RE.match(tok.queue):
             return v
         v.tok, v.q = tok, QueueRef(tenant.name, tok.queue)
+        if tok.flagged:  # answered from memory: never a Redis call
+            v.state = self.visitors.cached(v.q)
+            return v
         v.state = await self._state(v.q, tenant)
         return v
+
+    async def _challenge_queue(self, request: web.Request, tenant: Tenant) -> QueueRef | None:
+        """The ``?queue=`` of a visitor without a place, if it asks for a challenge."""
+        queue = queue_param(request)
+        if queue is None:
+            return None
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return None
+        state = await self._state(q, tenant)
+        s = state.settings if state is not None else tenant.settings_for(queue)
+        return q if s.challenge == "pow" and s.mode != "off" else None
+
+    def _new_challenge(self, q: QueueRef, tenant: Tenant, now: int) -> dict[str, Any]:
+        state = self.visitors.cached(q)
+        s = state.settings if state is not None else tenant.settings_for(q.queue)
+        c = self.visitors.challenges.issue(q.tenant, q.queue, s.challenge_difficulty, now)
+        return self.visitors.challenges.describe(c, now)
+
+    def _flagged(self, tok: Token, state: QueueState | None, now: int) -> str:
+        """A flagged client's answer: shaped like any waiter's, from memory only."""
+        position = flagged_position(tok, now)
+        rate = (
+            state.admissions_per_second
+            if state is not None and state.admissions_per_second > 0
+            else 0.5
+        )
+        eta = position / rate
+        return json.dumps(
+            {
+                "state": "waiting",
+                "queue": tok.queue,
+                "in_line": max(position + 12, state.waiting if state is not None else 0),
+                "mode": "on",
+                "opens_at": None,
+                "updated": now * 1000,
+                "redirect": None,
+                "ticket": tok.ticket,
+                "position": position,
+                "ahead": position - 1,
+                "eta_seconds": round(eta, 1),
+                "eta_range": [math.floor(eta * 0.75), math.ceil(eta * 1.5)],
+                "poll_after": poll_after(position, 120),
+            }
+        )
 
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
         return return_param(request, tok.return_to if tok else "/")
@@ -160,7 +202,7 @@ class Status:
             after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
             return f"{head}{tok.ticket}{closed}{after}}}"
         position = state.position(tok.ticket)
-        eta, eta_range = estimate(position, state)
+        eta, eta_range = wait(position, state)
         return (
             f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
             f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
@@ -179,8 +221,23 @@ class Status:
         return_to = self._return_to(request, v.tok)
         tok, q, state = v.tok, v.q, v.state
         if tok is None or q is None:
+            cq = await self._challenge_queue(request, v.tenant)
+            if cq is not None:  # a place for a solved challenge: POST /_anteroom/join
+                asked: dict[str, Any] = {
+                    "state": "challenge",
+                    "queue": cq.queue,
+                    "redirect": return_to,
+                    "challenge": self._new_challenge(cq, v.tenant, v.now),
+                }
+                return asked, v, resp
             # no place in line: going back to the page joins it
             return {"state": "none", "redirect": return_to}, v, resp
+        if tok.flagged:
+            if self.visitors.newly_flagged(
+                request, tok
+            ):  # just flagged (a shared cookie revoked): keep it
+                self.visitors.set_cookie(resp, tok, v.now)
+            return None, v, resp
         if state is None:
             body: dict[str, Any] = {
                 "state": "waiting",
@@ -213,7 +270,9 @@ class Status:
 
     async def status(self, request: web.Request) -> web.Response:
         body, v, resp = await self._decide(request)
-        if body is None and v.q is not None and v.tok is not None and v.state is not None:
+        if body is None and v.tok is not None and v.tok.flagged:
+            payload = self._flagged(v.tok, v.state, v.now)
+        elif body is None and v.q is not None and v.tok is not None and v.state is not None:
             payload = self._waiting(v.q, v.tok, v.state)
         else:
             payload = json.dumps(body)
@@ -227,6 +286,12 @@ class Status:
         if (body is None or body["state"] == "waiting") and v.tok is not None:
             return_to = self._return_to(request, v.tok)
             location = self.visitors.waiting_location(v.tenant, return_to, v.tok.queue)
+        elif (
+            body is not None and body["state"] == "challenge"
+        ):  # the page says why it needs JavaScript
+            return_to = self._return_to(request, None)
+            location = self.visitors.waiting_location(v.tenant, return_to, body["queue"])
+            location += "#challenge"
         else:  # a body: only a waiter with a place has none
             location = body["redirect"] if body is not None else "/"
         resp.set_status(303)
@@ -257,14 +322,22 @@ class Status:
             )
         v = self.visitors
         tok = v.token(request, tenant, now, queue)
+        return_to = return_param(request, "/")
         try:
+            if tok is None and state.settings.challenge == "pow":
+                refused = await self._solved(request, q, state.settings.challenge_difficulty, now)
+                if refused is not None:
+                    return refused
             if tok is None:
-                tok = await v.join(q, state.settings, "/", now, client_address(request))
+                tok = await v.join(q, state.settings, return_to, now, client_address(request))
             elif not tok.admitted and v.must_claim(tok, state):
                 tok = await v.claim(q, tok, state, now, client_address(request)) or tok
         except TooManyJoins:
-            retry = {"Retry-After": str(JOIN_REFUSED_RETRY)}
-            return json_answer({"error": "too many new places from this address"}, 429, retry)
+            if state.settings.flagged == "infinite":
+                tok = v.flag(tenant.name, queue, return_to, now, state)
+            else:
+                retry = {"Retry-After": str(JOIN_REFUSED_RETRY)}
+                return json_answer({"error": "too many new places from this address"}, 429, retry)
         except Busy:
             return json_answer({"error": "busy"}, 503, {"Retry-After": "2"})
         except StorageError:
@@ -276,7 +349,10 @@ class Status:
                 "position": 0,
                 "eta_seconds": 0,
                 "poll_after": None,
+                "redirect": return_to,
             }
+        elif tok.flagged:
+            body = json.loads(self._flagged(tok, v.cached(q) or state, now))
         else:
             v.seen(q, tok)
             body = json.loads(self._waiting(q, tok, v.cached(q) or state))
@@ -284,6 +360,42 @@ class Status:
         resp = json_answer(body)
         v.set_cookie(resp, tok, now)
         return resp
+
+    async def _solved(
+        self, request: web.Request, q: QueueRef, difficulty: int, now: int
+    ) -> web.Response | None:
+        """None if the request carries a solved, unused challenge for ``q`` (now
+        spent on every replica); else the answer, with a new challenge to solve."""
+        challenges = self.visitors.challenges
+        raw, solution = request.query.get("challenge", ""), request.query.get("solution", "")
+        tenant = self._tenant(request)
+        if not raw:
+            error = "solve the challenge first"
+        else:
+            try:
+                c = challenges.verify(raw, solution, q.tenant, q.queue, difficulty, now)
+            except Refused as e:
+                error = str(e)
+            else:
+                ttl_ms = (c.exp - now + 1) * 1000
+                if await self.visitors.engine.spend_challenge(q, c.seed, ttl_ms):
+                    return None
+                error = "challenge already used"
+        body = {"error": error, "challenge": self._new_challenge(q, tenant, now)}
+        return json_answer(body, 403)
+
+    async def challenge(self, request: web.Request) -> web.Response:
+        """A new challenge for ``?queue=`` (API clients; the page gets one with its status)."""
+        tenant = self._tenant(request)
+        queue = queue_param(request)
+        if queue is None:
+            return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return json_answer({"error": "unknown queue"}, 404)
+        if await self._challenge_queue(request, tenant) is None:
+            return json_answer({"error": "this queue asks for no challenge"}, 404)
+        return json_answer(self._new_challenge(q, tenant, int(time.time())))
 
     async def leave(self, request: web.Request) -> web.Response:
         """Ends the place or session in ``?queue=`` (or every one the visitor holds)."""
@@ -299,6 +411,8 @@ class Status:
         freed = False
         for tok in held:
             q = QueueRef(tenant.name, tok.queue)
+            if tok.flagged:  # nothing in Redis to free
+                continue
             try:
                 freed = await self.visitors.leave(q, tok) or freed
             except LEAVE_FAILED as e:
@@ -306,6 +420,10 @@ class Status:
                 log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
             log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
         return_to = return_param(request, "")
+        if not return_to and request.query.get("via") == "page":
+            # the waiting page's "Leave the line": where the operator chose
+            left = queue or (held[0].queue if len(held) == 1 else None)
+            return_to = await self._leave_to(tenant, left)
         if return_to:
             resp = web.Response(status=303, headers={"Location": return_to, **NO_STORE})
         else:
@@ -313,6 +431,25 @@ class Status:
         for tok in held:
             self.visitors.clear_cookie(resp, tok.queue)
         return resp
+
+    async def _leave_to(self, tenant: Tenant, queue: str | None) -> str:
+        """The queue's ``leave_to``: an operator's override (read now, so a change holds
+        everywhere at once), else its configuration; "/" when unknown or unreadable."""
+        if queue is None:
+            return "/"
+        configured = tenant.settings_for(queue).leave_to
+        try:
+            stored = await self.visitors.engine.redis.hget(
+                QueueRef(tenant.name, queue).keys.settings, "leave_to"
+            )
+        except LEAVE_FAILED:
+            return configured
+        if stored is None:
+            return configured
+        try:  # the configuration's own rule: a value it would refuse is ignored
+            return str(queue_setting("leave_to", "leave_to", text(stored)))
+        except ConfigError:
+            return configured
 
     async def keepalive(self, request: web.Request) -> web.Response:
         """The site-page script's "still here", for every session the visitor holds."""

@@ -32,13 +32,17 @@ VERIFIED_CACHE_SIZE = 50_000
 VERIFIED_CACHE_TOKEN = 400  # longer raw tokens (a long return_to) are verified each time
 WAITING: Literal["w"] = "w"
 ADMITTED: Literal["a"] = "a"
+# a flagged client's place in a line that never moves (flagged = "infinite"): its
+# ticket is the position it was first shown; no Redis key ever names it
+FLAGGED: Literal["f"] = "f"
+State = Literal["w", "a", "f"]
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
     tenant: str
     queue: str
-    state: Literal["w", "a"]
+    state: State
     ticket: int
     sid: str
     iat: int  # joined (waiting) or admitted at, unix seconds; sliding keeps it
@@ -49,6 +53,10 @@ class Token:
     @property
     def admitted(self) -> bool:
         return self.state == ADMITTED
+
+    @property
+    def flagged(self) -> bool:
+        return self.state == FLAGGED
 
 
 def cookie_name(prefix: str, queue: str) -> str:
@@ -145,7 +153,7 @@ class Signer:
         if not any(hmac.compare_digest(self._mac(k, data), sig) for k in self._keys):
             return None
         parts = payload.split("|")
-        if len(parts) != 10 or parts[0] != VERSION or parts[3] not in (WAITING, ADMITTED):
+        if len(parts) != 10 or parts[0] != VERSION or parts[3] not in (WAITING, ADMITTED, FLAGGED):
             return None
         if parts[3] == WAITING and not parts[8]:
             return None  # a place means nothing without the epoch it belongs to
@@ -153,7 +161,9 @@ class Signer:
             ticket, iat, exp = int(parts[4]), int(parts[6]), int(parts[7])
         except ValueError:
             return None
-        state: Literal["w", "a"] = WAITING if parts[3] == WAITING else ADMITTED
+        state: State = (
+            WAITING if parts[3] == WAITING else FLAGGED if parts[3] == FLAGGED else ADMITTED
+        )
         tok = Token(
             parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[9]), parts[8]
         )

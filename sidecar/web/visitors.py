@@ -11,6 +11,7 @@ engine is called only to change something.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import replace
 from urllib.parse import quote
 
@@ -19,9 +20,11 @@ from aiohttp import web
 from ..config import WAITING_TOKEN_TTL, Config, QueueSettings, Tenant
 from ..metrics import Metrics
 from ..queue import REFUSED, Claim, Engine, Known, QueueRef, QueueState, Refresher
+from .challenge import Challenges
 from .http import host_name, session_address
 from .tokens import (
     ADMITTED,
+    FLAGGED,
     WAITING,
     Signer,
     Token,
@@ -48,6 +51,7 @@ class Visitors:
         self.refresher = refresher
         self.metrics: Metrics = engine.metrics
         self.signer = Signer(config.secrets)
+        self.challenges = Challenges(config.secrets)
         self.cookie_attrs = "; Path=/; HttpOnly; SameSite=Lax" + (
             "; Secure" if config.cookie_secure else ""
         )
@@ -66,6 +70,11 @@ class Visitors:
         if tok is None or tok.tenant != tenant.name or tok.exp <= now:
             return None
         if tok.admitted and tok.sid in self.refresher.revoked:
+            if tok.sid in self.refresher.flagged and tenant.settings_for(tok.queue).flagged == (
+                "infinite"
+            ):
+                # revoked for sharing: from now on a line that never moves
+                return self.flag(tok.tenant, tok.queue, tok.return_to, now, None)
             return None  # ended (left, revoked): the visitor joins again like anyone
         return tok
 
@@ -181,6 +190,28 @@ class Visitors:
         exp = now + WAITING_TOKEN_TTL
         return Token(q.tenant, q.queue, WAITING, ticket, sid, now, exp, return_to, epoch)
 
+    def flag(
+        self, tenant: str, queue: str, return_to: str, now: int, state: QueueState | None
+    ) -> Token:
+        """A place in a line that never moves: it looks like the next one in line
+        (a ticket after the last, a position at the back), takes no capacity and
+        is answered from memory (see :func:`flagged_position`)."""
+        waiting = state.waiting if state is not None else 0
+        ticket = (state.tickets if state is not None else 0) + 1 + secrets.randbelow(5)
+        start = waiting + 20 + secrets.randbelow(80)
+        exp = now + WAITING_TOKEN_TTL
+        # the epoch field carries the position first shown: no Redis key names this place
+        return Token(
+            tenant, queue, FLAGGED, ticket, new_session_id(), now, exp, return_to, str(start)
+        )
+
+    @staticmethod
+    def newly_flagged(request: web.Request, tok: Token) -> bool:
+        """Whether ``tok`` was made for this request (a shared cookie revoked a moment
+        ago) rather than sent by the client: then its cookie must be set."""
+        h = request.headers
+        return tok.sid not in h.get("Cookie", "") and tok.sid not in h.get("Authorization", "")
+
     async def join(
         self, q: QueueRef, s: QueueSettings, return_to: str, now: int, address: str = ""
     ) -> Token:
@@ -264,6 +295,14 @@ class Visitors:
         if tok.admitted:
             self.refresher.revoke(tok.sid, until)
         return await self.engine.leave(q, tok.ticket, tok.sid, until, tok.epoch)
+
+
+def flagged_position(tok: Token, now: int) -> int:
+    """Where a flagged client is shown: it drifts forward fast at first, then ever
+    more slowly, and never reaches the front (the same on every replica)."""
+    start = int(tok.epoch) if tok.epoch.isdigit() else 50
+    floor = max(3, start // 4)
+    return floor + (start - floor) * 900 // (900 + max(0, now - tok.iat))
 
 
 def _expiry(admitted_at: int, now: int, s: QueueSettings) -> int:

@@ -48,3 +48,30 @@ def test_readme_api_client_waits_its_turn_then_reaches_the_api(tmp_path: Path) -
     lines = run.stdout.splitlines()
     assert lines[0] == "waiting, position 1"  # the browser was first
     assert lines[-1] == "API answered 200"
+
+
+def test_readme_proof_of_work_client_gets_a_place(tmp_path: Path) -> None:
+    """The README's proof-of-work example, as written, against a queue with a check."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split('### Queues with a browser check (`challenge = "pow"`)', 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "README.md: no Python example under the browser check"
+    code = match.group(1)
+    site = 'SITE, QUEUE = "http://127.0.0.1:8080", "shop"'
+    assert site in code
+    stack = make_stack(
+        tmp_path / "stack", ANTEROOM_CHALLENGE="pow", ANTEROOM_CHALLENGE_DIFFICULTY="12"
+    )
+    try:
+        # nginx sends a newcomer to the page (no place): now it knows the queue
+        with urllib.request.urlopen(stack.url + "/shop/", timeout=10) as r:
+            assert r.url.split("#")[0].startswith(stack.url + "/_anteroom/waiting/")
+        script = tmp_path / "client.py"
+        script.write_text(code.replace(site, site.replace("http://127.0.0.1:8080", stack.url)))
+        run = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+        )
+    finally:
+        stack.stop()
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["admitted token"]

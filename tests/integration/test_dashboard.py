@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -123,3 +124,85 @@ async def test_forms_without_the_csrf_token_are_refused(board: Stack) -> None:
         stranger = aiohttp.ClientSession()  # no session cookie at all
         async with stranger, stranger.post(url, data={"action": "paused"}) as r:
             assert r.status == 401
+
+
+async def test_the_gate_stoppers_ask_first_and_times_are_local(
+    board: Stack, tmp_path: Path
+) -> None:
+    queue, walkin = "safety", "walkin"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        await Visitor(http, board.url).get(f"/q/{queue}/")
+        await Visitor(http, board.url).get(f"/q/{walkin}/")  # one of two places taken
+
+        async def mode() -> str:
+            async with http.get(f"{board.admin_url}/api/queues/acme/{queue}", headers=headers) as r:
+                return str((await r.json())["mode"])
+
+        async with Browser() as browser:
+            shots = shots_dir(tmp_path)
+            for width, height, mobile, suffix in (
+                (1280, 900, False, "laptop"),
+                (390, 844, True, "phone"),
+            ):
+                page = await browser.page(width, height, mobile=mobile)
+                await page.send("Emulation.setTimezoneOverride", timezoneId="Europe/Paris")
+                await page.goto(board.admin_url + "/login")
+                async with page.navigation():
+                    await page.evaluate(
+                        f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
+                        "document.querySelector('form').submit()"
+                    )
+                s = section(queue)
+                # a newcomer to a queue with room walks in: no made-up minute
+                eta = f"{section(walkin)}.querySelector('[data-field=\"eta\"]').textContent"
+                assert await page.evaluate(eta) == "0 (walks in)"
+                await page.screenshot(shots / f"dashboard-{suffix}.png")
+                if mobile:
+                    # nothing wider than the phone: no sideways scrolling
+                    assert await page.evaluate("document.documentElement.scrollWidth <= 390")
+                    await page.evaluate(f"{s}.querySelector('form.settings').scrollIntoView()")
+                    await page.screenshot(shots / f"dashboard-controls-{suffix}.png")
+                    async with page.navigation():
+                        await page.evaluate(f"{s}.querySelector('button[value=\"drain\"]').click()")
+                    assert await page.evaluate("document.documentElement.scrollWidth <= 390")
+                    await page.screenshot(shots / f"dashboard-confirm-{suffix}.png")
+                    continue
+
+                # Pause asks first; Cancel changes nothing
+                button = f"{s}.querySelector('button[value=\"{{}}\"]')"
+                assert await page.evaluate(f"{button.format('off')}.textContent") == "Off…"
+                async with page.navigation():
+                    await page.evaluate(f"{button.format('paused')}.click()")
+                text = await page.evaluate("document.querySelector('main').innerText")
+                assert "Pause acme / safety?" in text and "keep their places" in text
+                await page.screenshot(shots / f"dashboard-confirm-{suffix}.png")
+                assert await mode() == "on"
+                async with page.navigation():
+                    await page.evaluate("document.querySelector('a.cancel').click()")
+                assert await mode() == "on"
+
+                # Off has a button, asks first, and Yes turns the queue off
+                async with page.navigation():
+                    await page.evaluate(f"{button.format('off')}.click()")
+                assert "lets everyone through" in await page.evaluate("document.body.innerText")
+                async with page.navigation():
+                    await page.evaluate("document.querySelector('button.warn').click()")
+                assert await mode() == "off"
+
+                # the opening in the browser's own zone (Paris, summer: UTC+2)
+                field = f"{section(queue)}.querySelector('input[name=\"opens_at\"]')"
+                zone = f"{field}.parentNode.querySelector('.zone').textContent"
+                assert await page.evaluate(zone) == "(Europe/Paris)"
+                async with page.navigation():
+                    await page.evaluate(
+                        f"{field}.value = '2030-06-01T09:00'; {field}.form.requestSubmit()"
+                    )
+                async with http.get(
+                    f"{board.admin_url}/api/queues/acme/{queue}", headers=headers
+                ) as r:
+                    view = await r.json()
+                paris_nine = int(datetime(2030, 6, 1, 7, 0, tzinfo=UTC).timestamp())
+                assert view["settings"]["opens_at"] == paris_nine
+                assert view["overrides"] == {"mode": "off", "opens_at": paris_nine}
+                await page.wait_for(f"{field}.value === '2030-06-01T09:00'")  # shown as entered

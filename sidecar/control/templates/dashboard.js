@@ -7,6 +7,7 @@
 
   function eta(seconds) {
     if (seconds === null || seconds === undefined) return "–";
+    if (seconds === 0) return "0 (walks in)";
     return Math.floor(seconds / 60) + " min " + Math.floor(seconds % 60) + " s";
   }
 
@@ -82,6 +83,27 @@
       .catch(function () { text(document.getElementById("updated"), "Not updating: admin listener unreachable"); })
       .then(function () { setTimeout(refresh, EVERY); });
   }
+
+  // Date-times: entered and shown in the browser's own zone; the server gets the
+  // zone's offset at that moment (summer time included) beside each value.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function localValue(d) {
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) +
+      "T" + pad(d.getHours()) + ":" + pad(d.getMinutes());
+  }
+  var zone = "";
+  try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) {}
+  document.querySelectorAll('input[type="datetime-local"]').forEach(function (input) {
+    var unix = +input.getAttribute("data-unix");
+    if (unix > 0) input.value = localValue(new Date(unix * 1000));
+    var label = input.parentNode.querySelector(".zone");
+    if (label) label.textContent = "(" + (zone || "local time") + ")";
+    input.form.addEventListener("submit", function () {
+      var offset = input.form.elements[input.name + "_offset"];
+      var when = input.value ? new Date(input.value) : new Date();
+      if (offset) offset.value = String(-when.getTimezoneOffset());
+    });
+  });
 
   refresh();
 })();
