@@ -893,9 +893,7 @@ class Engine:
             out.append(_state(r, s, order, live))
         return out
 
-    async def ended(
-        self, reads: Sequence[tuple[QueueRef, str]]
-    ) -> list[tuple[list[Ended], bool]]:
+    async def ended(self, reads: Sequence[tuple[QueueRef, str]]) -> list[tuple[list[Ended], bool]]:
         """Sessions ended after each (queue, last stream id read): [(id, sid, until, why)],
         and whether entries may have been trimmed unread (then reload the revoked set)."""
         if not reads:

@@ -47,7 +47,7 @@ from .keys import (
 )
 
 # name -> value, as Lua locals of the same name
-CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
+CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int, int]] = {
     "LIVE_BLOCK": LIVE_BLOCK,
     "OPENS_AT_MAX": OPENS_AT_MAX,
     "ADDRESS_COUNTER_TTL": ADDRESS_COUNTER_TTL,
