@@ -150,10 +150,10 @@ def _open(raw: Mapping[bytes | str, bytes | str], line: int, active: int) -> dic
     """The tally's minutes not recorded yet, as their records will tell them."""
     per: dict[int, dict[str, int]] = {}
     for k, v in raw.items():
-        m, dot, what = text(k).partition(".")
-        if dot and m.isdigit():
+        minute, dot, what = text(k).partition(".")
+        if dot and minute.isdigit():
             try:
-                per.setdefault(int(m), {})[what] = int(text(v))
+                per.setdefault(int(minute), {})[what] = int(text(v))
             except ValueError:
                 continue
     last = max(per, default=0)
