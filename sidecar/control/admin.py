@@ -895,6 +895,8 @@ def duration(seconds: object) -> str:
     """A wait for people: NOTHING (none), "45 s", "12 min 5 s", "2 h 3 min"."""
     if not isinstance(seconds, int | float):
         return NOTHING
+    if seconds < 1:
+        return "< 1 s"
     s = round(seconds)
     if s < 60:
         return f"{s} s"

@@ -14,6 +14,7 @@
   // the same wording as the page the server renders (admin.duration, admin.share)
   function duration(s) {
     if (s === null || s === undefined) return "–";
+    if (s < 1) return "< 1 s";
     s = Math.round(s);
     if (s < 60) return s + " s";
     if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
