@@ -204,15 +204,15 @@ async def test_the_report_tells_the_sale_as_it_was_made(
     assert 0 < waits <= 4 and gone <= 1
 
     # the CLI, with a viewer's token: CSV with one row per minute
-    r = cli(sale, "report", "acme", queue, "--format", "csv", token=VIEWER)
-    assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    done = cli(sale, "report", "acme", queue, "--format", "csv", token=VIEWER)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert sum(int(row["joins"]) for row in rows) == 6
     assert sum(int(row["admitted"]) for row in rows) == 4
-    r = cli(sale, "report", "acme", queue, "--format", "json", "--since", "0", token=VIEWER)
-    assert r.returncode == 0 and json.loads(r.stdout)["summary"]["left"] == 1
-    r = cli(sale, "report", "acme", queue, "--since", "yesterday", token=VIEWER)
-    assert r.returncode == 2 and "since" in r.stderr
+    done = cli(sale, "report", "acme", queue, "--format", "json", "--since", "0", token=VIEWER)
+    assert done.returncode == 0 and json.loads(done.stdout)["summary"]["left"] == 1
+    done = cli(sale, "report", "acme", queue, "--since", "yesterday", token=VIEWER)
+    assert done.returncode == 2 and "since" in done.stderr
 
 
 def cli(stack: Stack, *args: str, token: str) -> subprocess.CompletedProcess[str]:
