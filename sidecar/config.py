@@ -96,6 +96,9 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
 OPENS_AT_MAX = 10**11
 # name -> least value: the same rules for operator overrides in Redis (tick.lua)
 OVERRIDE_LEAST: dict[str, int] = {name: least for name, (_, least) in _QUEUE_ENV.items()}
+OVERRIDE_LEAST["challenge_difficulty"] = DIFFICULTY_MIN
+# name -> greatest value an operator may set (others: 10**9)
+OVERRIDE_MOST: dict[str, int] = {"challenge_difficulty": DIFFICULTY_MAX}
 # what an operator may change on a running queue (admin API, CLI, dashboard)
 OVERRIDABLE = (
     "capacity",
@@ -110,6 +113,10 @@ OVERRIDABLE = (
     "shared_sessions",
     "max_addresses",
     "leave_to",
+    # switched on during an attack: every replica asks newcomers for work within a second
+    "challenge",
+    "challenge_difficulty",
+    "flagged",
 )
 ADMIN_TOKEN_MIN = 16
 # what an admin token may do, each role including the ones before it

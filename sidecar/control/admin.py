@@ -42,6 +42,7 @@ from ..config import (
     ConfigError,
     OverrideErrors,
     QueueSettings,
+    opens_at,
     queue_overrides,
     queue_setting,
 )
@@ -77,6 +78,8 @@ FORGOTTEN_KEPT = 3600  # seconds a forgotten queue is remembered (replicas drop 
 # seconds a forget waits before removing the keys: every process's refresher has
 # stopped ticking the queue by then (it looks every queue.refresher.FORGOTTEN_EVERY)
 FORGET_WAIT = 2.5
+SALE_WINDOW = 24 * 3600  # seconds the dashboard's "how it went" figures cover
+SALE_EVERY = 15.0  # seconds between reads of them (a day of records per queue)
 FIELD_LABELS = {
     "capacity": "Capacity",
     "admit_per_minute": "Admit per minute",
@@ -89,6 +92,14 @@ FIELD_LABELS = {
     "closes_at": "Closes at",
     "max_addresses": "Addresses per session",
     "leave_to": "“Leave the line” goes to",
+    "challenge": "Proof of work for newcomers",
+    "challenge_difficulty": "Work (log2 hashes)",
+    "flagged": "Flagged clients",
+}
+# chosen from a list in the dashboard: value -> what the option says
+CHOICE_FIELDS = {
+    "challenge": {"none": "None", "pow": "Proof of work"},
+    "flagged": {"refuse": "Told they are refused", "infinite": "A line that never moves"},
 }
 # entered as local date-times in the dashboard; unix seconds in the API
 TIME_FIELDS = ("opens_at", "closes_at")
@@ -220,12 +231,16 @@ class Admin:
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
         self._forgetting: set[QueueRef] = set()  # stopping everywhere before the keys go
+        self._sale: dict[QueueRef, dict[str, Any]] = {}
+        self._sale_at = 0.0
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["duration"] = duration
+        self.templates.filters["share"] = share
 
     # -- the application -----------------------------------------------------
 
@@ -240,6 +255,7 @@ class Admin:
         r.add_post("/api/queues/{tenant}/{queue}/drain", self.api_drain)
         r.add_get("/api/queues/{tenant}/{queue}/sessions", self.api_sessions)
         r.add_delete("/api/queues/{tenant}/{queue}/sessions/{sid}", self.api_revoke)
+        r.add_get("/api/queues/{tenant}/{queue}/report", self.api_report)
         r.add_get("/api/audit", self.api_audit)
         r.add_get("/metrics", self.metrics_text)
         r.add_get("/login", self.login_form)
@@ -248,6 +264,7 @@ class Admin:
         r.add_get("/", self.dashboard)
         r.add_get("/ui/data", self.ui_data)
         r.add_post("/ui/queues/{tenant}/{queue}", self.ui_change)
+        r.add_get("/ui/queues/{tenant}/{queue}/report.{format}", self.ui_report)
         r.add_get("/static/{name}", self.static)
         return app
 
@@ -649,6 +666,61 @@ class Admin:
         freed = await self.revoke(who, q, sid)
         return web.json_response({"revoked": sid, "freed": freed})
 
+    async def api_report(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
+        fmt = request.query.get("format", "json")
+        return await self._report(await self._ref(request), request, fmt)
+
+    async def ui_report(self, request: web.Request) -> web.Response:
+        return await self._report(await self._ref(request), request, request.match_info["format"])
+
+    async def _report(self, q: QueueRef, request: web.Request, fmt: str) -> web.Response:
+        """How the sale went, minute by minute (the kept week unless ``since`` /
+        ``until`` narrow it: unix seconds or ISO-8601 with a zone), as JSON or CSV."""
+        if fmt not in ("json", "csv"):
+            raise AdminError(400, {"error": "format: json or csv"})
+        now = int(time.time())
+        bounds = {"since": now - history.KEPT_SECONDS, "until": now + 60}
+        for name in bounds:
+            raw = request.query.get(name, "").strip()
+            if raw:
+                try:
+                    bounds[name] = opens_at(name, raw)
+                except ConfigError as e:
+                    raise AdminError(400, {"error": str(e)}) from None
+        records = await history.minutes(self.redis, q, bounds["since"], bounds["until"])
+        name = f"anteroom-{q.tenant}-{q.queue}-{time.strftime('%Y%m%d-%H%M', time.gmtime(now))}"
+        headers = {
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{name}.{fmt}"',
+        }
+        if fmt == "csv":
+            return web.Response(
+                text=history.report_csv(records), content_type="text/csv", headers=headers
+            )
+        body = {
+            "tenant": q.tenant,
+            "queue": q.queue,
+            "since": bounds["since"],
+            "until": bounds["until"],
+            "summary": history.summary(records),
+            "minutes": history.report_rows(records),
+        }
+        return web.json_response(body, headers=headers)
+
+    async def sale(self, qs: list[QueueRef]) -> dict[str, dict[str, Any]]:
+        """Each queue's last SALE_WINDOW seconds summed up (waits, abandonment, the
+        estimate's quality), read again at most every SALE_EVERY seconds."""
+        now = time.monotonic()
+        if now >= self._sale_at or set(qs) - self._sale.keys():
+            until = int(time.time()) + 60
+            found = {}
+            for q in qs:
+                records = await history.minutes(self.redis, q, until - SALE_WINDOW, until)
+                found[q] = history.summary(records)
+            self._sale, self._sale_at = found, now + SALE_EVERY
+        return {f"{q.tenant}/{q.queue}": self._sale[q] for q in qs if q in self._sale}
+
     async def api_audit(self, request: web.Request) -> web.Response:
         self._may(request, "read")
         try:
@@ -710,8 +782,10 @@ class Admin:
         views = await self.views()
         recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
         token: AdminToken = request[WHO]
+        sale = await self.sale([QueueRef(v.tenant, v.queue) for v in views])
         return self._page(
             "dashboard.html",
+            sale=sale,
             recent=recent,
             status=400 if errors else 200,
             queues=views,
@@ -726,6 +800,7 @@ class Admin:
             modes=MODES,
             time_fields=TIME_FIELDS,
             text_fields=TEXT_FIELDS,
+            choice_fields=CHOICE_FIELDS,
             local_time=_datetime_local,
         )
 
@@ -735,8 +810,9 @@ class Admin:
         refs = [QueueRef(v.tenant, v.queue) for v in views]
         points = await history.read_many(self.redis, refs, now)
         charts = {v.key: [asdict(p) for p in ps] for v, ps in zip(views, points, strict=True)}
+        sale = await self.sale(refs)
         return web.json_response(
-            {"queues": [asdict(v) for v in views], "history": charts, "now": now},
+            {"queues": [asdict(v) for v in views], "history": charts, "sale": sale, "now": now},
             headers={"Cache-Control": "no-store"},
         )
 
@@ -810,6 +886,30 @@ _ACTION_LABELS = {
     "off": "Turn off",
     "forget": "Forget",
 }
+
+
+NOTHING = "\u2013"  # an en dash: nothing to tell yet
+
+
+def duration(seconds: object) -> str:
+    """A wait for people: NOTHING (none), "45 s", "12 min 5 s", "2 h 3 min"."""
+    if not isinstance(seconds, int | float):
+        return NOTHING
+    if seconds < 1:
+        return "< 1 s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def share(fraction: object) -> str:
+    """A fraction as a percentage (NOTHING: nothing to tell)."""
+    if not isinstance(fraction, int | float):
+        return NOTHING
+    return f"{fraction * 100:.0f} %"
 
 
 def _datetime_local(unix: object) -> str:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..config import Config, ConfigError
 
@@ -63,6 +63,17 @@ def add_parser(sub: Any) -> None:
     forget.add_argument(
         "--force", action="store_true", help="even with people in line or inside (they lose them)"
     )
+    report = qsub.add_parser(
+        "report", help="how the sale went, minute by minute (joins, waits, who gave up)"
+    )
+    report.add_argument("tenant")
+    report.add_argument("queue")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    report.add_argument(
+        "--since", default="", help="unix seconds or ISO-8601 with its zone (default: 7 days ago)"
+    )
+    report.add_argument("--until", default="", help="likewise (default: now)")
+    report.add_argument("--output", "-o", default="", help="write to this file (default: stdout)")
     audit = qsub.add_parser("audit", help="recent changes, newest first")
     audit.add_argument("--limit", type=int, default=20)
 
@@ -92,6 +103,9 @@ class Client:
         return cls(config.admin_url, config.admin_tokens[0][1])
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        return json.loads(self.fetch(method, path, body))
+
+    def fetch(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -100,8 +114,8 @@ class Client:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return json.loads(r.read())
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return bytes(r.read())
         except urllib.error.HTTPError as e:
             try:
                 reply = json.loads(e.read())
@@ -146,6 +160,17 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
     if a.action == "forget":
         r = c.call("DELETE", path + ("?force=true" if a.force else ""))
         return f"forgot {r['forgotten']} ({r['keys']} keys removed)"
+    if a.action == "report":
+        query = urlencode({"format": a.format, "since": a.since, "until": a.until})
+        body = c.fetch("GET", f"{path}/report?{query}").decode()
+        if a.output:
+            try:
+                with open(a.output, "w", encoding="utf-8") as f:
+                    f.write(body)
+            except OSError as e:
+                raise ConfigError(f"--output: cannot write {a.output!r}: {e.strerror}") from None
+            return f"wrote {a.output}"
+        return body.rstrip("\n")
     if a.action == "drain":
         return _show(c.call("POST", path + "/drain"))
     if a.action == "revoke":

@@ -256,6 +256,7 @@ class QueueState:
     lapsed: int = 0  # invitations that ran out by this tick
     newly_invited: int = 0
     skipped: int = 0
+    unseen: int = 0  # of the skipped, those still in line but never seen (they gave up)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
@@ -293,6 +294,15 @@ class Joined(NamedTuple):
     admitted: bool  # admitted at once (nobody ahead, room)
     ticket: int
     epoch: str  # the queue's epoch the ticket belongs to
+
+
+class Ended(NamedTuple):
+    """An entry of a queue's ended stream."""
+
+    id: str
+    sid: str
+    until: int  # unix seconds its cookie could still be presented
+    why: str  # "shared": revoked for sharing (flagged clients); "" or "lost" otherwise
 
 
 class Shared(NamedTuple):
@@ -558,6 +568,9 @@ class Engine:
         reply = await self._call(JOIN, q.keys.all(), JOIN.argv(args, pairs), q)
         epoch, places = _s(reply["epoch"]), reply["places"]
         self._saw(q, epoch, max((int(t) for t in places[::2]), default=0))
+        for admitted in places[1::2]:
+            if admitted:  # walked in: no time in line
+                self.metrics.waited(q, 0.0)
         return [
             Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
         ]
@@ -571,11 +584,25 @@ class Engine:
         return (await self.claim_place(q, ticket, sid, s, epoch))[0]
 
     async def claim_place(
-        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+        self,
+        q: QueueRef,
+        ticket: int,
+        sid: str,
+        s: QueueSettings,
+        epoch: str | None = None,
+        joined: int = 0,
     ) -> tuple[Claim, str]:
-        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one)."""
+        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one).
+        ``joined``: unix second the place was taken (its token's issue time; 0 unknown),
+        for the time in line a first admission records."""
         args = {"ticket": ticket, "sid": sid, "epoch": epoch or "", **self._admission(s)}
+        args["joined_ms"] = joined * 1000
         reply = await self._call(CLAIM, q.keys.all(), CLAIM.argv(args))
+        waited_ms, told = int(reply["waited_ms"]), int(reply["estimate"])
+        if waited_ms >= 0:
+            self.metrics.waited(q, waited_ms / 1000)
+            if told > 0:
+                self.metrics.estimate_ratio(q, waited_ms / 1000 / told)
         return Claim(int(reply["result"])), _s(reply["current_epoch"])
 
     async def leave(
@@ -588,6 +615,7 @@ class Engine:
         args = {"ticket": ticket, "sid": sid, "revoke_until": revoke_until, "epoch": epoch or ""}
         # every replica reads the ended stream at its next refresh
         reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args), q)
+        self.metrics.gone(q, "left", int(reply["left_line"]))
         return bool(reply["freed"])
 
     async def spend_challenge(self, q: QueueRef, nonce: str, ttl_ms: int) -> bool:
@@ -657,12 +685,19 @@ class Engine:
             await self.poke(q)
         return result
 
-    async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings]]) -> list[QueueState]:
-        """Purges, advances, records and publishes each queue: [(queue, configured settings)]."""
+    async def tick(
+        self,
+        queues: Sequence[tuple[QueueRef, QueueSettings]],
+        etas: Mapping[QueueRef, float | None] | None = None,
+    ) -> list[QueueState]:
+        """Purges, advances, records and publishes each queue: [(queue, configured
+        settings)]; ``etas``: what a newcomer to each was told lately (the record of
+        how good the estimate was; estimate.newcomer_wait)."""
         if not queues:
             return []
         calls: list[Call] = []
         for q, s in queues:
+            eta = (etas or {}).get(q)
             summary = self._summaries.get(q) or _Summary()
             args = {
                 "capacity": s.capacity,
@@ -676,10 +711,14 @@ class Engine:
                 "joins_per_address": s.joins_per_address,
                 "shared_sessions": s.shared_sessions,
                 "max_addresses": s.max_addresses,
+                "challenge": s.challenge,
+                "challenge_difficulty": s.challenge_difficulty,
+                "flagged": s.flagged,
                 "purge_slack_ms": self.purge_slack_ms,
                 **self._known_args(q),
                 "line_version": summary.version,
                 "line_epoch": summary.epoch,
+                "eta": -1 if eta is None else round(eta),
             }
             calls.append((TICK, q.keys.all(), TICK.argv(args)))
         replies = await self._batch(calls)
@@ -687,6 +726,8 @@ class Engine:
         for r, (q, s) in zip(replies, queues, strict=True):
             epoch = _s(r["epoch"])
             self._saw(q, epoch, int(r["tickets"]), int(r["serving"]))
+            self.metrics.gone(q, "pruned", int(r["pruned"]))
+            self.metrics.gone(q, "skipped", int(r["unseen"]))
             live = await self._summary(q, r, epoch)
             order = None
             if int(r["opening"]):
@@ -835,6 +876,7 @@ class Engine:
                 lapsed=0,
                 newly_invited=0,
                 skipped=0,
+                unseen=0,
                 opened=0,
                 more=0,
             )
@@ -851,10 +893,8 @@ class Engine:
             out.append(_state(r, s, order, live))
         return out
 
-    async def ended(
-        self, reads: Sequence[tuple[QueueRef, str]]
-    ) -> list[tuple[list[tuple[str, str, int]], bool]]:
-        """Sessions ended after each (queue, last stream id read): [(id, sid, until)],
+    async def ended(self, reads: Sequence[tuple[QueueRef, str]]) -> list[tuple[list[Ended], bool]]:
+        """Sessions ended after each (queue, last stream id read): [(id, sid, until, why)],
         and whether entries may have been trimmed unread (then reload the revoked set)."""
         if not reads:
             return []
@@ -867,7 +907,8 @@ class Engine:
             found = []
             for entry_id, f in entries:
                 got = {_s(k): _s(v) for k, v in f.items()}
-                found.append((_s(entry_id), got.get("sid", ""), int(float(got.get("until", 0)))))
+                until = int(float(got.get("until", 0)))
+                found.append(Ended(_s(entry_id), got.get("sid", ""), until, got.get("why", "")))
             # the last entry read is still there: nothing was trimmed unread
             if found and found[0][0] == last:
                 out.append((found[1:], False))
@@ -937,10 +978,9 @@ def _state(
         joins_per_address=int(r["joins_per_address"]),
         shared_sessions=_s(r["shared_sessions"]),
         max_addresses=int(r["max_addresses"]),
-        # set by configuration only: the scripts never read them
-        challenge=configured.challenge,
-        challenge_difficulty=configured.challenge_difficulty,
-        flagged=configured.flagged,
+        challenge=_s(r["challenge"]),
+        challenge_difficulty=int(r["challenge_difficulty"]),
+        flagged=_s(r["flagged"]),
         leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
     )
     return QueueState(
@@ -956,6 +996,7 @@ def _state(
         lapsed=int(r["lapsed"]),
         newly_invited=int(r["newly_invited"]),
         skipped=int(r["skipped"]),
+        unseen=int(r["unseen"]),
         recalled=int(r["recalled"]),
         live=live,
         closed=bool(int(r["closed"])),

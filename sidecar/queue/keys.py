@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import WAITING_TOKEN_TTL
+from ..metrics import WAIT_BUCKETS
 
 PREFIX = "aq"
 
@@ -79,6 +80,18 @@ AUDIT_MAXLEN = 1_000
 # Dashboard history: one point per queue every HISTORY_STEP seconds, an hour kept.
 HISTORY_STEP = 5
 HISTORY_SECONDS = 3_600
+# How the sale went: one record per minute with something to tell (joins,
+# admissions, the line, waits, people who gave up), kept MINUTES_KEPT minutes
+# (7 days); written by the ticker when the minute is over, from the tally that
+# join, claim, leave and the tick add to. Idle minutes write nothing.
+MINUTES_KEPT = 7 * 24 * 60
+# Time in line (join -> admission), seconds: the upper bounds of the buckets the
+# tally counts, the Prometheus histogram's; past the last one: +Inf.
+WAIT_BOUNDS = tuple(int(b) for b in WAIT_BUCKETS)
+# The page's estimate at join against the wait that followed (actual / estimate, per
+# mille): the buckets' upper bounds. 750..1500 is the range a measured estimate
+# is shown with (estimate.MEASURED_RANGE).
+ESTIMATE_BOUNDS = (500, 750, 1_500, 2_000)
 # One ticker per queue: the process holding a queue's lease (a field of TICKERS_KEY,
 # "holder deadline_ms", renewed at every refresh) runs its tick; the others read its
 # snapshot when the queue's version (another field) moves. One key for every queue,
@@ -122,6 +135,11 @@ class QueueKeys:
     line_version: str
     line_log: str  # ZSET block -> line_version of its last change (blocks ahead of serving)
     history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
+    # HASH "<minute>.<what>" -> count for minutes not yet recorded (joins j, waits w<i>,
+    # left l, pruned p, skipped s, estimate accuracy e<k>, the estimate eta), and
+    # "closed": the last minute recorded
+    tally: str
+    minutes: str  # HASH unix minute -> its record (history.Minute), MINUTES_KEPT of them
     # Scheduled opening: {from, to} tickets of the pre-queue while closed; after the
     # shuffle {first, last, seed, at}: the line order of tickets first..last
     opening: str
@@ -165,6 +183,8 @@ class QueueKeys:
             self.recovery,
             self.history,
             self.snapshot,
+            self.tally,
+            self.minutes,
         ]
 
 
@@ -186,6 +206,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         line_version=base + "line:v",
         line_log=base + "line:log",
         history=base + "history",
+        tally=base + "tally",
+        minutes=base + "minutes",
         opening=base + "opening",
         order=base + "order",
         rank=base + "rank",

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from ..config import QueueSettings
 from .client import text
 from .engine import REFUSED, Busy, Engine, QueueRef, QueueState, Shared
+from .estimate import newcomer_wait
 from .keys import ADDRESSES_KEPT, ENDED_READ_CHUNK, FORGOTTEN_KEY, IDLE_TICK, LEASE_MIN_MS
 from .revocations import Revocations
 
@@ -78,8 +79,9 @@ class Refresher:
         self.holder = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.states: dict[QueueRef, QueueState] = {}
         self.revoked = Revocations(engine)  # `sid in revoked`: ended for certain
-        # sessions this process revoked for sharing (flagged = infinite sends them to
-        # a line that never moves); bounded, cleared when full
+        # sessions revoked for sharing, by this process or (read from the ended
+        # stream) any other (flagged = infinite sends them to a line that never
+        # moves); bounded, cleared when full
         self.flagged: set[str] = set()
         self._forgotten_since = time.time()  # forgettings before this process are done
         self.redis_ok = True
@@ -317,7 +319,9 @@ class Refresher:
     async def _tick(self, due: Sequence[QueueRef], now: float, moved: set[QueueRef]) -> None:
         if not due:
             return
-        states = await self.engine.tick([(q, self._tracked[q].configured) for q in due])
+        # what a newcomer was told at the last look: the record of the estimate's quality
+        etas = {q: newcomer_wait(self.states[q]) for q in due if q in self.states}
+        states = await self.engine.tick([(q, self._tracked[q].configured) for q in due], etas)
         changed = [
             q for q, st in zip(due, states, strict=True) if st.changed and q in self._tracked
         ]
@@ -357,9 +361,11 @@ class Refresher:
                 log.warning("ended stream trimmed unread; reloading", extra={"queue": str(q)})
                 await self._reload_revoked(q, t)
                 continue
-            for stream_id, sid, until in entries:
+            for stream_id, sid, until, why in entries:
                 if sid:
                     self.revoke(sid, until)
+                    if why == "shared":  # revoked for sharing on any replica
+                        self._flag(sid)
                 t.last_ended = stream_id
             if len(entries) >= ENDED_READ_CHUNK:
                 self._unread.add(q)
@@ -424,9 +430,7 @@ class Refresher:
         (revoke: the session ended; this process refuses its cookie from now on)."""
         s = self._settings(shared.queue)
         if shared.revoked and s is not None:  # every replica reads it from the ended stream
-            if len(self.flagged) >= FLAGGED_MAX:
-                self.flagged.clear()
-            self.flagged.add(shared.sid)
+            self._flag(shared.sid)
             self.revoke(shared.sid, int(time.time()) + s.session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
@@ -443,6 +447,11 @@ class Refresher:
                 "action": "revoked" if shared.revoked else "flagged",
             },
         )
+
+    def _flag(self, sid: str) -> None:
+        if len(self.flagged) >= FLAGGED_MAX:
+            self.flagged.clear()
+        self.flagged.add(sid)
 
     def _absorb(self, q: QueueRef, st: QueueState) -> None:
         self.states[q] = st

@@ -18,25 +18,36 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..config import MODES, OPENS_AT_MAX, OVERRIDE_LEAST, SHARED_SESSIONS
+from ..config import (
+    CHALLENGES,
+    FLAGGED,
+    MODES,
+    OPENS_AT_MAX,
+    OVERRIDE_LEAST,
+    OVERRIDE_MOST,
+    SHARED_SESSIONS,
+)
 from .keys import (
     ADDRESS_COUNTER_TTL,
     ADVANCE_MAX_STEPS,
     ENDED_STREAM_MAXLEN,
+    ESTIMATE_BOUNDS,
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
     HISTORY_SECONDS,
     HISTORY_STEP,
     LINE_CHUNK,
     LIVE_BLOCK,
+    MINUTES_KEPT,
     OPEN_INLINE_MAX,
     PLACE_TTL,
     PRUNE_MAX,
     RECOVERY_TICKET_SLACK,
+    WAIT_BOUNDS,
 )
 
 # name -> value, as Lua locals of the same name
-CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
+CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int, int]] = {
     "LIVE_BLOCK": LIVE_BLOCK,
     "OPENS_AT_MAX": OPENS_AT_MAX,
     "ADDRESS_COUNTER_TTL": ADDRESS_COUNTER_TTL,
@@ -46,6 +57,10 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "FRONT_WINDOW": FRONT_WINDOW,
     "HISTORY_STEP": HISTORY_STEP,
     "HISTORY_SECONDS": HISTORY_SECONDS,
+    "MINUTES_KEPT": MINUTES_KEPT,
+    # ascending upper bounds, as Lua arrays
+    "WAIT_BOUNDS": dict(enumerate(WAIT_BOUNDS, start=1)),
+    "ESTIMATE_BOUNDS": dict(enumerate(ESTIMATE_BOUNDS, start=1)),
     "PLACE_TTL": PLACE_TTL,
     "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
     "PRUNE_MAX": PRUNE_MAX,
@@ -54,6 +69,9 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
+    "OVERRIDE_MOST": OVERRIDE_MOST,  # setting -> greatest value (others: 1e9)
+    "CHALLENGES": CHALLENGES,
+    "FLAGGED": FLAGGED,
 }
 
 
@@ -126,6 +144,9 @@ SNAPSHOT = (
     "joins_per_address",
     "shared_sessions",
     "max_addresses",
+    "challenge",
+    "challenge_difficulty",
+    "flagged",
     "recalled",
     "line_version",
     "closed",
@@ -156,10 +177,17 @@ JOIN = Script(
     rest="(session id, client address) pairs; address '' = unknown: no budget applies",
     reply=("places", "epoch"),
 )
+# claim: joined_ms is the place's join time (its token's issue time; 0 unknown);
+# waited_ms (-1: no new admission) and the estimate it was given at join (seconds,
+# -1 unknown) feed the time-in-line figures
 CLAIM = Script(
-    "claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result", "current_epoch")
+    "claim",
+    args=("ticket", "sid", "epoch", *_ADMISSION, "joined_ms"),
+    reply=("result", "current_epoch", "waited_ms", "estimate"),
 )
-LEAVE = Script("leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed",))
+LEAVE = Script(
+    "leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed", "left_line")
+)
 HEARTBEAT = Script(
     "heartbeat",
     args=(
@@ -190,10 +218,14 @@ TICK = Script(
         "joins_per_address",
         "shared_sessions",
         "max_addresses",
+        "challenge",
+        "challenge_difficulty",
+        "flagged",
         "purge_slack_ms",
         *_KNOWN,
         "line_version",
         "line_epoch",
+        "eta",  # what a newcomer was told at the caller's last look (seconds; -1 none)
     ),
     reply=(
         "tickets",
@@ -214,10 +246,14 @@ TICK = Script(
         "joins_per_address",
         "shared_sessions",
         "max_addresses",
+        "challenge",
+        "challenge_difficulty",
+        "flagged",
         "expired",
         "lapsed",
         "newly_invited",
         "skipped",
+        "unseen",
         "pruned",
         "more",
         "recalled",

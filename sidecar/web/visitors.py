@@ -70,11 +70,13 @@ class Visitors:
         if tok is None or tok.tenant != tenant.name or tok.exp <= now:
             return None
         if tok.admitted and tok.sid in self.refresher.revoked:
-            if tok.sid in self.refresher.flagged and tenant.settings_for(tok.queue).flagged == (
-                "infinite"
-            ):
-                # revoked for sharing: from now on a line that never moves
-                return self.flag(tok.tenant, tok.queue, tok.return_to, now, None)
+            if tok.sid in self.refresher.flagged:
+                # the effective setting: an operator may switch it on during an attack
+                st = self.cached(QueueRef(tok.tenant, tok.queue))
+                s = st.settings if st is not None else tenant.settings_for(tok.queue)
+                if s.flagged == "infinite":
+                    # revoked for sharing: from now on a line that never moves
+                    return self.flag(tok.tenant, tok.queue, tok.return_to, now, st)
             return None  # ended (left, revoked): the visitor joins again like anyone
         return tok
 
@@ -245,7 +247,9 @@ class Visitors:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
-        result, epoch = await self.engine.claim_place(q, tok.ticket, tok.sid, s, tok.epoch)
+        result, epoch = await self.engine.claim_place(
+            q, tok.ticket, tok.sid, s, tok.epoch, joined=tok.iat
+        )
         if result is Claim.RESTORED:
             # Redis lost the queue and the token vouched for this place: same ticket,
             # the new epoch (queue/lua/claim.lua)

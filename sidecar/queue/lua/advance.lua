@@ -1,9 +1,10 @@
 -- Part: the advance. Moves serving by the free capacity: second chances first
 -- (they were ahead of everyone still in line), then the line, passing at most
 -- ADVANCE_MAX_STEPS places per call (the rest at the next tick).
--- Returns invited, skipped.
+-- Returns serving, invited, skipped, capped, unseen (skipped while in line, never
+-- seen: they keep a second chance).
 local function advance(s, grace_ms, serving, tickets)
-  local invited, skipped = 0, 0
+  local invited, skipped, unseen = 0, 0, 0
   local free = free_slots(s.capacity, s.admit_per_minute)
   while free > 0 do
     local r = redis.call('ZRANGE', K_RECALL, 0, 0)
@@ -36,6 +37,7 @@ local function advance(s, grace_ms, serving, tickets)
         -- the page; the visitor's first poll uses the second chance
         redis.call('ZADD', K_MISSED, 'NX', now_ms + grace_ms, t)
         skipped = skipped + 1
+        unseen = unseen + 1
       end
     else
       -- left the line or stopped polling: skipped without using capacity
@@ -53,5 +55,5 @@ local function advance(s, grace_ms, serving, tickets)
     if #passed > 0 then redis.call('ZREM', K_LINE_LOG, unpack(passed)) end
   end
   if invited > 0 then record_admissions(invited) end
-  return serving, invited, skipped, steps == ADVANCE_MAX_STEPS
+  return serving, invited, skipped, steps == ADVANCE_MAX_STEPS, unseen
 end

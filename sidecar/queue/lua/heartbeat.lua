@@ -27,10 +27,13 @@ local until_sec = now_sec + math.ceil(session_ttl_ms / 1000)
 local open = recovering() or (mode == 'on' and redis.call('ZCARD', K_WAITING) == 0
   and redis.call('ZCARD', K_RECALL) == 0)
 
-local function end_session(sid)
+-- why: 'shared' for a cookie revoked for sharing (every replica's refresher reads it:
+-- with flagged = infinite its holder gets a line that never moves), else 'lost'
+local function end_session(sid, why)
   redis.call('ZREM', K_ACTIVE, sid)
   redis.call('ZADD', K_REVOKED, until_sec, sid)
-  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', until_sec)
+  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', until_sec,
+    'why', why)
 end
 
 -- How many addresses the session used within the window, this batch's included.
@@ -54,7 +57,7 @@ for i = REST, REST + sessions - 1 do
         or redis.call('ZCARD', K_ACTIVE) + redis.call('ZCARD', K_INVITED) < capacity) then
       redis.call('ZADD', K_ACTIVE, now_ms + session_ttl_ms, sid)
     else
-      end_session(sid)
+      end_session(sid, 'lost')
       ended = ended + 1
       live = false
     end
@@ -65,7 +68,7 @@ for i = REST, REST + sessions - 1 do
         if count > max_addresses then
           local revoke = shared_sessions == 'revoke'
           if revoke then
-            end_session(sid)
+            end_session(sid, 'shared')
             redis.call('DEL', address_prefix .. sid)
           end
           shared[#shared + 1] = sid
