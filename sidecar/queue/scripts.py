@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..config import MODES, OPENS_AT_MAX, OVERRIDE_LEAST, SHARED_SESSIONS
+from ..config import ACCESS, MODES, OPENS_AT_MAX, ORDERS, OVERRIDE_LEAST, SHARED_SESSIONS
 from .keys import (
     ADDRESS_COUNTER_TTL,
     ADVANCE_MAX_STEPS,
+    DRAW_MAX,
     ENDED_STREAM_MAXLEN,
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
@@ -51,7 +52,10 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "PRUNE_MAX": PRUNE_MAX,
     "LINE_CHUNK": LINE_CHUNK,
     "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
+    "DRAW_MAX": DRAW_MAX,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
+    "ORDERS": ORDERS,
+    "ACCESS": ACCESS,
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
 }
@@ -134,6 +138,9 @@ SNAPSHOT = (
     "shuffled_last",
     "seed",
     "epoch",
+    "order",
+    "access",
+    "in_draw",
 )
 
 _ADMISSION = (
@@ -174,7 +181,7 @@ HEARTBEAT = Script(
         "sessions",
     ),
     rest="session ids, then as many comma-separated address lists, then waiting tickets",
-    reply=("counted", "ended", "shared"),
+    reply=("counted", "ended", "shared", "gone"),
 )
 TICK = Script(
     "tick",
@@ -194,6 +201,9 @@ TICK = Script(
         *_KNOWN,
         "line_version",
         "line_epoch",
+        "order",
+        "access",
+        "draw_seed",
     ),
     reply=(
         "tickets",
@@ -236,6 +246,9 @@ TICK = Script(
         "epoch",
         "version",
         "changed",
+        "order",
+        "access",
+        "in_draw",
     ),
     parts=("settings", "shuffle", "advance", "summary", "history", "snapshot"),
 )
@@ -259,6 +272,14 @@ OPEN = Script(
     reply=("written", "moved", "done"),
     parts=("shuffle",),
 )
+# An access code: one place served before the line (admitted at once with room),
+# once across every replica. digest: SHA-256 of the code; old_ticket/old_epoch:
+# the place the holder had (0/''), taken out of line.
+REDEEM = Script(
+    "redeem",
+    args=("digest", "sid", "old_ticket", "old_epoch", *_ADMISSION, *_KNOWN),
+    reply=("result", "ticket", "epoch", "label"),
+)
 REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 TICKERS = Script(
     "tickers",
@@ -268,7 +289,7 @@ TICKERS = Script(
 )
 
 SCRIPTS: Mapping[str, Script] = {
-    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS)
+    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REDEEM, REVOKED, TICKERS)
 }
 
 

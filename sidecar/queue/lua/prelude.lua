@@ -3,10 +3,10 @@
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
   K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_LINE_VERSION, K_LINE_LOG, K_OPENING, K_ORDER, K_RANK,
-  K_EPOCH, K_RECOVERY, K_HISTORY, K_SNAPSHOT =
+  K_EPOCH, K_RECOVERY, K_HISTORY, K_SNAPSHOT, K_CODES, K_CODE_LABELS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19],
-  KEYS[20], KEYS[21]
+  KEYS[20], KEYS[21], KEYS[22], KEYS[23]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')

@@ -9,6 +9,10 @@ local function effective_settings(s)
       if MODES[value] then s.mode = value end
     elseif name == 'shared_sessions' then
       if SHARED_SESSIONS[value] then s.shared_sessions = value end
+    elseif name == 'order' then
+      if ORDERS[value] then s.order = value end
+    elseif name == 'access' then
+      if ACCESS[value] then s.access = value end
     elseif OVERRIDE_LEAST[name] ~= nil then
       local n = tonumber(value)
       if n and n >= OVERRIDE_LEAST[name] and n <= 1e9 then s[name] = math.floor(n) end
