@@ -34,7 +34,8 @@ async def line_of(e: Engine, q: QueueRef, n: int, s: QueueSettings, seen: bool =
 
 
 async def invited(redis: Redis, q: QueueRef) -> set[int]:
-    return {int(t) for t in await redis.zrange(q.keys.invited, 0, -1)}
+    raw: list[bytes] = await redis.zrange(q.keys.invited, 0, -1)  # type: ignore[assignment]
+    return {int(t) for t in raw}
 
 
 async def occupancy(redis: Redis, q: QueueRef) -> int:

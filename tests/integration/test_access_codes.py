@@ -121,7 +121,7 @@ async def test_a_code_holder_is_next_in_and_the_code_leaves_return_to(
                 assert (await w.status())["state"] == "waiting"
             assert await occupancy(redis, q) <= 1
             seen.append(await holder.status())
-            return seen[-1]["state"] == "admitted"
+            return bool(seen[-1]["state"] == "admitted")
 
         await eventually(holder_first, within=10)
         body = seen[-1]  # the answer that let the holder in: back to the link's page
