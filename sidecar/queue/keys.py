@@ -46,7 +46,7 @@ CODES_MAX = 10_000
 CODES_SWEEP = 1_000
 # Random order (order = random): places drawn per tick at most, each O(log N) in
 # the waiting set (ZRANGE by rank), so a tick stays within a few ms at 1M waiters.
-DRAW_MAX = 1_000
+DRAW_MAX = 250
 # Ended-stream entries a replica reads per call; more come with the next one.
 ENDED_READ_CHUNK = 1_000
 # Live positions: the tick reports exactly who is still in line among the next
