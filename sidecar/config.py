@@ -29,6 +29,10 @@ CHALLENGES = ("none", "pow")
 # flagged clients (over the join budget, a shared cookie revoked): told so, or an
 # endless line that looks like any other
 FLAGGED = ("refuse", "infinite")
+# who is admitted next: the first present waiter in line, or one drawn at random
+ORDERS = ("fifo", "random")
+# who may take a place: anyone, or only holders of an access code
+ACCESS = ("open", "invite")
 # proof of work: log2 of the hashes a newcomer computes on average
 DIFFICULTY_DEFAULT = 21
 DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
@@ -78,6 +82,8 @@ class QueueSettings:
     challenge_difficulty: int = DIFFICULTY_DEFAULT  # log2 of the average hashes to solve it
     flagged: str = "refuse"  # refuse | infinite: a line that never moves for flagged clients
     leave_to: str = "/"  # where "Leave the line" on the waiting page goes: a same-site path
+    order: str = "fifo"  # fifo | random: each admission draws a present waiter at random
+    access: str = "open"  # open | invite: only access-code holders may take a place
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -117,6 +123,8 @@ OVERRIDABLE = (
     "challenge",
     "challenge_difficulty",
     "flagged",
+    "order",
+    "access",
 )
 ADMIN_TOKEN_MIN = 16
 # what an admin token may do, each role including the ones before it
@@ -457,6 +465,10 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, CHALLENGES)
     if key == "flagged":
         return _choice(name, value, FLAGGED)
+    if key == "order":
+        return _choice(name, value, ORDERS)
+    if key == "access":
+        return _choice(name, value, ACCESS)
     if key == "challenge_difficulty":
         return _int(name, value, DIFFICULTY_MIN, DIFFICULTY_MAX)
     if key == "leave_to":
@@ -548,6 +560,8 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
         challenge_difficulty="ANTEROOM_CHALLENGE_DIFFICULTY",
         flagged="ANTEROOM_FLAGGED",
         leave_to="ANTEROOM_LEAVE_TO",
+        order="ANTEROOM_ORDER",
+        access="ANTEROOM_ACCESS",
     )
     for name, var in variables.items():
         if var in env:

@@ -45,6 +45,8 @@ OUTCOMES = (
     "over_budget",
     "challenged",
     "flagged",
+    "invite_needed",  # an invite-only queue, no valid access code
+    "code_used",  # an access code gave a place (admitted or next in)
 )
 
 LATENCY_BUCKETS = (

@@ -42,18 +42,29 @@ from ..config import (
     ConfigError,
     OverrideErrors,
     QueueSettings,
+    leave_to,
     opens_at,
     queue_overrides,
     queue_setting,
 )
 from ..config import NAME_RE as NAME
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
-from ..queue import Engine, QueueRef, QueueState, Refresher, StorageError, TooManyQueues, history
+from ..queue import (
+    Engine,
+    QueueRef,
+    QueueState,
+    Refresher,
+    StorageError,
+    TooManyQueues,
+    codes,
+    history,
+)
 from ..queue.client import text
 from ..queue.estimate import newcomer_wait
 from ..queue.keys import (
     AUDIT_KEY,
     AUDIT_MAXLEN,
+    CODES_MAX,
     FORGOTTEN_KEY,
     KNOWN_PATTERN,
     SCAN_MAX_QUEUES,
@@ -71,6 +82,9 @@ FAILED_SIGN_IN_DELAY = 0.5  # seconds
 SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# access codes: how long one stays valid (seconds), default and bounds
+CODE_TTL_DEFAULT = 7 * 86400
+CODE_TTL_MIN, CODE_TTL_MAX = 60, 90 * 86400
 AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
 CREATED = "created"  # settings-hash field: unix second a queue was created through the API
 FORGET_CHUNK = 500  # keys per UNLINK when a queue is forgotten
@@ -111,6 +125,7 @@ ROLE_OF_ACTION = {
     "create": "operator",
     "reset": "operator",
     "drain": "operator",
+    "codes": "operator",
     "revoke": "admin",
     "forget": "admin",
 }
@@ -254,6 +269,9 @@ class Admin:
         r.add_delete("/api/queues/{tenant}/{queue}/overrides", self.api_reset)
         r.add_post("/api/queues/{tenant}/{queue}/drain", self.api_drain)
         r.add_get("/api/queues/{tenant}/{queue}/sessions", self.api_sessions)
+        r.add_post("/api/queues/{tenant}/{queue}/codes", self.api_make_codes)
+        r.add_get("/api/queues/{tenant}/{queue}/codes", self.api_codes)
+        r.add_delete("/api/queues/{tenant}/{queue}/codes", self.api_withdraw_codes)
         r.add_delete("/api/queues/{tenant}/{queue}/sessions/{sid}", self.api_revoke)
         r.add_get("/api/queues/{tenant}/{queue}/report", self.api_report)
         r.add_get("/api/audit", self.api_audit)
@@ -646,6 +664,42 @@ class Admin:
         who = self._may(request, "drain")
         return web.json_response(asdict(await self.drain(who, await self._ref(request))))
 
+    async def api_make_codes(self, request: web.Request) -> web.Response:
+        """One-time access codes, shown once: each a link that skips the line."""
+        who = self._may(request, "codes")
+        q = await self._ref(request)
+        body = await self._body(request)
+        count, ttl, label, path = _code_request(body)
+        expires_at = int(time.time()) + ttl
+        made = await codes.make(self.redis, q, count, expires_at, label)
+        sep = "&" if "?" in path else "?"
+        await self.audit(who, "codes", q, count=count, label=label, expires_at=expires_at)
+        return web.json_response(
+            {
+                "count": count,
+                "label": label,
+                "expires_at": expires_at,
+                "codes": made,
+                "links": [f"{path}{sep}anteroom_code={c}" for c in made],
+            },
+            status=201,
+        )
+
+    async def api_codes(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
+        left = await codes.unused(self.redis, await self._ref(request))
+        return web.json_response(
+            {"unused": left.count, "by_label": left.by_label, "next_expiry": left.next_expiry}
+        )
+
+    async def api_withdraw_codes(self, request: web.Request) -> web.Response:
+        who = self._may(request, "codes")
+        q = await self._ref(request)
+        label = request.query.get("label")
+        withdrawn = await codes.withdraw(self.redis, q, label)
+        await self.audit(who, "withdraw codes", q, label=label, withdrawn=withdrawn)
+        return web.json_response({"withdrawn": withdrawn})
+
     async def api_sessions(self, request: web.Request) -> web.Response:
         self._may(request, "read")
         q = await self._ref(request)
@@ -970,3 +1024,26 @@ async def start_admin(
             extra={"token": config.admin_tokens[0][1]},
         )
     return runner
+
+
+def _code_request(body: Mapping[str, Any]) -> tuple[int, int, str, str]:
+    """(count, seconds valid, label, path) of a request for access codes, checked."""
+    unknown = set(body) - {"count", "expires_in", "label", "path"}
+    if unknown:
+        raise AdminError(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
+    count, ttl = body.get("count"), body.get("expires_in", CODE_TTL_DEFAULT)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= CODES_MAX:
+        raise AdminError(400, {"error": f"count: a whole number from 1 to {CODES_MAX}"})
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not CODE_TTL_MIN <= ttl <= CODE_TTL_MAX:
+        raise AdminError(
+            400, {"error": f"expires_in: seconds from {CODE_TTL_MIN} to {CODE_TTL_MAX}"}
+        )
+    label = body.get("label", "")
+    ok = isinstance(label, str) and len(label) <= codes.LABEL_MAX and label.isprintable()
+    if not ok:
+        raise AdminError(400, {"error": f"label: printable text, at most {codes.LABEL_MAX}"})
+    try:
+        path = leave_to("path", body.get("path", "/"))  # the same rule: a same-site path
+    except ConfigError as e:
+        raise AdminError(400, {"error": str(e)}) from None
+    return count, ttl, str(label), path

@@ -74,6 +74,16 @@ def add_parser(sub: Any) -> None:
     )
     report.add_argument("--until", default="", help="likewise (default: now)")
     report.add_argument("--output", "-o", default="", help="write to this file (default: stdout)")
+    codes = qsub.add_parser(
+        "codes", help="one-time access codes: make N links that skip the line, count, withdraw"
+    )
+    codes.add_argument("tenant")
+    codes.add_argument("queue")
+    codes.add_argument("count", nargs="?", type=int, help="make this many (none: count unused)")
+    codes.add_argument("--expires-in", type=int, default=7 * 86400, help="seconds (7 days)")
+    codes.add_argument("--label", default="", help="a name for this batch (audit, counts)")
+    codes.add_argument("--path", default="/", help="the gated page the links open")
+    codes.add_argument("--withdraw", action="store_true", help="withdraw unused (--label: those)")
     audit = qsub.add_parser("audit", help="recent changes, newest first")
     audit.add_argument("--limit", type=int, default=20)
 
@@ -173,10 +183,26 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
         return body.rstrip("\n")
     if a.action == "drain":
         return _show(c.call("POST", path + "/drain"))
+    if a.action == "codes":
+        return _codes(c, path, a)
     if a.action == "revoke":
         r = c.call("DELETE", f"{path}/sessions/{quote(a.session_id, safe='')}")
         return f"revoked {r['revoked']}" + (" (its place is free)" if r["freed"] else "")
     raise ConfigError(f"unknown action {a.action!r}")
+
+
+def _codes(c: Client, path: str, a: argparse.Namespace) -> str:
+    if a.withdraw:
+        query = f"?label={quote(a.label, safe='')}" if a.label else ""
+        return f"withdrew {c.call('DELETE', path + '/codes' + query)['withdrawn']} unused codes"
+    if a.count is None:
+        r = c.call("GET", path + "/codes")
+        labels = ", ".join(f"{k or '(no label)'}: {n}" for k, n in sorted(r["by_label"].items()))
+        return f"{r['unused']} unused codes" + (f" ({labels})" if labels else "")
+    body = {"count": a.count, "expires_in": a.expires_in, "label": a.label, "path": a.path}
+    r = c.call("POST", path + "/codes", body)
+    # one link a line, to hand out; the codes are not stored in clear: keep this output
+    return "\n".join(r["links"])
 
 
 COLUMNS = ("mode", "waiting", "active", "invited", "admitted_last_minute", "serving", "tickets")

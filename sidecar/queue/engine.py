@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import logging
+import secrets
 import struct
 import sys
 import time
@@ -53,6 +54,7 @@ from .scripts import (
     LEAVE,
     LINE,
     OPEN,
+    REDEEM,
     REVOKED,
     SCRIPTS,
     SNAPSHOT,
@@ -267,6 +269,7 @@ class QueueState:
     epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
     version: int = 0  # the snapshot's version (moves when anything above changed)
     changed: bool = False  # this tick published a new version
+    in_draw: int = 0  # random order: present waiters, each as likely to be drawn next
 
     def line(self, ticket: int) -> int:
         """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
@@ -288,6 +291,19 @@ class Claim(enum.Enum):
     MISSED = -1  # the turn passed and its second chance too: join again
     STALE = -2  # a place from another epoch (Redis lost the queue since): join again
     RESTORED = 2  # a place from the epoch Redis lost, back in line under the current one
+
+
+class Redeemed(enum.Enum):
+    INVALID = 0  # no such code: unknown, used or expired
+    ADMITTED = 1  # admitted at once
+    NEXT = 2  # next in: invited at the next free slot, before the line
+
+
+class Redemption(NamedTuple):
+    result: Redeemed
+    ticket: int
+    epoch: str
+    label: str  # the operator's label of the code ("" = none)
 
 
 class Joined(NamedTuple):
@@ -318,6 +334,8 @@ class Shared(NamedTuple):
 class Heartbeats:
     ended: int = 0  # sessions ended because Redis no longer had room for them
     shared: list[Shared] = field(default_factory=list)
+    # waiting tickets of the batch no longer in line (invited, drawn, left, pruned)
+    gone: dict[QueueRef, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,6 +636,33 @@ class Engine:
         self.metrics.gone(q, "left", int(reply["left_line"]))
         return bool(reply["freed"])
 
+    async def redeem(
+        self,
+        q: QueueRef,
+        digest: str,
+        sid: str,
+        s: QueueSettings,
+        old_ticket: int = 0,
+        old_epoch: str = "",
+    ) -> Redemption:
+        """Uses the access code whose SHA-256 is ``digest`` (once, on any replica): a
+        place for ``sid`` admitted at once or next in; the place the holder had
+        (``old_ticket`` of ``old_epoch``) leaves the line."""
+        args = {
+            "digest": digest,
+            "sid": sid,
+            "old_ticket": old_ticket,
+            "old_epoch": old_epoch,
+            **self._admission(s),
+            **self._known_args(q),
+        }
+        reply = await self._call(REDEEM, q.keys.all(), REDEEM.argv(args), q)
+        result = Redeemed(int(reply["result"]))
+        epoch = _s(reply["epoch"])
+        if result is not Redeemed.INVALID:
+            self._saw(q, epoch, int(reply["ticket"]))
+        return Redemption(result, int(reply["ticket"]), epoch, _s(reply["label"]))
+
     async def spend_challenge(self, q: QueueRef, nonce: str, ttl_ms: int) -> bool:
         """Records a solved challenge as used (SET NX, gone when it would have
         expired anyway): True the first time on any replica, False for a replay."""
@@ -681,6 +726,8 @@ class Engine:
                     poked.add(q)
             if int(r["ended"]):
                 poked.add(q)
+            if r["gone"]:
+                result.gone.setdefault(q, []).extend(int(t) for t in r["gone"])
         for q in poked:  # sessions ended: every replica reads them at its next refresh
             await self.poke(q)
         return result
@@ -719,6 +766,10 @@ class Engine:
                 "line_version": summary.version,
                 "line_epoch": summary.epoch,
                 "eta": -1 if eta is None else round(eta),
+                "order": s.order,
+                "access": s.access,
+                # random order: who is drawn must not be foreseeable
+                "draw_seed": str(secrets.randbits(52)),
             }
             calls.append((TICK, q.keys.all(), TICK.argv(args)))
         replies = await self._batch(calls)
@@ -982,6 +1033,8 @@ def _state(
         challenge_difficulty=int(r["challenge_difficulty"]),
         flagged=_s(r["flagged"]),
         leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
+        order=_s(r["order"]),
+        access=_s(r["access"]),
     )
     return QueueState(
         tickets=int(r["tickets"]),
@@ -1007,4 +1060,5 @@ def _state(
         epoch=_s(r["epoch"]),
         version=int(r["version"]),
         changed=bool(int(r["changed"])),
+        in_draw=int(r["in_draw"]),
     )

@@ -42,6 +42,12 @@ LINE_CHUNK = 2_000
 OPEN_INLINE_MAX = 1_000
 OPEN_WRITE_CHUNK = 32_768
 OPEN_MOVE_CHUNK = 2_000
+# Access codes: made per call at most, and expired ones swept per call (admin).
+CODES_MAX = 10_000
+CODES_SWEEP = 1_000
+# Random order (order = random): places drawn per tick at most, each O(log N) in
+# the waiting set (ZRANGE by rank), so a tick stays within a few ms at 1M waiters.
+DRAW_MAX = 250
 # Ended-stream entries a replica reads per call; more come with the next one.
 ENDED_READ_CHUNK = 1_000
 # Live positions: the tick reports exactly who is still in line among the next
@@ -159,6 +165,10 @@ class QueueKeys:
     # prefix of proof-of-work challenges already used (web/challenge.py), one
     # short-lived string each: a solution is accepted once across every replica
     spent: str
+    # access codes not yet used: ZSET SHA-256 of the code (hex) -> expiry (unix
+    # seconds), and HASH the same digest -> the operator's label; never the code itself
+    codes: str
+    code_labels: str
 
     def all(self) -> list[str]:
         return [
@@ -185,6 +195,8 @@ class QueueKeys:
             self.snapshot,
             self.tally,
             self.minutes,
+            self.codes,
+            self.code_labels,
         ]
 
 
@@ -216,6 +228,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         addresses=base + "from:",
         recovery=base + "recovery",
         spent=base + "pow:",
+        codes=base + "codes",
+        code_labels=base + "codes:label",
     )
 
 

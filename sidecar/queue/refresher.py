@@ -45,6 +45,10 @@ FORGET_AFTER = 300.0  # seconds without a request before a queue is forgotten
 EVICT_AFTER = 60.0  # a full set makes room by forgetting queues quiet this long
 SHARED_LOGGED_MAX = 10_000
 FLAGGED_MAX = 100_000  # sessions revoked for sharing, kept for `flagged = infinite`
+# Random order: waiting tickets the heartbeats found out of line (drawn), per queue
+# until their next poll claims; cleared when full (they are found again at the
+# next flush while they keep polling: nothing is lost, a claim comes a flush later).
+LEFT_LINE_MAX = 100_000
 # seconds between looks for queues an operator forgot (one ZRANGEBYSCORE per process)
 FORGOTTEN_EVERY = 1.0
 
@@ -96,6 +100,7 @@ class Refresher:
         self._sessions: defaultdict[QueueRef, dict[str, set[str]]] = defaultdict(dict)
         self._shared_logged: dict[str, float] = {}  # sid -> when last logged (monotonic)
         self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
+        self._left: defaultdict[QueueRef, set[int]] = defaultdict(set)
 
     @property
     def held(self) -> list[QueueRef]:
@@ -120,6 +125,18 @@ class Refresher:
 
     def touch_waiter(self, q: QueueRef, ticket: int) -> None:
         self._waiters[q].add(ticket)
+
+    def left_line(self, q: QueueRef, ticket: int) -> bool:
+        """Whether the last heartbeats found ``ticket`` out of ``q``'s line (random
+        order: drawn, so only a claim can say what its place is worth now)."""
+        left = self._left.get(q)
+        return left is not None and ticket in left
+
+    def claimed(self, q: QueueRef, ticket: int) -> None:
+        """A claim answered for ``ticket``: the next heartbeats tell again if need be."""
+        left = self._left.get(q)
+        if left is not None:
+            left.discard(ticket)
 
     def revoke(self, sid: str, until: int) -> None:
         self.revoked.add(sid, until)
@@ -219,6 +236,7 @@ class Refresher:
         self.states.pop(q, None)
         self._sessions.pop(q, None)
         self._waiters.pop(q, None)
+        self._left.pop(q, None)
         self.engine.metrics.forget(q)
         self.engine.forget(q)
 
@@ -386,6 +404,7 @@ class Refresher:
     def _forget(self, q: QueueRef) -> None:
         t = self._tracked.pop(q)
         self.states.pop(q, None)
+        self._left.pop(q, None)
         if t.held:
             self._releases.append(q)
 
@@ -416,6 +435,14 @@ class Refresher:
             log.info("lost sessions ended", extra={"count": beats.ended})
         for shared in beats.shared:
             self._report_shared(shared)
+        for q, gone in beats.gone.items():
+            s = self._settings(q)
+            if s is None or s.order != "random":
+                continue  # in line order serving says when a turn came
+            left = self._left[q]
+            if len(left) + len(gone) > LEFT_LINE_MAX:
+                left.clear()
+            left.update(gone)
 
     def _settings(self, q: QueueRef) -> QueueSettings | None:
         """The queue's effective settings as last seen (configured ones before a tick)."""

@@ -19,10 +19,12 @@ from importlib import resources
 from typing import Any
 
 from ..config import (
+    ACCESS,
     CHALLENGES,
     FLAGGED,
     MODES,
     OPENS_AT_MAX,
+    ORDERS,
     OVERRIDE_LEAST,
     OVERRIDE_MOST,
     SHARED_SESSIONS,
@@ -30,6 +32,7 @@ from ..config import (
 from .keys import (
     ADDRESS_COUNTER_TTL,
     ADVANCE_MAX_STEPS,
+    DRAW_MAX,
     ENDED_STREAM_MAXLEN,
     ESTIMATE_BOUNDS,
     FIRST_POLL_WINDOW_MS,
@@ -66,7 +69,10 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int,
     "PRUNE_MAX": PRUNE_MAX,
     "LINE_CHUNK": LINE_CHUNK,
     "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
+    "DRAW_MAX": DRAW_MAX,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
+    "ORDERS": ORDERS,
+    "ACCESS": ACCESS,
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
     "OVERRIDE_MOST": OVERRIDE_MOST,  # setting -> greatest value (others: 1e9)
@@ -155,6 +161,9 @@ SNAPSHOT = (
     "shuffled_last",
     "seed",
     "epoch",
+    "order",
+    "access",
+    "in_draw",
 )
 
 _ADMISSION = (
@@ -202,7 +211,7 @@ HEARTBEAT = Script(
         "sessions",
     ),
     rest="session ids, then as many comma-separated address lists, then waiting tickets",
-    reply=("counted", "ended", "shared"),
+    reply=("counted", "ended", "shared", "gone"),
 )
 TICK = Script(
     "tick",
@@ -226,6 +235,9 @@ TICK = Script(
         "line_version",
         "line_epoch",
         "eta",  # what a newcomer was told at the caller's last look (seconds; -1 none)
+        "order",
+        "access",
+        "draw_seed",
     ),
     reply=(
         "tickets",
@@ -272,6 +284,9 @@ TICK = Script(
         "epoch",
         "version",
         "changed",
+        "order",
+        "access",
+        "in_draw",
     ),
     parts=("settings", "shuffle", "advance", "summary", "history", "snapshot"),
 )
@@ -295,6 +310,14 @@ OPEN = Script(
     reply=("written", "moved", "done"),
     parts=("shuffle",),
 )
+# An access code: one place served before the line (admitted at once with room),
+# once across every replica. digest: SHA-256 of the code; old_ticket/old_epoch:
+# the place the holder had (0/''), taken out of line.
+REDEEM = Script(
+    "redeem",
+    args=("digest", "sid", "old_ticket", "old_epoch", *_ADMISSION, *_KNOWN),
+    reply=("result", "ticket", "epoch", "label"),
+)
 REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 TICKERS = Script(
     "tickers",
@@ -304,7 +327,7 @@ TICKERS = Script(
 )
 
 SCRIPTS: Mapping[str, Script] = {
-    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS)
+    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REDEEM, REVOKED, TICKERS)
 }
 
 

@@ -80,8 +80,10 @@ if redis.call('ZREM', K_INVITED, ticket) == 1 then
   redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
   return admitted(current)
 end
--- its turn comes when the line reaches its line number (shuffled after an opening)
-if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
+-- its turn comes when the line reaches its line number (shuffled after an opening),
+-- or when it is drawn (random order): either way it has left the waiting set
+if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0')
+    and redis.call('ZSCORE', K_WAITING, ticket) then
   return answer(0, current)
 end
 if redis.call('ZSCORE', K_RECALL, ticket) then

@@ -10,7 +10,8 @@
 -- a window (one ZSET per session, address -> last seen, under the queue's hash
 -- tag); beyond max_addresses at once it is reported, and with 'revoke' ended.
 -- Arguments and reply: scripts.HEARTBEAT. The tail: `sessions` session ids, as many comma-separated
--- address lists, then waiting tickets. shared = {sid, addresses, revoked (0/1), ...}
+-- address lists, then waiting tickets. shared = {sid, addresses, revoked (0/1), ...};
+-- gone = the waiting tickets no longer in line
 local session_ttl_ms = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local mode = ARGV[3]
@@ -79,8 +80,14 @@ for i = REST, REST + sessions - 1 do
     end
   end
 end
--- XX: a waiter who left or was invited is not put back in line
-for i = REST + 2 * sessions, #ARGV do
-  redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, ARGV[i])
+-- A waiter who left the line (invited, drawn, left or pruned) is not put back in
+-- it, and is reported in `gone`: in random order only this says a draw came.
+local gone = {}
+if #ARGV >= REST + 2 * sessions then
+  local scores = redis.call('ZMSCORE', K_WAITING, unpack(ARGV, REST + 2 * sessions, #ARGV))
+  for j, score in ipairs(scores) do
+    local t = ARGV[REST + 2 * sessions + j - 1]
+    if score then redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, t) else gone[#gone + 1] = t end
+  end
 end
-return reply{counted = counted, ended = ended, shared = shared}
+return reply{counted = counted, ended = ended, shared = shared, gone = gone}

@@ -2,7 +2,7 @@
 -- over the replica's configuration; a value the configuration would refuse (a
 -- typo, out of range) is ignored.
 local CHOICES = {mode = MODES, shared_sessions = SHARED_SESSIONS, challenge = CHALLENGES,
-  flagged = FLAGGED}
+  flagged = FLAGGED, order = ORDERS, access = ACCESS}
 
 local function effective_settings(s)
   local overrides = redis.call('HGETALL', K_SETTINGS)

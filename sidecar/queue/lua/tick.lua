@@ -11,8 +11,8 @@
 -- Parts: settings.lua, shuffle.lua, advance.lua, summary.lua, history.lua, snapshot.lua.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
 -- replica's purge slack, what it last saw of the queue (prelude.lua
--- queue_epoch), and the line summary version it knows with that version's
--- queue epoch).
+-- queue_epoch), the line summary version it knows with that version's
+-- queue epoch, the configured order and access, and a random number for draws).
 local capacity = tonumber(ARGV[1])
 local admit_per_minute = tonumber(ARGV[2])
 local session_ttl = tonumber(ARGV[3])
@@ -35,6 +35,9 @@ local recovery_ms = ARGV[19]
 local line_version = tonumber(ARGV[20])
 local line_epoch = ARGV[21]
 local eta = tonumber(ARGV[22])
+local order = ARGV[23]
+local access = ARGV[24]
+local draw_seed = ARGV[25]  -- random order: the caller's fresh random number (advance.lua)
 
 local s = effective_settings{
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
@@ -42,6 +45,7 @@ local s = effective_settings{
   joins_per_address = joins_per_address, shared_sessions = shared_sessions,
   max_addresses = max_addresses, challenge = challenge,
   challenge_difficulty = challenge_difficulty, flagged = flagged,
+  order = order, access = access, draw_seed = draw_seed,
 }
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
@@ -92,6 +96,7 @@ local state = {
   closed = closed and 1 or 0, opening = opening and 1 or 0,
   shuffled_first = sh_first, shuffled_last = sh_last,
   seed = redis.call('HGET', K_OPENING, 'seed') or '0', epoch = epoch,
+  order = s.order, access = s.access, in_draw = s.order == 'random' and in_draw(s) or 0,
 }
 record_history(state.waiting, state.active, minute)
 tally('p', pruned)
