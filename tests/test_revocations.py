@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
 from aiohttp import ClientResponse
 from redis.asyncio import Redis
 
+import sidecar.queue.revocations as revocations
 from sidecar.queue import Engine, QueueRef
 from sidecar.queue.keys import ENDED_STREAM_MAXLEN, TICKERS_KEY
 from sidecar.queue.revocations import Known, Revocations
@@ -107,3 +109,71 @@ async def test_memory_is_bounded_and_what_is_dropped_is_asked_of_redis(redis: Re
     if memory.known("never") is Known.UNSURE:
         assert await memory.confirm(Q, "never") is False
     assert memory.known("never") is Known.CLEAR
+
+
+class Clock:
+    """The revocations module's clock, moved by the test (hours of churn in a second)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_filter_holds_what_is_in_force_over_hours_of_steady_churn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bounded structure stays bounded in what it costs, not only in memory: under
+    steady churn (more revocations in force than are kept exactly) the dropped ones
+    leave the filter as they expire, so the share of honest sessions asked of Redis
+    (false positives) stays flat over hours instead of climbing with uptime."""
+    clock = Clock()
+    monkeypatch.setattr(revocations, "time", clock)
+    kept, rate, ttl, capacity = 100, 2, 300, 2_000  # 600 in force, 100 kept exactly
+    r = Revocations(engine=None, max_kept=kept, filter_capacity=capacity)  # type: ignore[arg-type]
+    shares = []
+    for second in range(1, 4 * 3_600 + 1):
+        for i in range(rate):
+            r.add(f"s{second}-{i}", int(clock.now) + ttl)
+        clock.now += 1
+        if second % 10 == 0:
+            r.prune()
+        if second % 1_800 == 0:
+            honest = [f"h{second}-{i}" for i in range(2_000)]
+            shares.append(sum(r.known(h) is Known.UNSURE for h in honest) / len(honest))
+            # what the filters hold follows what is in force (± a window or two)
+            in_force = rate * ttl
+            assert r.dropped.count <= 2 * in_force, (second, r.dropped.count, in_force)
+            assert len(r.dropped.filters) <= revocations.GENERATIONS
+    assert max(shares) < 0.01, shares
+    # and what is revoked stays refused: the newest exactly, the dropped by the filter
+    assert r.known(f"s{4 * 3_600}-0") is Known.REVOKED
+    assert r.known(f"s{4 * 3_600 - ttl // 2}-0") is not Known.CLEAR
+
+
+def test_revocations_expiring_far_apart_stay_refused_when_filters_are_merged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More expiry windows than filters: neighbours are merged, nothing is forgotten
+    before it expires."""
+    clock = Clock()
+    monkeypatch.setattr(revocations, "time", clock)
+    r = Revocations(engine=None, max_kept=10, filter_capacity=1_000)  # type: ignore[arg-type]
+    now = int(clock.now)
+    untils = {f"far{i}": now + 60 * (i + 1) * 7 for i in range(100)}  # 100 windows
+    for sid, until in untils.items():
+        r.add(sid, until)
+    assert len(r.dropped.filters) <= revocations.GENERATIONS
+    for step in range(0, 100 * 7 * 60, 60):
+        clock.now = now + step
+        r.prune()
+        for sid, until in untils.items():
+            if until > clock.now and sid not in r.kept:
+                assert r.known(sid) is not Known.CLEAR, (step, sid)
+    clock.now = now + 101 * 7 * 60
+    r.prune()
+    assert not r.dropped.filters
