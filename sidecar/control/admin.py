@@ -68,6 +68,7 @@ from ..queue.keys import (
     FORGOTTEN_KEY,
     KNOWN_PATTERN,
     SCAN_MAX_QUEUES,
+    queue_keep,
     queue_of_key,
 )
 
@@ -244,6 +245,7 @@ class Admin:
         self.tokens = Tokens(config.admin_tokens)
         self.tenants = {t.name: t for t in config.tenants}
         self._seen: set[QueueRef] = set()
+        self._made: set[QueueRef] = set()  # found with a settings hash (an operator's)
         self._next_scan = 0.0
         self._forgetting: set[QueueRef] = set()  # stopping everywhere before the keys go
         self._sale: dict[QueueRef, dict[str, Any]] = {}
@@ -386,14 +388,20 @@ class Admin:
         refs = {QueueRef(t.name, q) for t in self.config.tenants for q in t.queues}
         refs |= set(self.refresher.states)
         if time.monotonic() >= self._next_scan:
-            found: set[QueueRef] = set()
+            # queues an operator made (a settings hash) are never crowded out by names
+            # clients made (a regex location; their keys expire, keys.queue_keep)
+            made: set[QueueRef] = set()
+            visited: set[QueueRef] = set()
             async for key in self.redis.scan_iter(match=KNOWN_PATTERN, count=500):
                 tq = queue_of_key(text(key))
                 if tq and tq[0] in self.tenants and NAME.match(tq[1]):
-                    found.add(QueueRef(*tq))
-                if len(found) >= SCAN_MAX_QUEUES:
+                    found = made if text(key).endswith("}:settings") else visited
+                    if len(found) < SCAN_MAX_QUEUES:
+                        found.add(QueueRef(*tq))
+                if len(made) >= SCAN_MAX_QUEUES:
                     break
-            self._seen = found
+            self._made = made
+            self._seen = made | set(sorted(visited - made)[: SCAN_MAX_QUEUES - len(made)])
             self._next_scan = time.monotonic() + SCAN_EVERY
         return sorted((refs | self._seen) - self._forgetting)
 
@@ -407,6 +415,16 @@ class Admin:
                 st = await self.refresher.state(q, self.configured(q))
             except TooManyQueues:
                 return None
+        return st
+
+    async def _listed_state(self, q: QueueRef) -> QueueState | None:
+        """A queue that is neither configured, made by an operator nor followed here
+        (a name from a regex location) is shown from its last snapshot: listing it
+        does not tick it, so its keys still expire."""
+        st = self.refresher.states.get(q)  # not "asked": a listing keeps nothing followed
+        if st is not None or q.queue in self.tenants[q.tenant].queues or q in self._made:
+            return st or await self._state(q)
+        (st,) = await self.engine.snapshots([(q, self.configured(q))])
         return st
 
     async def _overrides(self, qs: list[QueueRef]) -> list[dict[str, str]]:
@@ -454,8 +472,11 @@ class Admin:
         )
 
     async def views(self, qs: list[QueueRef] | None = None) -> list[QueueView]:
-        qs = await self.known_queues() if qs is None else qs
-        states = [await self._state(q) for q in qs]
+        if qs is None:  # the list: queues only found in Redis are read, not followed
+            qs = await self.known_queues()
+            states = [await self._listed_state(q) for q in qs]
+        else:
+            states = [await self._state(q) for q in qs]
         stored = await self._overrides(qs) if qs else []
         return [self._view(q, st, o) for q, st, o in zip(qs, states, stored, strict=True)]
 
@@ -586,16 +607,26 @@ class Admin:
     def _drop(self, q: QueueRef) -> None:
         self.refresher.forget(q)
         self._seen.discard(q)
+        self._made.discard(q)
 
     async def _remove_keys(self, q: QueueRef) -> int:
         """The queue's keys: the fixed ones in one UNLINK (big sets are freed off
         Redis's main thread), then what a SCAN finds (per-session and per-address
-        keys), FORGET_CHUNK keys per call. One slot: the hash tag."""
+        keys), FORGET_CHUNK keys per call. One slot: the hash tag. A new epoch is left."""
         fixed = [*q.keys.all(), q.keys.history]
-        removed = int(await self.redis.unlink(*fixed))
+        s = self.configured(q)
+        epoch = f"{time.time_ns() // 1000:d}"  # like prelude.lua's: Redis TIME in µs
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.unlink(*fixed)
+            # a fresh epoch stays (a tombstone): a process that still knows the old
+            # one sees a new epoch, not a lost queue (no recovery); old tokens are stale
+            pipe.set(q.keys.epoch, epoch, ex=queue_keep(s.session_max, s.session_ttl))
+            removed = int((await pipe.execute())[0])
         chunk: list[bytes | str] = []
         prefix = f"{q.keys.tickets[: -len('tickets')]}*"
         async for key in self.redis.scan_iter(match=prefix, count=1000):
+            if text(key) == q.keys.epoch:
+                continue
             chunk.append(key)
             if len(chunk) >= FORGET_CHUNK:
                 removed += int(await self.redis.unlink(*chunk))

@@ -413,7 +413,8 @@ class Engine:
         self._tickers_len = 0  # fields of keys.TICKERS_KEY at the last read
 
     def forget(self, q: QueueRef) -> None:
-        """An operator deleted ``q``: its keys going is no loss to recover from."""
+        """This process stops following ``q`` (an operator deleted it, or it was quiet):
+        its keys going (deleted, or expired) is no loss to recover from."""
         self._known.pop(q, None)
         self._orders.pop(q, None)
 

@@ -72,6 +72,14 @@ PLACE_TTL = WAITING_TOKEN_TTL
 # replica saw plus this slack (tickets handed out since its last tick), so every
 # place from before stays ahead of newcomers.
 RECOVERY_TICKET_SLACK = 10_000
+# A queue's keys expire when no ticker has run for this long past the longest a
+# token naming its epoch may live (queue_keep): queue names a client chooses leave
+# nothing forever. The tick sets every key's expiry again once the epoch's has
+# fallen QUEUE_KEEP_REFRESH seconds (under the refresher's EVICT_AFTER: a queue is
+# ticked at least that long after its last request, so keys made by that request
+# get their expiry). An operator's keys (settings, access codes) are kept.
+QUEUE_KEEP_MARGIN = 3_600
+QUEUE_KEEP_REFRESH = 30
 # For one heartbeat flush plus this long (the engine's purge slack + margin), the
 # line stands still: admitted cookies that come back are counted before anyone
 # new is admitted, and waiters' polls put their old tickets back in line.
@@ -120,6 +128,12 @@ KNOWN_PATTERN = PREFIX + ":{*}:[st][ie][ct][kt]*"
 # Queues forgotten through the admin API: ZSET "tenant:queue" -> unix second. Every
 # replica's admin stops tracking them; kept an hour.
 FORGOTTEN_KEY = PREFIX + ":admin:forgotten"
+
+
+def queue_keep(session_max: int, session_ttl: int) -> int:
+    """Seconds a queue's keys (and a forgotten queue's epoch) are kept after its
+    last tick (tick.lua computes the same from the queue's effective settings)."""
+    return max(PLACE_TTL, session_max, session_ttl) + QUEUE_KEEP_MARGIN
 
 
 @dataclass(frozen=True, slots=True)

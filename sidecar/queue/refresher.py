@@ -405,6 +405,8 @@ class Refresher:
         t = self._tracked.pop(q)
         self.states.pop(q, None)
         self._left.pop(q, None)
+        # its keys may expire once nobody ticks it: that is no loss to recover from
+        self.engine.forget(q)
         if t.held:
             self._releases.append(q)
 

@@ -45,6 +45,8 @@ from .keys import (
     OPEN_INLINE_MAX,
     PLACE_TTL,
     PRUNE_MAX,
+    QUEUE_KEEP_MARGIN,
+    QUEUE_KEEP_REFRESH,
     RECOVERY_TICKET_SLACK,
     WAIT_BOUNDS,
 )
@@ -66,6 +68,8 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int,
     "ESTIMATE_BOUNDS": dict(enumerate(ESTIMATE_BOUNDS, start=1)),
     "PLACE_TTL": PLACE_TTL,
     "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
+    "QUEUE_KEEP_MARGIN": QUEUE_KEEP_MARGIN,
+    "QUEUE_KEEP_REFRESH": QUEUE_KEEP_REFRESH,
     "PRUNE_MAX": PRUNE_MAX,
     "LINE_CHUNK": LINE_CHUNK,
     "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
@@ -288,7 +292,7 @@ TICK = Script(
         "access",
         "in_draw",
     ),
-    parts=("settings", "shuffle", "advance", "summary", "history", "snapshot"),
+    parts=("settings", "shuffle", "advance", "summary", "history", "snapshot", "keep"),
 )
 LINE = Script(
     "line",

@@ -8,7 +8,8 @@
 -- it together invite each waiter once, because the script is atomic and reads
 -- the stored counters. Every step is capped (a few ms at most); `more` says
 -- capped work is left for the next call.
--- Parts: settings.lua, shuffle.lua, advance.lua, summary.lua, history.lua, snapshot.lua.
+-- Parts: settings.lua, shuffle.lua, advance.lua, summary.lua, history.lua, snapshot.lua,
+-- keep.lua.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
 -- replica's purge slack, what it last saw of the queue (prelude.lua
 -- queue_epoch), the line summary version it knows with that version's
@@ -103,6 +104,8 @@ tally('p', pruned)
 tally('s', unseen)
 record_minutes(state.waiting, state.active, eta)
 state.version, state.changed = publish_snapshot(state)  -- what every other replica reads
+-- the keys outlive every token that may still name this epoch (keys.queue_keep)
+keep_keys(math.max(PLACE_TTL, s.session_max, s.session_ttl) + QUEUE_KEEP_MARGIN)
 -- what only the caller needs: its clock, this tick's counts, its summary's changes
 state.redis_time_ms = now_ms
 state.expired, state.lapsed, state.newly_invited, state.skipped = expired, lapsed, invited, skipped
