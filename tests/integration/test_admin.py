@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from devstack.stack import ROOT, Stack
+from sidecar.queue.keys import queue_keys
 from tests.conftest import eventually, make_stack
 from tests.visitors import Visitor
 
@@ -460,7 +461,10 @@ async def test_forget_removes_a_queue_from_every_replica_and_redis(
             return queue not in names and f'queue="{queue}"' not in metrics
 
         async def no_keys() -> bool:
-            return [k async for k in redis.scan_iter(match=f"aq:{{acme:{queue}}}:*")] == []
+            """Nothing but the epoch left as a tombstone, and it expires."""
+            keys = [k async for k in redis.scan_iter(match=f"aq:{{acme:{queue}}}:*")]
+            epoch = f"aq:{{acme:{queue}}}:epoch"
+            return [k.decode() for k in keys] == [epoch] and await redis.ttl(epoch) > 0
 
         # the answer comes once every process has stopped ticking it and its keys are gone
         assert await listed() and await no_keys()
@@ -474,6 +478,33 @@ async def test_forget_removes_a_queue_from_every_replica_and_redis(
     assert entry["action"] == "forget" and entry["present"] == [0, 2, 0]
     # a visitor nginx still sends there brings it back, as a new line
     assert (await Visitor(http, admin_stack.url).get(f"/q/{queue}/")).status == 200
+
+
+async def test_a_forgotten_queue_visited_again_is_a_new_line_never_a_recovery(
+    admin_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A visitor arriving while the forget waits makes a process follow the queue
+    again and remember its epoch; once the keys are gone its next join must not take
+    the forget for Redis losing the queue (tickets jumping by 10,000, the line held
+    still for seconds): the forget leaves a fresh epoch, old tokens are just stale."""
+    queue = "retired"
+    path = f"/api/queues/acme/{queue}"
+    assert await auth_on_every_process(http, admin_stack, queue) == [204, 204]
+    forgetting = asyncio.create_task(api(http, admin_stack, "DELETE", path + "?force=true"))
+    await asyncio.sleep(1.5)  # every process has dropped it; then hears of it again
+    assert await auth_on_every_process(http, admin_stack, queue) == [401, 401]  # full
+    status, _ = await forgetting
+    assert status == 200
+    await asyncio.sleep(0.5)
+    # a newcomer on each process: admitted at once, in a line numbered afresh
+    assert await auth_on_every_process(http, admin_stack, queue) == [204, 204]
+    redis = Redis.from_url(admin_stack.redis_url)
+    try:
+        keys = queue_keys("acme", queue)
+        assert not await redis.exists(keys.recovery)
+        assert int(await redis.get(keys.tickets) or 0) <= 10  # numbered afresh
+    finally:
+        await redis.aclose()
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
