@@ -45,6 +45,7 @@ OUTCOMES = (
     "over_budget",
     "challenged",
     "flagged",
+    "closed",  # the queue is closed (mode closed, or past closes_at): no place given
 )
 
 LATENCY_BUCKETS = (

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..config import MODES, OPENS_AT_MAX, OVERRIDE_LEAST, SHARED_SESSIONS
+from ..config import (
+    MESSAGE_MAX,
+    MODES,
+    OPENS_AT_MAX,
+    OVERRIDE_LEAST,
+    SHARED_SESSIONS,
+    TEXT_SETTINGS,
+)
 from .keys import (
     ADDRESS_COUNTER_TTL,
     ADVANCE_MAX_STEPS,
@@ -54,6 +61,9 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
+    "TEXT_SETTINGS": TEXT_SETTINGS,  # a set: texts for the pages, carried in the snapshot
+    # bytes of one text setting the snapshot carries (UTF-8: up to 4 a character)
+    "TEXT_BYTES_MAX": 4 * max(MESSAGE_MAX, 512),
 }
 
 
@@ -134,6 +144,8 @@ SNAPSHOT = (
     "shuffled_last",
     "seed",
     "epoch",
+    "closes_at",
+    "texts",
 )
 
 _ADMISSION = (
@@ -194,6 +206,7 @@ TICK = Script(
         *_KNOWN,
         "line_version",
         "line_epoch",
+        "closes_at",
     ),
     reply=(
         "tickets",
@@ -236,6 +249,8 @@ TICK = Script(
         "epoch",
         "version",
         "changed",
+        "closes_at",
+        "texts",
     ),
     parts=("settings", "shuffle", "advance", "summary", "history", "snapshot"),
 )
@@ -267,8 +282,11 @@ TICKERS = Script(
     reply=("now_ms", "held"),
 )
 
+END_SESSIONS = Script("end_sessions", args=("revoke_until", "limit"), reply=("ended", "done"))
+
 SCRIPTS: Mapping[str, Script] = {
-    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS)
+    s.name: s
+    for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS, END_SESSIONS)
 }
 
 

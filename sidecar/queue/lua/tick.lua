@@ -30,12 +30,13 @@ local known_serving = ARGV[15]
 local recovery_ms = ARGV[16]
 local line_version = tonumber(ARGV[17])
 local line_epoch = ARGV[18]
+local closes_at = tonumber(ARGV[19])
 
 local s = effective_settings{
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
   grace = grace, abandon_after = abandon_after, mode = mode, session_max = session_max,
   joins_per_address = joins_per_address, shared_sessions = shared_sessions,
-  max_addresses = max_addresses,
+  max_addresses = max_addresses, closes_at = closes_at,
 }
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
@@ -59,10 +60,12 @@ local opening = opening_in_progress()
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped = 0, 0
--- nobody is invited before a scheduled opening, while its order is written, nor
--- while a lost line is being rebuilt (recovering: the line stands still)
+-- nobody is invited before a scheduled opening, while its order is written,
+-- while a lost line is being rebuilt (recovering: the line stands still), nor
+-- once the queue closed (mode closed, or its scheduled closes_at passed)
+local past_close = s.closes_at > 0 and now_sec >= s.closes_at
 if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening
-    and not recovering() then
+    and not recovering() and not past_close then
   local capped
   serving, invited, skipped, capped = advance(s, grace_ms, serving, tickets)
   more = more or capped
@@ -85,6 +88,7 @@ local state = {
   closed = closed and 1 or 0, opening = opening and 1 or 0,
   shuffled_first = sh_first, shuffled_last = sh_last,
   seed = redis.call('HGET', K_OPENING, 'seed') or '0', epoch = epoch,
+  closes_at = s.closes_at, texts = s.texts,
 }
 record_history(state.waiting, state.active, minute)
 state.version, state.changed = publish_snapshot(state)  -- what every other replica reads
