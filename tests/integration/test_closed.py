@@ -43,7 +43,9 @@ async def api(
 ) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     async with http.request(method, stack.admin_url + path, headers=headers, **kw) as r:
-        return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
+        return r.status, (
+            await r.json() if r.content_type == "application/json" else await r.text()
+        )
 
 
 async def status_on(
@@ -183,7 +185,9 @@ async def test_end_sessions_signs_everyone_out_on_every_process(
     _, view = await api(http, two, "GET", where)
     assert view["mode"] == "on" and await active(two, queue) == 2  # nothing changed
 
-    status, view = await api(http, two, "PATCH", where, json={"mode": "closed", "end_sessions": True})
+    status, view = await api(
+        http, two, "PATCH", where, json={"mode": "closed", "end_sessions": True}
+    )
     assert status == 200 and view["mode"] == "closed"
 
     async def refused_everywhere() -> bool:

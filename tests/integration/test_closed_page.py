@@ -4,7 +4,6 @@ view that stops polling; axe-core on the closed page at phone and laptop widths.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +106,9 @@ async def test_message_paused_once_then_closed_view_that_stops_polling(
             )
             assert await page.evaluate("document.getElementById('live').hidden")
             assert await page.evaluate("document.getElementById('leave-form').hidden")
-            link = await page.evaluate("document.getElementById('closed-link').getAttribute('href')")
+            link = await page.evaluate(
+                "document.getElementById('closed-link').getAttribute('href')"
+            )
             assert link == "/"
             polls = await page.evaluate(STATUS_POLLS)
             await page.evaluate("new Promise(r => setTimeout(r, 4500))")  # > a poll at the front

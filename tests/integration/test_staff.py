@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -70,13 +69,15 @@ async def tickets(stack: Stack) -> int:
 
 
 async def close_queue(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.patch(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.patch(
             f"{stack.admin_url}/api/queues/acme/checkout",
             json={"mode": "closed", "create": True},
             headers={"Authorization": "Bearer " + FAST["ANTEROOM_ADMIN_TOKEN"].split(":")[1]},
-        ) as r:
-            assert r.status in (200, 201), await r.text()
+        ) as r,
+    ):
+        assert r.status in (200, 201), await r.text()
 
 
 async def test_staff_address_and_key_skip_the_gate_without_a_place(staff_stack: Stack) -> None:
