@@ -182,7 +182,8 @@ def _show(v: dict[str, Any]) -> str:
     lines.append(f"  {'eta_seconds':<22}{'-' if eta is None else eta}")
     lines.append("settings:")
     for k, value in v["settings"].items():
-        note = f"  (override; configured {v['configured'][k]})" if k in v["overrides"] else ""
+        configured = v["configured"].get(k, "none")  # a message_<lang> may be new
+        note = f"  (override; configured {configured})" if k in v["overrides"] else ""
         lines.append(f"  {k:<22}{value}{note}")
     return "\n".join(lines)
 
