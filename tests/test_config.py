@@ -470,7 +470,10 @@ def test_bad_texts_and_times_are_refused_naming_the_setting(
 
 
 def test_closes_at_must_come_after_opens_at(tmp_path: Path) -> None:
-    text = '[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\nopens_at = 2000\ncloses_at = 1000\n'
+    text = (
+        '[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\n'
+        "opens_at = 2000\ncloses_at = 1000\n"
+    )
     with pytest.raises(
         ConfigError, match=r"^tenants\.a\.queues\.q: closes_at \(1000\) must come after"
     ):

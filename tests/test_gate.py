@@ -191,7 +191,9 @@ async def test_a_left_session_no_longer_passes(app_client) -> None:
 
 async def close(client: AppClient, redis: Redis, queue: str, **settings: str) -> None:
     """What the admin API stores for a change, then the poke that spreads it."""
-    await redis.hset(f"aq:{{shop:{queue}}}:settings", mapping={"mode": "closed", **settings})
+    await redis.hset(f"aq:{{shop:{queue}}}:settings", "mode", "closed")
+    for key, value in settings.items():
+        await redis.hset(f"aq:{{shop:{queue}}}:settings", key, value)
     await redis.hincrby("aq:tickers", f"v:shop:{queue}", 1)
 
     async def closed() -> bool:  # asked without taking a place
