@@ -30,6 +30,10 @@ CHALLENGES = ("none", "pow")
 # flagged clients (over the join budget, a shared cookie revoked): told so, or an
 # endless line that looks like any other
 FLAGGED = ("refuse", "infinite")
+# who is admitted next: the first present waiter in line, or one drawn at random
+ORDERS = ("fifo", "random")
+# who may take a place: anyone, or only holders of an access code
+ACCESS = ("open", "invite")
 # proof of work: log2 of the hashes a newcomer computes on average
 DIFFICULTY_DEFAULT = 21
 DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
@@ -79,6 +83,8 @@ class QueueSettings:
     challenge_difficulty: int = DIFFICULTY_DEFAULT  # log2 of the average hashes to solve it
     flagged: str = "refuse"  # refuse | infinite: a line that never moves for flagged clients
     leave_to: str = "/"  # where "Leave the line" on the waiting page goes: a same-site path
+    order: str = "fifo"  # fifo | random: each admission draws a present waiter at random
+    access: str = "open"  # open | invite: only access-code holders may take a place
     closes_at: int = 0  # unix seconds from which the queue is closed (as mode closed); 0 = none
     message: str = ""  # plain text shown to the line (waiting, countdown and closed pages)
     messages: tuple[tuple[str, str], ...] = ()  # (language, text): message_<lang> variants
@@ -105,6 +111,9 @@ _QUEUE_ENV: dict[str, tuple[str, int]] = {
 OPENS_AT_MAX = 10**11
 # name -> least value: the same rules for operator overrides in Redis (tick.lua)
 OVERRIDE_LEAST: dict[str, int] = {name: least for name, (_, least) in _QUEUE_ENV.items()}
+OVERRIDE_LEAST["challenge_difficulty"] = DIFFICULTY_MIN
+# name -> greatest value an operator may set (others: 10**9)
+OVERRIDE_MOST: dict[str, int] = {"challenge_difficulty": DIFFICULTY_MAX}
 # what an operator may change on a running queue (admin API, CLI, dashboard)
 OVERRIDABLE = (
     "capacity",
@@ -119,6 +128,12 @@ OVERRIDABLE = (
     "shared_sessions",
     "max_addresses",
     "leave_to",
+    # switched on during an attack: every replica asks newcomers for work within a second
+    "challenge",
+    "challenge_difficulty",
+    "flagged",
+    "order",
+    "access",
     "closes_at",
     "message",
     "closed_link",
@@ -472,6 +487,10 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, CHALLENGES)
     if key == "flagged":
         return _choice(name, value, FLAGGED)
+    if key == "order":
+        return _choice(name, value, ORDERS)
+    if key == "access":
+        return _choice(name, value, ACCESS)
     if key == "challenge_difficulty":
         return _int(name, value, DIFFICULTY_MIN, DIFFICULTY_MAX)
     if key == "leave_to":
@@ -634,6 +653,8 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
         challenge_difficulty="ANTEROOM_CHALLENGE_DIFFICULTY",
         flagged="ANTEROOM_FLAGGED",
         leave_to="ANTEROOM_LEAVE_TO",
+        order="ANTEROOM_ORDER",
+        access="ANTEROOM_ACCESS",
     )
     for name, var in variables.items():
         if var in env:

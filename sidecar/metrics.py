@@ -45,6 +45,8 @@ OUTCOMES = (
     "over_budget",
     "challenged",
     "flagged",
+    "invite_needed",  # an invite-only queue, no valid access code
+    "code_used",  # an access code gave a place (admitted or next in)
     "closed",  # the queue is closed (mode closed, or past closes_at): no place given
 )
 
@@ -66,6 +68,15 @@ LATENCY_BUCKETS = (
     5.0,
 )
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000)
+# time in line, seconds (the same bounds as the per-minute records in Redis)
+WAIT_BUCKETS: tuple[float, ...] = (
+    1, 5, 10, 30, 60, 120, 300, 600, 900, 1_200, 1_800, 2_700, 3_600, 5_400, 7_200, 10_800,
+    14_400, 21_600, 43_200,
+)  # fmt: skip
+# the wait that followed over the estimate given at join (1 = spot on)
+RATIO_BUCKETS = (0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+# why a place in line ended without an admission (anteroom_queue_gone_total)
+GONE_REASONS = ("left", "pruned", "skipped")
 
 # name -> (help, bucket bounds, label names)
 HISTOGRAMS: dict[str, tuple[str, Sequence[float], tuple[str, ...]]] = {
@@ -88,6 +99,16 @@ HISTOGRAMS: dict[str, tuple[str, Sequence[float], tuple[str, ...]]] = {
         "Sessions and waiters written by one heartbeat flush.",
         BATCH_BUCKETS,
         (),
+    ),
+    "anteroom_queue_wait_seconds": (
+        "Time in line, from taking a place to being admitted (0 for walking in).",
+        WAIT_BUCKETS,
+        ("tenant", "queue"),
+    ),
+    "anteroom_queue_wait_estimate_ratio": (
+        "The wait that followed over the estimate a newcomer was given (1 = exact).",
+        RATIO_BUCKETS,
+        ("tenant", "queue"),
     ),
 }
 
@@ -140,6 +161,7 @@ class Metrics:
     def __init__(self, share_dir: str | None = None, worker: int = 0) -> None:
         self.decisions: dict[tuple[tuple[str, str], str], int] = {}
         self.redis_errors: dict[str, int] = {}
+        self.gone_counts: dict[tuple[str, str, str], int] = {}  # (tenant, queue, reason)
         self.histograms: dict[str, dict[tuple[str, ...], Histogram]] = {
             name: {} for name in HISTOGRAMS
         }
@@ -162,8 +184,31 @@ class Metrics:
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def forget(self, q: tuple[str, str]) -> None:
-        """A forgotten queue's decision counters go with it (the series ends)."""
+        """A forgotten queue's counters go with it (the series end)."""
         self.decisions = {k: n for k, n in self.decisions.items() if k[0] != q}
+        self.gone_counts = {k: n for k, n in self.gone_counts.items() if k[:2] != tuple(q)}
+        for name in ("anteroom_queue_wait_seconds", "anteroom_queue_wait_estimate_ratio"):
+            self.histograms[name].pop(tuple(q), None)
+
+    def waited(self, q: tuple[str, str], seconds: float) -> None:
+        """An admission after ``seconds`` in line."""
+        self._labelled("anteroom_queue_wait_seconds", q).observe(seconds)
+
+    def estimate_ratio(self, q: tuple[str, str], ratio: float) -> None:
+        self._labelled("anteroom_queue_wait_estimate_ratio", q).observe(ratio)
+
+    def gone(self, q: tuple[str, str], reason: str, n: int = 1) -> None:
+        """``n`` places in line ended without an admission (GONE_REASONS)."""
+        if n > 0:
+            key = (q[0], q[1], reason)
+            self.gone_counts[key] = self.gone_counts.get(key, 0) + n
+
+    def _labelled(self, name: str, labels: tuple[str, ...]) -> Histogram:
+        by_label = self.histograms[name]
+        h = by_label.get(tuple(labels))
+        if h is None:
+            h = by_label[tuple(labels)] = Histogram(HISTOGRAMS[name][1])
+        return h
 
     def decision_time(self, seconds: float) -> None:
         self._decision_h.observe(seconds)
@@ -190,6 +235,7 @@ class Metrics:
         return {
             "decisions": [[t, q, o, n] for ((t, q), o), n in self.decisions.items()],
             "redis_errors": self.redis_errors,
+            "gone": [[*k, n] for k, n in self.gone_counts.items()],
             "histograms": {
                 name: [[list(labels), h.counts, h.total] for labels, h in by_label.items()]
                 for name, by_label in self.histograms.items()
@@ -223,6 +269,8 @@ class Metrics:
                 total.decisions[key] = total.decisions.get(key, 0) + int(n)
             for op, n in snap.get("redis_errors", {}).items():
                 total.redis_errors[op] = total.redis_errors.get(op, 0) + int(n)
+            for t, q, reason, n in snap.get("gone", []):
+                total.gone((t, q), reason, int(n))
             for name, rows in snap.get("histograms", {}).items():
                 if name not in HISTOGRAMS:
                     continue
@@ -256,6 +304,15 @@ class _Collector(Collector):
         for op, n in sorted(m.redis_errors.items()):
             errors.add_metric((op,), n)
         yield errors
+        gone = CounterMetricFamily(
+            "anteroom_queue_gone",
+            "Places in line that ended without an admission: left (the visitor left), "
+            "pruned (stopped polling), skipped (their turn came before they were seen).",
+            labels=("tenant", "queue", "reason"),
+        )
+        for (tenant, queue, reason), n in sorted(m.gone_counts.items()):
+            gone.add_metric((tenant, queue, reason), n)
+        yield gone
         for name, (help_text, bounds, label_names) in HISTOGRAMS.items():
             family = HistogramMetricFamily(name, help_text, labels=label_names)
             for labels, h in sorted(m.histograms[name].items()):

@@ -8,6 +8,8 @@ Engine); waiters are filled with the real join and heartbeat scripts.
 3. Opening a pre-queue of 1M with 4 processes: the longest single Redis command
    (SLOWLOG), another queue's join latency meanwhile, and what ``/readyz`` would
    say (a PING with its timeout every 50 ms).
+4. ``draw``: one tick admitting DRAW_MAX from a line of 1M, in line order and in
+   random order (order = random), in one run: the tick's time in Redis (SLOWLOG).
 
 Redis CPU is ``INFO cpu`` deltas over the window: machine noise does not enter.
 """
@@ -25,6 +27,7 @@ import tempfile
 import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -32,6 +35,7 @@ from redis.asyncio import Redis
 from devstack.stack import Stack
 from sidecar.config import QueueSettings
 from sidecar.queue.engine import Engine, QueueRef
+from sidecar.queue.keys import DRAW_MAX
 from sidecar.queue.refresher import Refresher
 from sidecar.web.health import PING_TIMEOUT
 
@@ -154,6 +158,26 @@ async def opening(url: str, n: int, p: int) -> dict[str, float]:
     }
 
 
+async def draw(url: str, n: int) -> dict[str, float]:
+    """Microseconds of one tick admitting DRAW_MAX of n present waiters, per order."""
+    redis = Redis.from_url(url)
+    out: dict[str, float] = {}
+    for order in ("fifo", "random"):
+        q = QueueRef("bench", f"draw-{order}")
+        s = replace(STILL, order=order)
+        await fill(redis, q, n, s)
+        e = Engine(redis)
+        await e.tick([(q, s)])  # settle: nothing moves at capacity 1
+        await redis.config_set("slowlog-log-slower-than", 0)
+        await redis.slowlog_reset()
+        await e.tick([(q, replace(s, capacity=DRAW_MAX + 1))])
+        await redis.config_set("slowlog-log-slower-than", 10_000)
+        log = await redis.slowlog_get(128)
+        out[order] = max(int(entry["duration"]) for entry in log)
+    await redis.aclose()
+    return out
+
+
 async def probe(url: str) -> None:
     """Until SIGINT: another queue's joins every 10 ms, and /readyz's PING every 50 ms;
     then prints what they saw (JSON)."""
@@ -190,7 +214,8 @@ async def probe(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench_lines")
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "opening", "probe"])
+    choices = ["all", "opening", "probe", "draw"]
+    parser.add_argument("what", nargs="?", default="all", choices=choices)
     parser.add_argument("--waiters", type=int, default=1_000_000)
     parser.add_argument("--redis")
     args = parser.parse_args()
@@ -203,6 +228,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     stack.start_redis()
     try:
+        if args.what == "draw":
+            us = asyncio.run(draw(stack.redis_url, n))
+            print(f"| one tick admitting {DRAW_MAX:,} of {n:,} present waiters | Redis time |")
+            print("|---|---:|")
+            print(f"| line order (fifo) | {us['fifo'] / 1000:.1f} ms |")
+            ratio = us["random"] / us["fifo"]
+            print(f"| random order (draw) | {us['random'] / 1000:.1f} ms ({ratio:.2f}x) |")
+            return
         if args.what == "all":
             long_cpu = asyncio.run(one_long_line(stack.redis_url, n, 4))
             many_cpu = asyncio.run(many_lines(stack.redis_url, 100, n // 100, 2))

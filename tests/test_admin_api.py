@@ -96,3 +96,47 @@ async def test_each_operation_refuses_the_roles_below_the_documented_one(
             assert (await call(method, path, needs))[0] == 200, (method, path)
     assert await redis.hgetall("aq:{default:doc}:settings") == before  # nothing changed
     assert await redis.exists("aq:{default:doc}:settings")  # not forgotten
+
+
+async def test_an_operator_makes_access_codes_shown_once_and_audited(
+    admin_client: Client, redis: Redis
+) -> None:
+    def auth(role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+    base = "/api/queues/default/vip"
+    r = await admin_client.patch(
+        base, json={"create": True, "access": "invite"}, headers=auth("operator")
+    )
+    assert r.status == 201 and (await r.json())["settings"]["access"] == "invite"
+    body = {"count": 3, "label": "press", "expires_in": 3600, "path": "/vip/"}
+    r = await admin_client.post(base + "/codes", json=body, headers=auth("operator"))
+    made = await r.json()
+    assert r.status == 201 and len(made["codes"]) == 3
+    assert made["links"][0] == f"/vip/?anteroom_code={made['codes'][0]}"
+    stored = str(await redis.zrange("aq:{default:vip}:codes", 0, -1))
+    assert not any(c in stored for c in made["codes"])  # only their hashes
+    r = await admin_client.get(base + "/codes", headers=auth("viewer"))
+    assert (await r.json())["by_label"] == {"press": 3}
+    (entry,) = [
+        e
+        for e in (await (await admin_client.get("/api/audit", headers=auth("viewer"))).json())[
+            "entries"
+        ]
+        if e["action"] == "codes"
+    ]
+    assert (entry["count"], entry["label"], entry["by"]) == (3, "press", "operator")
+    assert not any(c in str(entry) for c in made["codes"])
+    for bad in (
+        {"count": 0},
+        {"count": 10_001},
+        {"count": 2, "expires_in": 5},
+        {"count": 1, "path": "//evil.example/"},
+        {"count": 1, "label": "a\nb"},
+        {"count": 1, "extra": 1},
+    ):
+        r = await admin_client.post(base + "/codes", json=bad, headers=auth("operator"))
+        assert r.status == 400, bad
+        assert "error" in await r.json()
+    r = await admin_client.delete(base + "/codes?label=press", headers=auth("operator"))
+    assert (await r.json())["withdrawn"] == 3

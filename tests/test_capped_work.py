@@ -153,7 +153,7 @@ async def test_a_quiet_tick_ships_no_summary_and_a_busy_one_only_what_changed(
     await tick(e, s)
     summary = e._summaries[Q]
     args: dict[str, object] = {a: getattr(s, a) for a in TICK.args if hasattr(s, a)}
-    args.update(purge_slack_ms=0)
+    args.update(purge_slack_ms=0, draw_seed="1", eta=-1)
     args.update(line_version=summary.version, line_epoch=summary.epoch, **e._known_args(Q))
     await e.load_scripts()
     keys = Q.keys.all()

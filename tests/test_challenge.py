@@ -135,9 +135,13 @@ def test_challenge_settings_are_checked_by_the_one_validator(tmp_path) -> None:
     toml.write_text('[tenants.t]\nhosts=["*"]\n[tenants.t.queues.q]\nchallenge_difficulty = 7\n')
     with pytest.raises(ConfigError, match=r"tenants.t.queues.q.challenge_difficulty"):
         load({**env, "ANTEROOM_CONFIG": str(toml)})
-    # not an operator override yet: said so, by name
-    with pytest.raises(ConfigError, match="challenge"):
-        queue_overrides({"challenge": "pow"}, QueueSettings())
+    # an operator override too, by the same rules
+    assert queue_overrides(
+        {"challenge": "pow", "challenge_difficulty": "12", "flagged": "infinite"}, QueueSettings()
+    ) == {"challenge": "pow", "challenge_difficulty": 12, "flagged": "infinite"}
+    for key, bad in (("challenge", "captcha"), ("challenge_difficulty", 33), ("flagged", "ban")):
+        with pytest.raises(ConfigError, match=key):
+            queue_overrides({key: bad}, QueueSettings())
 
 
 async def test_over_the_budget_with_flagged_infinite_a_normal_page_that_never_moves(

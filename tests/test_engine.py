@@ -295,7 +295,8 @@ async def test_leave_frees_at_once_and_is_published(replicas: list[Engine]) -> N
     st = await tick(replicas[1], s)
     assert st.invited == 1  # the slot went to b on the next advance
     ((entries, behind),) = await replicas[1].ended([(Q, "0-0")])
-    assert [(sid, until) for _, sid, until in entries] == [("a", 2_000_000_000)] and not behind
+    assert [(sid, until) for _, sid, until, _ in entries] == [("a", 2_000_000_000)]
+    assert not behind
     # a heartbeat still in some replica's batch must not bring the session back
     await replicas[2].heartbeat({Q: (["a"], [], s)})
     assert (await tick(e, s)).active == 0
@@ -464,7 +465,7 @@ async def test_sessions_redis_lost_come_back_only_if_there_is_room(
     st = await tick(e, s)
     assert st.active == 2
     ((entries, _),) = await e.ended([(Q, "0-0")])
-    assert {sid for _, sid, _ in entries} == {"c", "d"}
+    assert {(x.sid, x.why) for x in entries} == {("c", "lost"), ("d", "lost")}
 
 
 async def test_live_position_counts_only_people_still_in_line(replicas: list[Engine]) -> None:

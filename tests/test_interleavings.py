@@ -8,7 +8,8 @@ step the invariants a waiting room promises are checked:
 - a ticket admits at most once (a replayed cookie of an ended session never
   gets back in);
 - invitations follow ticket order among waiters who were present (polled
-  before their turn came and did not leave);
+  before their turn came and did not leave); in random order (order = random)
+  only present waiters are drawn;
 - nobody who keeps polling starves: once newcomers stop and sessions end, every
   waiter still polling gets in.
 """
@@ -16,8 +17,9 @@ step the invariants a waiting room promises are checked:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -58,6 +60,7 @@ class Visitor:
 class Model:
     engines: list[Engine]
     redis: Redis
+    s: QueueSettings = S
     visitors: dict[int, Visitor] = field(default_factory=dict)
     serving: int = 0
     joined: int = 0
@@ -78,7 +81,7 @@ class Model:
     async def join(self, engine: int) -> None:
         self.joined += 1
         sid = f"s{self.joined}"
-        admitted, ticket, _ = await self.engines[engine].join(Q, sid, S)
+        admitted, ticket, _ = await self.engines[engine].join(Q, sid, self.s)
         v = Visitor(ticket, sid, admitted=admitted, invited=admitted)
         self.visitors[ticket] = v
         if admitted:
@@ -90,12 +93,12 @@ class Model:
         if not v.seen and v.ticket <= self.serving:
             v.skipped = True  # passed over before it ever showed up
         v.seen = True
-        await self.engines[v.ticket % 3].heartbeat({Q: ([], [v.ticket], S)})
+        await self.engines[v.ticket % 3].heartbeat({Q: ([], [v.ticket], self.s)})
 
     async def claim(self, v: Visitor) -> None:
         if v.left:
             return
-        result = await self.engines[v.ticket % 3].claim(Q, v.ticket, v.sid, S)
+        result = await self.engines[v.ticket % 3].claim(Q, v.ticket, v.sid, self.s)
         if result is Claim.ADMITTED:
             v.admitted = v.invited = True
         elif result is Claim.MISSED:
@@ -108,13 +111,13 @@ class Model:
 
     async def replay(self, v: Visitor) -> None:
         """An ended session's old waiting cookie, claimed again: never admitted."""
-        if not v.left or v.ticket > self.serving:
+        if not v.left or (v.ticket > self.serving and self.s.order == "fifo"):
             return
-        result = await self.engines[0].claim(Q, v.ticket, v.sid, S)
+        result = await self.engines[0].claim(Q, v.ticket, v.sid, self.s)
         assert result is not Claim.ADMITTED, f"ticket {v.ticket} admitted again after it ended"
 
     async def tick(self, engine: int) -> None:
-        (st_,) = await self.engines[engine].tick([(Q, S)])
+        (st_,) = await self.engines[engine].tick([(Q, self.s)])
         passed = range(self.serving + 1, st_.serving + 1)
         for t in passed:
             w = self.visitors.get(t)
@@ -126,6 +129,11 @@ class Model:
         for t in sorted(invited):
             v = self.visitors[t]
             if v.invited:
+                continue
+            if self.s.order == "random":
+                # drawn: only among present waiters, each ticket once
+                assert v.seen and not v.left, f"ticket {t} drawn but not present"
+                v.invited = True
                 continue
             # in order: no present waiter with a lower ticket was passed over
             owed = [
@@ -147,7 +155,7 @@ class Model:
             v = self.by_index(arg)
             if v is not None:
                 await getattr(self, name)(v)
-        assert await self.occupancy() <= S.capacity
+        assert await self.occupancy() <= self.s.capacity
 
     async def drain(self) -> None:
         """Newcomers stop; sessions end; every waiter who keeps polling gets in."""
@@ -161,7 +169,7 @@ class Model:
             for v in list(self.visitors.values()):
                 if not v.left and not v.admitted:
                     await self.claim(v)
-            assert await self.occupancy() <= S.capacity
+            assert await self.occupancy() <= self.s.capacity
             if all(v.left or v.admitted for v in self.visitors.values()):
                 return
             await asyncio.sleep(0.05)
@@ -169,7 +177,8 @@ class Model:
         raise AssertionError(f"waiters who kept polling starved: {waiting}")
 
 
-def test_random_interleavings_keep_the_promises(redis_url: str) -> None:
+@pytest.mark.parametrize("order", ["fifo", "random"])
+def test_random_interleavings_keep_the_promises(redis_url: str, order: str) -> None:
     examples = 0
 
     @settings(
@@ -188,7 +197,7 @@ def test_random_interleavings_keep_the_promises(redis_url: str) -> None:
             fresh = [Engine(Redis.from_url(redis_url), purge_slack_ms=0) for _ in range(3)]
             try:
                 await redis.flushall()
-                model = Model(fresh, redis)
+                model = Model(fresh, redis, replace(S, order=order))
                 for name, arg in steps:
                     await model.step(name, arg)
                 await model.drain()
@@ -200,4 +209,4 @@ def test_random_interleavings_keep_the_promises(redis_url: str) -> None:
         asyncio.run(go())
 
     run()
-    print(f"interleavings: {examples} sequences, every invariant held after every step")
+    print(f"interleavings ({order}): {examples} sequences, every invariant held after every step")

@@ -43,6 +43,8 @@ from ..config import (
     ConfigError,
     OverrideErrors,
     QueueSettings,
+    leave_to,
+    opens_at,
     overridable,
     queue_overrides,
     queue_setting,
@@ -51,12 +53,22 @@ from ..config import (
 )
 from ..config import NAME_RE as NAME
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
-from ..queue import Engine, QueueRef, QueueState, Refresher, StorageError, TooManyQueues, history
+from ..queue import (
+    Engine,
+    QueueRef,
+    QueueState,
+    Refresher,
+    StorageError,
+    TooManyQueues,
+    codes,
+    history,
+)
 from ..queue.client import text
 from ..queue.estimate import newcomer_wait
 from ..queue.keys import (
     AUDIT_KEY,
     AUDIT_MAXLEN,
+    CODES_MAX,
     FORGOTTEN_KEY,
     KNOWN_PATTERN,
     SCAN_MAX_QUEUES,
@@ -74,6 +86,9 @@ FAILED_SIGN_IN_DELAY = 0.5  # seconds
 SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# access codes: how long one stays valid (seconds), default and bounds
+CODE_TTL_DEFAULT = 7 * 86400
+CODE_TTL_MIN, CODE_TTL_MAX = 60, 90 * 86400
 AUDIT_LIMIT = 200  # entries one GET /api/audit returns at most
 CREATED = "created"  # settings-hash field: unix second a queue was created through the API
 FORGET_CHUNK = 500  # keys per UNLINK when a queue is forgotten
@@ -81,6 +96,8 @@ FORGOTTEN_KEPT = 3600  # seconds a forgotten queue is remembered (replicas drop 
 # seconds a forget waits before removing the keys: every process's refresher has
 # stopped ticking the queue by then (it looks every queue.refresher.FORGOTTEN_EVERY)
 FORGET_WAIT = 2.5
+SALE_WINDOW = 24 * 3600  # seconds the dashboard's "how it went" figures cover
+SALE_EVERY = 15.0  # seconds between reads of them (a day of records per queue)
 FIELD_LABELS = {
     "capacity": "Capacity",
     "admit_per_minute": "Admit per minute",
@@ -93,8 +110,16 @@ FIELD_LABELS = {
     "closes_at": "Closes at",
     "max_addresses": "Addresses per session",
     "leave_to": "“Leave the line” goes to",
+    "challenge": "Proof of work for newcomers",
+    "challenge_difficulty": "Work (log2 hashes)",
+    "flagged": "Flagged clients",
     "message": "Message to the line",
     "closed_link": "Closed page link",
+}
+# chosen from a list in the dashboard: value -> what the option says
+CHOICE_FIELDS = {
+    "challenge": {"none": "None", "pow": "Proof of work"},
+    "flagged": {"refuse": "Told they are refused", "infinite": "A line that never moves"},
 }
 # entered as local date-times in the dashboard; unix seconds in the API
 TIME_FIELDS = ("opens_at", "closes_at")
@@ -106,6 +131,7 @@ ROLE_OF_ACTION = {
     "create": "operator",
     "reset": "operator",
     "drain": "operator",
+    "codes": "operator",
     "revoke": "admin",
     "forget": "admin",
 }
@@ -226,12 +252,16 @@ class Admin:
         self._seen: set[QueueRef] = set()
         self._next_scan = 0.0
         self._forgetting: set[QueueRef] = set()  # stopping everywhere before the keys go
+        self._sale: dict[QueueRef, dict[str, Any]] = {}
+        self._sale_at = 0.0
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("sidecar.control", "templates"),
             autoescape=True,
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["duration"] = duration
+        self.templates.filters["share"] = share
 
     # -- the application -----------------------------------------------------
 
@@ -245,7 +275,11 @@ class Admin:
         r.add_delete("/api/queues/{tenant}/{queue}/overrides", self.api_reset)
         r.add_post("/api/queues/{tenant}/{queue}/drain", self.api_drain)
         r.add_get("/api/queues/{tenant}/{queue}/sessions", self.api_sessions)
+        r.add_post("/api/queues/{tenant}/{queue}/codes", self.api_make_codes)
+        r.add_get("/api/queues/{tenant}/{queue}/codes", self.api_codes)
+        r.add_delete("/api/queues/{tenant}/{queue}/codes", self.api_withdraw_codes)
         r.add_delete("/api/queues/{tenant}/{queue}/sessions/{sid}", self.api_revoke)
+        r.add_get("/api/queues/{tenant}/{queue}/report", self.api_report)
         r.add_get("/api/audit", self.api_audit)
         r.add_get("/metrics", self.metrics_text)
         r.add_get("/login", self.login_form)
@@ -254,6 +288,7 @@ class Admin:
         r.add_get("/", self.dashboard)
         r.add_get("/ui/data", self.ui_data)
         r.add_post("/ui/queues/{tenant}/{queue}", self.ui_change)
+        r.add_get("/ui/queues/{tenant}/{queue}/report.{format}", self.ui_report)
         r.add_get("/static/{name}", self.static)
         return app
 
@@ -661,6 +696,42 @@ class Admin:
         who = self._may(request, "drain")
         return web.json_response(asdict(await self.drain(who, await self._ref(request))))
 
+    async def api_make_codes(self, request: web.Request) -> web.Response:
+        """One-time access codes, shown once: each a link that skips the line."""
+        who = self._may(request, "codes")
+        q = await self._ref(request)
+        body = await self._body(request)
+        count, ttl, label, path = _code_request(body)
+        expires_at = int(time.time()) + ttl
+        made = await codes.make(self.redis, q, count, expires_at, label)
+        sep = "&" if "?" in path else "?"
+        await self.audit(who, "codes", q, count=count, label=label, expires_at=expires_at)
+        return web.json_response(
+            {
+                "count": count,
+                "label": label,
+                "expires_at": expires_at,
+                "codes": made,
+                "links": [f"{path}{sep}anteroom_code={c}" for c in made],
+            },
+            status=201,
+        )
+
+    async def api_codes(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
+        left = await codes.unused(self.redis, await self._ref(request))
+        return web.json_response(
+            {"unused": left.count, "by_label": left.by_label, "next_expiry": left.next_expiry}
+        )
+
+    async def api_withdraw_codes(self, request: web.Request) -> web.Response:
+        who = self._may(request, "codes")
+        q = await self._ref(request)
+        label = request.query.get("label")
+        withdrawn = await codes.withdraw(self.redis, q, label)
+        await self.audit(who, "withdraw codes", q, label=label, withdrawn=withdrawn)
+        return web.json_response({"withdrawn": withdrawn})
+
     async def api_sessions(self, request: web.Request) -> web.Response:
         self._may(request, "read")
         q = await self._ref(request)
@@ -680,6 +751,61 @@ class Admin:
         sid = request.match_info["sid"]
         freed = await self.revoke(who, q, sid)
         return web.json_response({"revoked": sid, "freed": freed})
+
+    async def api_report(self, request: web.Request) -> web.Response:
+        self._may(request, "read")
+        fmt = request.query.get("format", "json")
+        return await self._report(await self._ref(request), request, fmt)
+
+    async def ui_report(self, request: web.Request) -> web.Response:
+        return await self._report(await self._ref(request), request, request.match_info["format"])
+
+    async def _report(self, q: QueueRef, request: web.Request, fmt: str) -> web.Response:
+        """How the sale went, minute by minute (the kept week unless ``since`` /
+        ``until`` narrow it: unix seconds or ISO-8601 with a zone), as JSON or CSV."""
+        if fmt not in ("json", "csv"):
+            raise AdminError(400, {"error": "format: json or csv"})
+        now = int(time.time())
+        bounds = {"since": now - history.KEPT_SECONDS, "until": now + 60}
+        for name in bounds:
+            raw = request.query.get(name, "").strip()
+            if raw:
+                try:
+                    bounds[name] = opens_at(name, raw)
+                except ConfigError as e:
+                    raise AdminError(400, {"error": str(e)}) from None
+        records = await history.minutes(self.redis, q, bounds["since"], bounds["until"])
+        name = f"anteroom-{q.tenant}-{q.queue}-{time.strftime('%Y%m%d-%H%M', time.gmtime(now))}"
+        headers = {
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{name}.{fmt}"',
+        }
+        if fmt == "csv":
+            return web.Response(
+                text=history.report_csv(records), content_type="text/csv", headers=headers
+            )
+        body = {
+            "tenant": q.tenant,
+            "queue": q.queue,
+            "since": bounds["since"],
+            "until": bounds["until"],
+            "summary": history.summary(records),
+            "minutes": history.report_rows(records),
+        }
+        return web.json_response(body, headers=headers)
+
+    async def sale(self, qs: list[QueueRef]) -> dict[str, dict[str, Any]]:
+        """Each queue's last SALE_WINDOW seconds summed up (waits, abandonment, the
+        estimate's quality), read again at most every SALE_EVERY seconds."""
+        now = time.monotonic()
+        if now >= self._sale_at or set(qs) - self._sale.keys():
+            until = int(time.time()) + 60
+            found = {}
+            for q in qs:
+                records = await history.minutes(self.redis, q, until - SALE_WINDOW, until)
+                found[q] = history.summary(records)
+            self._sale, self._sale_at = found, now + SALE_EVERY
+        return {f"{q.tenant}/{q.queue}": self._sale[q] for q in qs if q in self._sale}
 
     async def api_audit(self, request: web.Request) -> web.Response:
         self._may(request, "read")
@@ -742,8 +868,10 @@ class Admin:
         views = await self.views()
         recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
         token: AdminToken = request[WHO]
+        sale = await self.sale([QueueRef(v.tenant, v.queue) for v in views])
         return self._page(
             "dashboard.html",
+            sale=sale,
             recent=recent,
             status=400 if errors else 200,
             queues=views,
@@ -758,6 +886,7 @@ class Admin:
             modes=MODES,
             time_fields=TIME_FIELDS,
             text_fields=TEXT_FIELDS,
+            choice_fields=CHOICE_FIELDS,
             local_time=_datetime_local,
         )
 
@@ -767,8 +896,9 @@ class Admin:
         refs = [QueueRef(v.tenant, v.queue) for v in views]
         points = await history.read_many(self.redis, refs, now)
         charts = {v.key: [asdict(p) for p in ps] for v, ps in zip(views, points, strict=True)}
+        sale = await self.sale(refs)
         return web.json_response(
-            {"queues": [asdict(v) for v in views], "history": charts, "now": now},
+            {"queues": [asdict(v) for v in views], "history": charts, "sale": sale, "now": now},
             headers={"Cache-Control": "no-store"},
         )
 
@@ -854,6 +984,30 @@ _ACTION_LABELS = {
 }
 
 
+NOTHING = "\u2013"  # an en dash: nothing to tell yet
+
+
+def duration(seconds: object) -> str:
+    """A wait for people: NOTHING (none), "45 s", "12 min 5 s", "2 h 3 min"."""
+    if not isinstance(seconds, int | float):
+        return NOTHING
+    if seconds < 1:
+        return "< 1 s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def share(fraction: object) -> str:
+    """A fraction as a percentage (NOTHING: nothing to tell)."""
+    if not isinstance(fraction, int | float):
+        return NOTHING
+    return f"{fraction * 100:.0f} %"
+
+
 def _datetime_local(unix: object) -> str:
     """A time field's value for ``<input type=datetime-local>``, in UTC (the page's
     script shows it in the browser's zone); "" for none."""
@@ -912,3 +1066,26 @@ async def start_admin(
             extra={"token": config.admin_tokens[0][1]},
         )
     return runner
+
+
+def _code_request(body: Mapping[str, Any]) -> tuple[int, int, str, str]:
+    """(count, seconds valid, label, path) of a request for access codes, checked."""
+    unknown = set(body) - {"count", "expires_in", "label", "path"}
+    if unknown:
+        raise AdminError(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
+    count, ttl = body.get("count"), body.get("expires_in", CODE_TTL_DEFAULT)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= CODES_MAX:
+        raise AdminError(400, {"error": f"count: a whole number from 1 to {CODES_MAX}"})
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not CODE_TTL_MIN <= ttl <= CODE_TTL_MAX:
+        raise AdminError(
+            400, {"error": f"expires_in: seconds from {CODE_TTL_MIN} to {CODE_TTL_MAX}"}
+        )
+    label = body.get("label", "")
+    ok = isinstance(label, str) and len(label) <= codes.LABEL_MAX and label.isprintable()
+    if not ok:
+        raise AdminError(400, {"error": f"label: printable text, at most {codes.LABEL_MAX}"})
+    try:
+        path = leave_to("path", body.get("path", "/"))  # the same rule: a same-site path
+    except ConfigError as e:
+        raise AdminError(400, {"error": str(e)}) from None
+    return count, ttl, str(label), path

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..config import Config, ConfigError
 
@@ -68,6 +68,27 @@ def add_parser(sub: Any) -> None:
     forget.add_argument(
         "--force", action="store_true", help="even with people in line or inside (they lose them)"
     )
+    report = qsub.add_parser(
+        "report", help="how the sale went, minute by minute (joins, waits, who gave up)"
+    )
+    report.add_argument("tenant")
+    report.add_argument("queue")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    report.add_argument(
+        "--since", default="", help="unix seconds or ISO-8601 with its zone (default: 7 days ago)"
+    )
+    report.add_argument("--until", default="", help="likewise (default: now)")
+    report.add_argument("--output", "-o", default="", help="write to this file (default: stdout)")
+    codes = qsub.add_parser(
+        "codes", help="one-time access codes: make N links that skip the line, count, withdraw"
+    )
+    codes.add_argument("tenant")
+    codes.add_argument("queue")
+    codes.add_argument("count", nargs="?", type=int, help="make this many (none: count unused)")
+    codes.add_argument("--expires-in", type=int, default=7 * 86400, help="seconds (7 days)")
+    codes.add_argument("--label", default="", help="a name for this batch (audit, counts)")
+    codes.add_argument("--path", default="/", help="the gated page the links open")
+    codes.add_argument("--withdraw", action="store_true", help="withdraw unused (--label: those)")
     audit = qsub.add_parser("audit", help="recent changes, newest first")
     audit.add_argument("--limit", type=int, default=20)
 
@@ -97,6 +118,9 @@ class Client:
         return cls(config.admin_url, config.admin_tokens[0][1])
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        return json.loads(self.fetch(method, path, body))
+
+    def fetch(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -105,8 +129,8 @@ class Client:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return json.loads(r.read())
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return bytes(r.read())
         except urllib.error.HTTPError as e:
             try:
                 reply = json.loads(e.read())
@@ -153,12 +177,39 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
     if a.action == "forget":
         r = c.call("DELETE", path + ("?force=true" if a.force else ""))
         return f"forgot {r['forgotten']} ({r['keys']} keys removed)"
+    if a.action == "report":
+        query = urlencode({"format": a.format, "since": a.since, "until": a.until})
+        body = c.fetch("GET", f"{path}/report?{query}").decode()
+        if a.output:
+            try:
+                with open(a.output, "w", encoding="utf-8") as f:
+                    f.write(body)
+            except OSError as e:
+                raise ConfigError(f"--output: cannot write {a.output!r}: {e.strerror}") from None
+            return f"wrote {a.output}"
+        return body.rstrip("\n")
     if a.action == "drain":
         return _show(c.call("POST", path + "/drain"))
+    if a.action == "codes":
+        return _codes(c, path, a)
     if a.action == "revoke":
         r = c.call("DELETE", f"{path}/sessions/{quote(a.session_id, safe='')}")
         return f"revoked {r['revoked']}" + (" (its place is free)" if r["freed"] else "")
     raise ConfigError(f"unknown action {a.action!r}")
+
+
+def _codes(c: Client, path: str, a: argparse.Namespace) -> str:
+    if a.withdraw:
+        query = f"?label={quote(a.label, safe='')}" if a.label else ""
+        return f"withdrew {c.call('DELETE', path + '/codes' + query)['withdrawn']} unused codes"
+    if a.count is None:
+        r = c.call("GET", path + "/codes")
+        labels = ", ".join(f"{k or '(no label)'}: {n}" for k, n in sorted(r["by_label"].items()))
+        return f"{r['unused']} unused codes" + (f" ({labels})" if labels else "")
+    body = {"count": a.count, "expires_in": a.expires_in, "label": a.label, "path": a.path}
+    r = c.call("POST", path + "/codes", body)
+    # one link a line, to hand out; the codes are not stored in clear: keep this output
+    return "\n".join(r["links"])
 
 
 COLUMNS = ("mode", "waiting", "active", "invited", "admitted_last_minute", "serving", "tickets")

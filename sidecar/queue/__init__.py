@@ -1,5 +1,6 @@
 """The queue engine: Redis scripts, keys, the per-process refresher; no aiohttp."""
 
+from . import codes
 from .client import StorageError
 from .engine import REFUSED, Busy, Claim, Engine, QueueRef, QueueState
 from .refresher import Refresher, TooManyQueues
@@ -16,4 +17,5 @@ __all__ = [
     "Refresher",
     "StorageError",
     "TooManyQueues",
+    "codes",
 ]

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import logging
+import secrets
 import struct
 import sys
 import time
@@ -62,6 +63,7 @@ from .scripts import (
     LEAVE,
     LINE,
     OPEN,
+    REDEEM,
     REVOKED,
     SCRIPTS,
     SNAPSHOT,
@@ -265,6 +267,7 @@ class QueueState:
     lapsed: int = 0  # invitations that ran out by this tick
     newly_invited: int = 0
     skipped: int = 0
+    unseen: int = 0  # of the skipped, those still in line but never seen (they gave up)
     recalled: int = 0  # waiters back within their second chance, served before the line
     live: LiveLine = field(default_factory=LiveLine)
     closed: bool = False  # before a scheduled opening (settings.opens_at): nobody admitted
@@ -275,6 +278,7 @@ class QueueState:
     epoch: str = ""  # the queue's epoch (keys.QueueKeys.epoch): tokens from another are stale
     version: int = 0  # the snapshot's version (moves when anything above changed)
     changed: bool = False  # this tick published a new version
+    in_draw: int = 0  # random order: present waiters, each as likely to be drawn next
 
     def line(self, ticket: int) -> int:
         """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
@@ -305,10 +309,32 @@ class Claim(enum.Enum):
     RESTORED = 2  # a place from the epoch Redis lost, back in line under the current one
 
 
+class Redeemed(enum.Enum):
+    INVALID = 0  # no such code: unknown, used or expired
+    ADMITTED = 1  # admitted at once
+    NEXT = 2  # next in: invited at the next free slot, before the line
+
+
+class Redemption(NamedTuple):
+    result: Redeemed
+    ticket: int
+    epoch: str
+    label: str  # the operator's label of the code ("" = none)
+
+
 class Joined(NamedTuple):
     admitted: bool  # admitted at once (nobody ahead, room)
     ticket: int
     epoch: str  # the queue's epoch the ticket belongs to
+
+
+class Ended(NamedTuple):
+    """An entry of a queue's ended stream."""
+
+    id: str
+    sid: str
+    until: int  # unix seconds its cookie could still be presented
+    why: str  # "shared": revoked for sharing (flagged clients); "" or "lost" otherwise
 
 
 class Shared(NamedTuple):
@@ -324,6 +350,8 @@ class Shared(NamedTuple):
 class Heartbeats:
     ended: int = 0  # sessions ended because Redis no longer had room for them
     shared: list[Shared] = field(default_factory=list)
+    # waiting tickets of the batch no longer in line (invited, drawn, left, pruned)
+    gone: dict[QueueRef, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,6 +602,9 @@ class Engine:
         reply = await self._call(JOIN, q.keys.all(), JOIN.argv(args, pairs), q)
         epoch, places = _s(reply["epoch"]), reply["places"]
         self._saw(q, epoch, max((int(t) for t in places[::2]), default=0))
+        for admitted in places[1::2]:
+            if admitted:  # walked in: no time in line
+                self.metrics.waited(q, 0.0)
         return [
             Joined(bool(places[i + 1]), int(places[i]), epoch) for i in range(0, len(places), 2)
         ]
@@ -587,11 +618,25 @@ class Engine:
         return (await self.claim_place(q, ticket, sid, s, epoch))[0]
 
     async def claim_place(
-        self, q: QueueRef, ticket: int, sid: str, s: QueueSettings, epoch: str | None = None
+        self,
+        q: QueueRef,
+        ticket: int,
+        sid: str,
+        s: QueueSettings,
+        epoch: str | None = None,
+        joined: int = 0,
     ) -> tuple[Claim, str]:
-        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one)."""
+        """:meth:`claim` and the queue's current epoch (a RESTORED place's new one).
+        ``joined``: unix second the place was taken (its token's issue time; 0 unknown),
+        for the time in line a first admission records."""
         args = {"ticket": ticket, "sid": sid, "epoch": epoch or "", **self._admission(s)}
+        args["joined_ms"] = joined * 1000
         reply = await self._call(CLAIM, q.keys.all(), CLAIM.argv(args))
+        waited_ms, told = int(reply["waited_ms"]), int(reply["estimate"])
+        if waited_ms >= 0:
+            self.metrics.waited(q, waited_ms / 1000)
+            if told > 0:
+                self.metrics.estimate_ratio(q, waited_ms / 1000 / told)
         return Claim(int(reply["result"])), _s(reply["current_epoch"])
 
     async def leave(
@@ -604,7 +649,35 @@ class Engine:
         args = {"ticket": ticket, "sid": sid, "revoke_until": revoke_until, "epoch": epoch or ""}
         # every replica reads the ended stream at its next refresh
         reply = await self._call(LEAVE, q.keys.all(), LEAVE.argv(args), q)
+        self.metrics.gone(q, "left", int(reply["left_line"]))
         return bool(reply["freed"])
+
+    async def redeem(
+        self,
+        q: QueueRef,
+        digest: str,
+        sid: str,
+        s: QueueSettings,
+        old_ticket: int = 0,
+        old_epoch: str = "",
+    ) -> Redemption:
+        """Uses the access code whose SHA-256 is ``digest`` (once, on any replica): a
+        place for ``sid`` admitted at once or next in; the place the holder had
+        (``old_ticket`` of ``old_epoch``) leaves the line."""
+        args = {
+            "digest": digest,
+            "sid": sid,
+            "old_ticket": old_ticket,
+            "old_epoch": old_epoch,
+            **self._admission(s),
+            **self._known_args(q),
+        }
+        reply = await self._call(REDEEM, q.keys.all(), REDEEM.argv(args), q)
+        result = Redeemed(int(reply["result"]))
+        epoch = _s(reply["epoch"])
+        if result is not Redeemed.INVALID:
+            self._saw(q, epoch, int(reply["ticket"]))
+        return Redemption(result, int(reply["ticket"]), epoch, _s(reply["label"]))
 
     async def spend_challenge(self, q: QueueRef, nonce: str, ttl_ms: int) -> bool:
         """Records a solved challenge as used (SET NX, gone when it would have
@@ -669,16 +742,25 @@ class Engine:
                     poked.add(q)
             if int(r["ended"]):
                 poked.add(q)
+            if r["gone"]:
+                result.gone.setdefault(q, []).extend(int(t) for t in r["gone"])
         for q in poked:  # sessions ended: every replica reads them at its next refresh
             await self.poke(q)
         return result
 
-    async def tick(self, queues: Sequence[tuple[QueueRef, QueueSettings]]) -> list[QueueState]:
-        """Purges, advances, records and publishes each queue: [(queue, configured settings)]."""
+    async def tick(
+        self,
+        queues: Sequence[tuple[QueueRef, QueueSettings]],
+        etas: Mapping[QueueRef, float | None] | None = None,
+    ) -> list[QueueState]:
+        """Purges, advances, records and publishes each queue: [(queue, configured
+        settings)]; ``etas``: what a newcomer to each was told lately (the record of
+        how good the estimate was; estimate.newcomer_wait)."""
         if not queues:
             return []
         calls: list[Call] = []
         for q, s in queues:
+            eta = (etas or {}).get(q)
             summary = self._summaries.get(q) or _Summary()
             args = {
                 "capacity": s.capacity,
@@ -692,10 +774,18 @@ class Engine:
                 "joins_per_address": s.joins_per_address,
                 "shared_sessions": s.shared_sessions,
                 "max_addresses": s.max_addresses,
+                "challenge": s.challenge,
+                "challenge_difficulty": s.challenge_difficulty,
+                "flagged": s.flagged,
                 "purge_slack_ms": self.purge_slack_ms,
                 **self._known_args(q),
                 "line_version": summary.version,
                 "line_epoch": summary.epoch,
+                "eta": -1 if eta is None else round(eta),
+                "order": s.order,
+                "access": s.access,
+                # random order: who is drawn must not be foreseeable
+                "draw_seed": str(secrets.randbits(52)),
                 "closes_at": s.closes_at,
             }
             calls.append((TICK, q.keys.all(), TICK.argv(args)))
@@ -704,6 +794,8 @@ class Engine:
         for r, (q, s) in zip(replies, queues, strict=True):
             epoch = _s(r["epoch"])
             self._saw(q, epoch, int(r["tickets"]), int(r["serving"]))
+            self.metrics.gone(q, "pruned", int(r["pruned"]))
+            self.metrics.gone(q, "skipped", int(r["unseen"]))
             live = await self._summary(q, r, epoch)
             order = None
             if int(r["opening"]):
@@ -852,6 +944,7 @@ class Engine:
                 lapsed=0,
                 newly_invited=0,
                 skipped=0,
+                unseen=0,
                 opened=0,
                 more=0,
             )
@@ -868,10 +961,8 @@ class Engine:
             out.append(_state(r, s, order, live))
         return out
 
-    async def ended(
-        self, reads: Sequence[tuple[QueueRef, str]]
-    ) -> list[tuple[list[tuple[str, str, int]], bool]]:
-        """Sessions ended after each (queue, last stream id read): [(id, sid, until)],
+    async def ended(self, reads: Sequence[tuple[QueueRef, str]]) -> list[tuple[list[Ended], bool]]:
+        """Sessions ended after each (queue, last stream id read): [(id, sid, until, why)],
         and whether entries may have been trimmed unread (then reload the revoked set)."""
         if not reads:
             return []
@@ -884,7 +975,8 @@ class Engine:
             found = []
             for entry_id, f in entries:
                 got = {_s(k): _s(v) for k, v in f.items()}
-                found.append((_s(entry_id), got.get("sid", ""), int(float(got.get("until", 0)))))
+                until = int(float(got.get("until", 0)))
+                found.append(Ended(_s(entry_id), got.get("sid", ""), until, got.get("why", "")))
             # the last entry read is still there: nothing was trimmed unread
             if found and found[0][0] == last:
                 out.append((found[1:], False))
@@ -986,11 +1078,12 @@ def _state(
         joins_per_address=int(r["joins_per_address"]),
         shared_sessions=_s(r["shared_sessions"]),
         max_addresses=int(r["max_addresses"]),
-        # set by configuration only: the scripts never read them
-        challenge=configured.challenge,
-        challenge_difficulty=configured.challenge_difficulty,
-        flagged=configured.flagged,
+        challenge=_s(r["challenge"]),
+        challenge_difficulty=int(r["challenge_difficulty"]),
+        flagged=_s(r["flagged"]),
         leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
+        order=_s(r["order"]),
+        access=_s(r["access"]),
         closes_at=int(r["closes_at"]),
         message=configured.message,
         messages=configured.messages,
@@ -1012,6 +1105,7 @@ def _state(
         lapsed=int(r["lapsed"]),
         newly_invited=int(r["newly_invited"]),
         skipped=int(r["skipped"]),
+        unseen=int(r["unseen"]),
         recalled=int(r["recalled"]),
         live=live,
         closed=bool(int(r["closed"])),
@@ -1022,4 +1116,5 @@ def _state(
         epoch=_s(r["epoch"]),
         version=int(r["version"]),
         changed=bool(int(r["changed"])),
+        in_draw=int(r["in_draw"]),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import WAITING_TOKEN_TTL
+from ..metrics import WAIT_BUCKETS
 
 PREFIX = "aq"
 
@@ -43,6 +44,12 @@ LINE_CHUNK = 2_000
 OPEN_INLINE_MAX = 1_000
 OPEN_WRITE_CHUNK = 32_768
 OPEN_MOVE_CHUNK = 2_000
+# Access codes: made per call at most, and expired ones swept per call (admin).
+CODES_MAX = 10_000
+CODES_SWEEP = 1_000
+# Random order (order = random): places drawn per tick at most, each O(log N) in
+# the waiting set (ZRANGE by rank), so a tick stays within a few ms at 1M waiters.
+DRAW_MAX = 250
 # Ended-stream entries a replica reads per call; more come with the next one.
 ENDED_READ_CHUNK = 1_000
 # Live positions: the tick reports exactly who is still in line among the next
@@ -81,6 +88,18 @@ AUDIT_MAXLEN = 1_000
 # Dashboard history: one point per queue every HISTORY_STEP seconds, an hour kept.
 HISTORY_STEP = 5
 HISTORY_SECONDS = 3_600
+# How the sale went: one record per minute with something to tell (joins,
+# admissions, the line, waits, people who gave up), kept MINUTES_KEPT minutes
+# (7 days); written by the ticker when the minute is over, from the tally that
+# join, claim, leave and the tick add to. Idle minutes write nothing.
+MINUTES_KEPT = 7 * 24 * 60
+# Time in line (join -> admission), seconds: the upper bounds of the buckets the
+# tally counts, the Prometheus histogram's; past the last one: +Inf.
+WAIT_BOUNDS = tuple(int(b) for b in WAIT_BUCKETS)
+# The page's estimate at join against the wait that followed (actual / estimate, per
+# mille): the buckets' upper bounds. 750..1500 is the range a measured estimate
+# is shown with (estimate.MEASURED_RANGE).
+ESTIMATE_BOUNDS = (500, 750, 1_500, 2_000)
 # One ticker per queue: the process holding a queue's lease (a field of TICKERS_KEY,
 # "holder deadline_ms", renewed at every refresh) runs its tick; the others read its
 # snapshot when the queue's version (another field) moves. One key for every queue,
@@ -124,6 +143,11 @@ class QueueKeys:
     line_version: str
     line_log: str  # ZSET block -> line_version of its last change (blocks ahead of serving)
     history: str  # HASH 5 s bucket -> "waiting,active,admitted last minute" (dashboard)
+    # HASH "<minute>.<what>" -> count for minutes not yet recorded (joins j, waits w<i>,
+    # left l, pruned p, skipped s, estimate accuracy e<k>, the estimate eta), and
+    # "closed": the last minute recorded
+    tally: str
+    minutes: str  # HASH unix minute -> its record (history.Minute), MINUTES_KEPT of them
     # Scheduled opening: {from, to} tickets of the pre-queue while closed; after the
     # shuffle {first, last, seed, at}: the line order of tickets first..last
     opening: str
@@ -143,6 +167,10 @@ class QueueKeys:
     # prefix of proof-of-work challenges already used (web/challenge.py), one
     # short-lived string each: a solution is accepted once across every replica
     spent: str
+    # access codes not yet used: ZSET SHA-256 of the code (hex) -> expiry (unix
+    # seconds), and HASH the same digest -> the operator's label; never the code itself
+    codes: str
+    code_labels: str
 
     def all(self) -> list[str]:
         return [
@@ -167,6 +195,10 @@ class QueueKeys:
             self.recovery,
             self.history,
             self.snapshot,
+            self.tally,
+            self.minutes,
+            self.codes,
+            self.code_labels,
         ]
 
 
@@ -188,6 +220,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         line_version=base + "line:v",
         line_log=base + "line:log",
         history=base + "history",
+        tally=base + "tally",
+        minutes=base + "minutes",
         opening=base + "opening",
         order=base + "order",
         rank=base + "rank",
@@ -196,6 +230,8 @@ def queue_keys(tenant: str, queue: str) -> QueueKeys:
         addresses=base + "from:",
         recovery=base + "recovery",
         spent=base + "pow:",
+        codes=base + "codes",
+        code_labels=base + "codes:label",
     )
 
 

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from ..config import QueueSettings
 from .client import text
 from .engine import REFUSED, Busy, Engine, QueueRef, QueueState, Shared
+from .estimate import newcomer_wait
 from .keys import ADDRESSES_KEPT, ENDED_READ_CHUNK, FORGOTTEN_KEY, IDLE_TICK, LEASE_MIN_MS
 from .revocations import Revocations
 
@@ -44,6 +45,10 @@ FORGET_AFTER = 300.0  # seconds without a request before a queue is forgotten
 EVICT_AFTER = 60.0  # a full set makes room by forgetting queues quiet this long
 SHARED_LOGGED_MAX = 10_000
 FLAGGED_MAX = 100_000  # sessions revoked for sharing, kept for `flagged = infinite`
+# Random order: waiting tickets the heartbeats found out of line (drawn), per queue
+# until their next poll claims; cleared when full (they are found again at the
+# next flush while they keep polling: nothing is lost, a claim comes a flush later).
+LEFT_LINE_MAX = 100_000
 # seconds between looks for queues an operator forgot (one ZRANGEBYSCORE per process)
 FORGOTTEN_EVERY = 1.0
 
@@ -78,8 +83,9 @@ class Refresher:
         self.holder = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.states: dict[QueueRef, QueueState] = {}
         self.revoked = Revocations(engine)  # `sid in revoked`: ended for certain
-        # sessions this process revoked for sharing (flagged = infinite sends them to
-        # a line that never moves); bounded, cleared when full
+        # sessions revoked for sharing, by this process or (read from the ended
+        # stream) any other (flagged = infinite sends them to a line that never
+        # moves); bounded, cleared when full
         self.flagged: set[str] = set()
         self._forgotten_since = time.time()  # forgettings before this process are done
         self.redis_ok = True
@@ -94,6 +100,7 @@ class Refresher:
         self._sessions: defaultdict[QueueRef, dict[str, set[str]]] = defaultdict(dict)
         self._shared_logged: dict[str, float] = {}  # sid -> when last logged (monotonic)
         self._waiters: defaultdict[QueueRef, set[int]] = defaultdict(set)
+        self._left: defaultdict[QueueRef, set[int]] = defaultdict(set)
 
     @property
     def held(self) -> list[QueueRef]:
@@ -118,6 +125,18 @@ class Refresher:
 
     def touch_waiter(self, q: QueueRef, ticket: int) -> None:
         self._waiters[q].add(ticket)
+
+    def left_line(self, q: QueueRef, ticket: int) -> bool:
+        """Whether the last heartbeats found ``ticket`` out of ``q``'s line (random
+        order: drawn, so only a claim can say what its place is worth now)."""
+        left = self._left.get(q)
+        return left is not None and ticket in left
+
+    def claimed(self, q: QueueRef, ticket: int) -> None:
+        """A claim answered for ``ticket``: the next heartbeats tell again if need be."""
+        left = self._left.get(q)
+        if left is not None:
+            left.discard(ticket)
 
     def revoke(self, sid: str, until: int) -> None:
         self.revoked.add(sid, until)
@@ -217,6 +236,7 @@ class Refresher:
         self.states.pop(q, None)
         self._sessions.pop(q, None)
         self._waiters.pop(q, None)
+        self._left.pop(q, None)
         self.engine.metrics.forget(q)
         self.engine.forget(q)
 
@@ -317,7 +337,9 @@ class Refresher:
     async def _tick(self, due: Sequence[QueueRef], now: float, moved: set[QueueRef]) -> None:
         if not due:
             return
-        states = await self.engine.tick([(q, self._tracked[q].configured) for q in due])
+        # what a newcomer was told at the last look: the record of the estimate's quality
+        etas = {q: newcomer_wait(self.states[q]) for q in due if q in self.states}
+        states = await self.engine.tick([(q, self._tracked[q].configured) for q in due], etas)
         changed = [
             q for q, st in zip(due, states, strict=True) if st.changed and q in self._tracked
         ]
@@ -357,9 +379,11 @@ class Refresher:
                 log.warning("ended stream trimmed unread; reloading", extra={"queue": str(q)})
                 await self._reload_revoked(q, t)
                 continue
-            for stream_id, sid, until in entries:
+            for stream_id, sid, until, why in entries:
                 if sid:
                     self.revoke(sid, until)
+                    if why == "shared":  # revoked for sharing on any replica
+                        self._flag(sid)
                 t.last_ended = stream_id
             if len(entries) >= ENDED_READ_CHUNK:
                 self._unread.add(q)
@@ -380,6 +404,7 @@ class Refresher:
     def _forget(self, q: QueueRef) -> None:
         t = self._tracked.pop(q)
         self.states.pop(q, None)
+        self._left.pop(q, None)
         if t.held:
             self._releases.append(q)
 
@@ -410,6 +435,14 @@ class Refresher:
             log.info("lost sessions ended", extra={"count": beats.ended})
         for shared in beats.shared:
             self._report_shared(shared)
+        for q, gone in beats.gone.items():
+            s = self._settings(q)
+            if s is None or s.order != "random":
+                continue  # in line order serving says when a turn came
+            left = self._left[q]
+            if len(left) + len(gone) > LEFT_LINE_MAX:
+                left.clear()
+            left.update(gone)
 
     def _settings(self, q: QueueRef) -> QueueSettings | None:
         """The queue's effective settings as last seen (configured ones before a tick)."""
@@ -424,9 +457,7 @@ class Refresher:
         (revoke: the session ended; this process refuses its cookie from now on)."""
         s = self._settings(shared.queue)
         if shared.revoked and s is not None:  # every replica reads it from the ended stream
-            if len(self.flagged) >= FLAGGED_MAX:
-                self.flagged.clear()
-            self.flagged.add(shared.sid)
+            self._flag(shared.sid)
             self.revoke(shared.sid, int(time.time()) + s.session_ttl)
         now = time.monotonic()
         if not shared.revoked and now - self._shared_logged.get(shared.sid, -1e9) < 60:
@@ -443,6 +474,11 @@ class Refresher:
                 "action": "revoked" if shared.revoked else "flagged",
             },
         )
+
+    def _flag(self, sid: str) -> None:
+        if len(self.flagged) >= FLAGGED_MAX:
+            self.flagged.clear()
+        self.flagged.add(sid)
 
     def _absorb(self, q: QueueRef, st: QueueState) -> None:
         self.states[q] = st

@@ -20,30 +20,39 @@ from typing import Any
 
 from ..config import (
     MESSAGE_MAX,
+    TEXT_SETTINGS,
+    ACCESS,
+    CHALLENGES,
+    FLAGGED,
     MODES,
     OPENS_AT_MAX,
+    ORDERS,
     OVERRIDE_LEAST,
+    OVERRIDE_MOST,
     SHARED_SESSIONS,
-    TEXT_SETTINGS,
 )
 from .keys import (
     ADDRESS_COUNTER_TTL,
     ADVANCE_MAX_STEPS,
+    DRAW_MAX,
     ENDED_STREAM_MAXLEN,
+    ESTIMATE_BOUNDS,
     FIRST_POLL_WINDOW_MS,
     FRONT_WINDOW,
     HISTORY_SECONDS,
     HISTORY_STEP,
     LINE_CHUNK,
     LIVE_BLOCK,
+    MINUTES_KEPT,
     OPEN_INLINE_MAX,
     PLACE_TTL,
     PRUNE_MAX,
     RECOVERY_TICKET_SLACK,
+    WAIT_BOUNDS,
 )
 
 # name -> value, as Lua locals of the same name
-CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
+CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int, int]] = {
     "LIVE_BLOCK": LIVE_BLOCK,
     "OPENS_AT_MAX": OPENS_AT_MAX,
     "ADDRESS_COUNTER_TTL": ADDRESS_COUNTER_TTL,
@@ -53,14 +62,24 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int]] = {
     "FRONT_WINDOW": FRONT_WINDOW,
     "HISTORY_STEP": HISTORY_STEP,
     "HISTORY_SECONDS": HISTORY_SECONDS,
+    "MINUTES_KEPT": MINUTES_KEPT,
+    # ascending upper bounds, as Lua arrays
+    "WAIT_BOUNDS": dict(enumerate(WAIT_BOUNDS, start=1)),
+    "ESTIMATE_BOUNDS": dict(enumerate(ESTIMATE_BOUNDS, start=1)),
     "PLACE_TTL": PLACE_TTL,
     "RECOVERY_TICKET_SLACK": RECOVERY_TICKET_SLACK,
     "PRUNE_MAX": PRUNE_MAX,
     "LINE_CHUNK": LINE_CHUNK,
     "OPEN_INLINE_MAX": OPEN_INLINE_MAX,
+    "DRAW_MAX": DRAW_MAX,
     "MODES": MODES,  # a set in Lua: MODES[value] is true for a known mode
+    "ORDERS": ORDERS,
+    "ACCESS": ACCESS,
     "SHARED_SESSIONS": SHARED_SESSIONS,
     "OVERRIDE_LEAST": OVERRIDE_LEAST,  # setting -> least value an operator may set
+    "OVERRIDE_MOST": OVERRIDE_MOST,  # setting -> greatest value (others: 1e9)
+    "CHALLENGES": CHALLENGES,
+    "FLAGGED": FLAGGED,
     "TEXT_SETTINGS": TEXT_SETTINGS,  # a set: texts for the pages, carried in the snapshot
     # bytes of one text setting the snapshot carries (UTF-8: up to 4 a character)
     "TEXT_BYTES_MAX": 4 * max(MESSAGE_MAX, 512),
@@ -136,6 +155,9 @@ SNAPSHOT = (
     "joins_per_address",
     "shared_sessions",
     "max_addresses",
+    "challenge",
+    "challenge_difficulty",
+    "flagged",
     "recalled",
     "line_version",
     "closed",
@@ -144,6 +166,9 @@ SNAPSHOT = (
     "shuffled_last",
     "seed",
     "epoch",
+    "order",
+    "access",
+    "in_draw",
     "closes_at",
     "texts",
 )
@@ -168,10 +193,17 @@ JOIN = Script(
     rest="(session id, client address) pairs; address '' = unknown: no budget applies",
     reply=("places", "epoch"),
 )
+# claim: joined_ms is the place's join time (its token's issue time; 0 unknown);
+# waited_ms (-1: no new admission) and the estimate it was given at join (seconds,
+# -1 unknown) feed the time-in-line figures
 CLAIM = Script(
-    "claim", args=("ticket", "sid", "epoch", *_ADMISSION), reply=("result", "current_epoch")
+    "claim",
+    args=("ticket", "sid", "epoch", *_ADMISSION, "joined_ms"),
+    reply=("result", "current_epoch", "waited_ms", "estimate"),
 )
-LEAVE = Script("leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed",))
+LEAVE = Script(
+    "leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed", "left_line")
+)
 HEARTBEAT = Script(
     "heartbeat",
     args=(
@@ -186,7 +218,7 @@ HEARTBEAT = Script(
         "sessions",
     ),
     rest="session ids, then as many comma-separated address lists, then waiting tickets",
-    reply=("counted", "ended", "shared"),
+    reply=("counted", "ended", "shared", "gone"),
 )
 TICK = Script(
     "tick",
@@ -202,10 +234,17 @@ TICK = Script(
         "joins_per_address",
         "shared_sessions",
         "max_addresses",
+        "challenge",
+        "challenge_difficulty",
+        "flagged",
         "purge_slack_ms",
         *_KNOWN,
         "line_version",
         "line_epoch",
+        "eta",  # what a newcomer was told at the caller's last look (seconds; -1 none)
+        "order",
+        "access",
+        "draw_seed",
         "closes_at",
     ),
     reply=(
@@ -227,10 +266,14 @@ TICK = Script(
         "joins_per_address",
         "shared_sessions",
         "max_addresses",
+        "challenge",
+        "challenge_difficulty",
+        "flagged",
         "expired",
         "lapsed",
         "newly_invited",
         "skipped",
+        "unseen",
         "pruned",
         "more",
         "recalled",
@@ -249,6 +292,9 @@ TICK = Script(
         "epoch",
         "version",
         "changed",
+        "order",
+        "access",
+        "in_draw",
         "closes_at",
         "texts",
     ),
@@ -274,6 +320,14 @@ OPEN = Script(
     reply=("written", "moved", "done"),
     parts=("shuffle",),
 )
+# An access code: one place served before the line (admitted at once with room),
+# once across every replica. digest: SHA-256 of the code; old_ticket/old_epoch:
+# the place the holder had (0/''), taken out of line.
+REDEEM = Script(
+    "redeem",
+    args=("digest", "sid", "old_ticket", "old_epoch", *_ADMISSION, *_KNOWN),
+    reply=("result", "ticket", "epoch", "label"),
+)
 REVOKED = Script("revoked", args=("after", "limit"), reply=("revoked", "done"))
 TICKERS = Script(
     "tickers",
@@ -286,7 +340,19 @@ END_SESSIONS = Script("end_sessions", args=("revoke_until", "limit"), reply=("en
 
 SCRIPTS: Mapping[str, Script] = {
     s.name: s
-    for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REVOKED, TICKERS, END_SESSIONS)
+    for s in (
+        JOIN,
+        CLAIM,
+        LEAVE,
+        HEARTBEAT,
+        TICK,
+        LINE,
+        OPEN,
+        REDEEM,
+        REVOKED,
+        TICKERS,
+        END_SESSIONS,
+    )
 }
 
 

@@ -17,9 +17,9 @@ from ..config import NAME_RE, QueueSettings, Tenant
 from ..metrics import Metrics
 from ..queue import Busy, QueueRef, StorageError, TooManyQueues
 from . import fastpass
-from .http import answer, client_address, host_name, original_path
+from .http import access_code, answer, client_address, host_name, original_path
 from .tokens import Token
-from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors
+from .visitors import JOIN_REFUSED_RETRY, NoSuchCode, TooManyJoins, Visitors
 
 log = logging.getLogger("sidecar.gate")
 
@@ -91,9 +91,22 @@ class Gate:
                 self._renew_pass(request, tenant, queue, tok, resp, now)
             return q, "admitted", resp
 
-        # where this request wanted to go: the waiting page sends them back there
+        # where this request wanted to go (an access code left out): the waiting
+        # page sends them back there
         return_to = original_path(request)
+        code = access_code(request)
+        invite_only = state.settings.access == "invite"
         try:
+            if code is not None and (tok is None or not tok.priority):
+                new = await self._redeem(request, q, state.settings, code, tok, return_to, now)
+                if new is not None:
+                    resp = answer(204) if new.admitted else self._wait(tenant, queue, return_to)
+                    v.set_cookie(resp, new, now)
+                    return q, "code_used", resp
+                if tok is None and invite_only:
+                    return q, "invite_needed", self._invite(tenant, queue, return_to, code)
+            if tok is None and invite_only:
+                return q, "invite_needed", self._invite(tenant, queue, return_to, None)
             if tok is not None:
                 v.seen(q, tok, state)
                 if not v.must_claim(tok, state):
@@ -167,6 +180,40 @@ class Gate:
             resp.headers,
             v.cookie_attrs,
         )
+
+    async def _redeem(
+        self,
+        request: web.Request,
+        q: QueueRef,
+        s: QueueSettings,
+        code: str,
+        tok: Token | None,
+        return_to: str,
+        now: int,
+    ) -> Token | None:
+        """A place for the access code on the link; None when it gives none (unknown,
+        used, expired or malformed, or a request that takes no place)."""
+        method = request.headers.get("X-Original-Method", "GET")
+        # previews, checks and cross-site posts spend no code (as they take no place)
+        cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+        if not code or method in ("HEAD", "OPTIONS") or (cross_site and method != "GET"):
+            return None
+        try:
+            return await self.visitors.redeem(q, s, code, tok, return_to, now)
+        except NoSuchCode:
+            log.info("access code refused", extra={"queue": str(q)})
+            return None
+
+    def _invite(self, tenant: Tenant, queue: str, return_to: str, code: str | None) -> web.Response:
+        """An invite-only queue and no valid code: no place. nginx sends browsers to
+        the waiting page's invitation notice, JSON clients a 403 (X-Anteroom-State)."""
+        resp = self._wait(tenant, queue, return_to, 60)
+        why = "#invite" if code is None else "#invite-invalid"
+        resp.headers["X-Anteroom-Location"] = (
+            self.visitors.waiting_location(tenant, return_to, queue) + "&access=invite" + why
+        )
+        resp.headers["X-Anteroom-State"] = "invite"
+        return resp
 
     def _wait(
         self,

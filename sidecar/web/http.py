@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -20,6 +21,10 @@ NO_STORE = {"Cache-Control": "no-store"}
 # return_to travels %-escaped in the cookie and again in the Location header;
 # bounded so both fit nginx's default 4 KB header buffer with room to spare.
 MAX_RETURN_TO = 1024
+# An access code rides on the gated link (…?anteroom_code=…): nginx passes the
+# whole URI in X-Original-URI. Codes are secrets.token_urlsafe(16): 22 characters.
+CODE_PARAM = "anteroom_code"
+CODE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 def safe_path(value: str | None) -> str | None:
@@ -43,8 +48,41 @@ def safe_path(value: str | None) -> str | None:
 
 
 def original_path(request: web.Request) -> str:
-    """Where an auth subrequest's visitor wanted to go (nginx's X-Original-URI)."""
-    return safe_path(request.headers.get("X-Original-URI")) or "/"
+    """Where an auth subrequest's visitor wanted to go (nginx's X-Original-URI),
+    without an access code: a used code must not travel on in return_to."""
+    return safe_path(without_code(request.headers.get("X-Original-URI", ""))) or "/"
+
+
+def _code_parts(uri: str) -> tuple[str, list[str], list[str]]:
+    """(path, the query's parts without codes, the codes' values as sent)."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri, [], []
+    kept: list[str] = []
+    codes: list[str] = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        (codes if name == CODE_PARAM else kept).append(value if name == CODE_PARAM else part)
+    return path, kept, codes
+
+
+def without_code(uri: str) -> str:
+    """``uri`` without its ``anteroom_code`` parameters (the rest left as sent)."""
+    if CODE_PARAM not in uri:
+        return uri
+    path, kept, _ = _code_parts(uri)
+    return path + ("?" + "&".join(kept) if kept else "")
+
+
+def access_code(request: web.Request) -> str | None:
+    """The access code on the gated link, if one is there; "" for a malformed one."""
+    uri = request.headers.get("X-Original-URI", "")
+    if CODE_PARAM not in uri:
+        return None
+    codes = _code_parts(uri)[2]
+    if not codes:
+        return None
+    return codes[0] if CODE_RE.match(codes[0]) else ""
 
 
 def return_param(request: web.Request, default: str) -> str:

@@ -19,14 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import LANGUAGE_RE, NAME_RE, ConfigError, Tenant, queue_setting
+from ..config import LANGUAGE_RE, NAME_RE, ConfigError, QueueSettings, Tenant, queue_setting
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
 from ..queue.client import text
 from ..queue.estimate import wait
 from .challenge import Refused
 from .http import NO_STORE, client_address, json_answer, queue_param, return_param
 from .tokens import Token
-from .visitors import JOIN_REFUSED_RETRY, TooManyJoins, Visitors, flagged_position
+from .visitors import JOIN_REFUSED_RETRY, NoSuchCode, TooManyJoins, Visitors, flagged_position
 
 log = logging.getLogger("sidecar.status")
 
@@ -40,6 +40,7 @@ CLAIM_FAILED: tuple[type[Exception], ...] = (*LEAVE_FAILED, TooManyJoins)
 # a million waiters cost.
 POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
 POLL_FAR = 45
+DRAW_POLL = 15  # random order: seconds between polls at most (draw_poll_after)
 MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
 
 
@@ -69,6 +70,13 @@ def poll_after(position: int, abandon_after: int) -> int:
     """Seconds until the next poll (the page adds jitter)."""
     every = next((secs for upto, secs in POLL_BANDS if position <= upto), POLL_FAR)
     return max(1, min(every, abandon_after // 3))
+
+
+def draw_poll_after(s: QueueSettings) -> int:
+    """Seconds between polls in random order: anyone may be drawn at any tick, and a
+    draw is noticed at the poll after the next heartbeat flush, so two polls and a
+    flush fit well inside the grace period (and polls keep the waiter present)."""
+    return max(2, min(DRAW_POLL, (s.grace - 2) // 3, s.abandon_after // 3))
 
 
 # The final countdown: answers before an opening send each waiter back at a
@@ -104,6 +112,9 @@ def _shared_parts(queue: str, state: QueueState, language: str) -> tuple[str, st
             "message": state.settings.message_for(language) or None,
             "updated": state.redis_time_ms,
             "redirect": None,
+            # random order: no place in line, a draw among in_draw present waiters
+            "order": state.settings.order,
+            "in_draw": state.in_draw if state.settings.order == "random" else None,
         }
     )
     closed, opens_in = "", 0
@@ -191,6 +202,18 @@ class Status:
         s = state.settings if state is not None else tenant.settings_for(queue)
         return q if s.challenge == "pow" and s.mode != "off" else None
 
+    async def _invite_queue(self, request: web.Request, tenant: Tenant) -> QueueRef | None:
+        """The ``?queue=`` of a visitor without a place, if only invitations get one."""
+        queue = queue_param(request)
+        if queue is None:
+            return None
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return None
+        state = await self._state(q, tenant)
+        s = state.settings if state is not None else tenant.settings_for(queue)
+        return q if s.access == "invite" and s.mode != "off" else None
+
     def _new_challenge(self, q: QueueRef, tenant: Tenant, now: int) -> dict[str, Any]:
         state = self.visitors.cached(q)
         s = state.settings if state is not None else tenant.settings_for(q.queue)
@@ -241,7 +264,16 @@ class Status:
         if closed:  # a pre-queue, or its order being written: no place yet
             after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
             return f"{head}{tok.ticket}{closed}{after}}}"
-        position = state.position(tok.ticket)
+        if tok.priority:  # an access code's place: before everyone in line
+            position = 1
+        elif state.settings.order == "random":
+            after = draw_poll_after(state.settings)
+            return (
+                f'{head}{tok.ticket}, "position": null, "ahead": null, "eta_seconds": null, '
+                f'"eta_range": null, "poll_after": {after}}}'
+            )
+        else:
+            position = state.position(tok.ticket)
         eta, eta_range = wait(position, state)
         return (
             f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
@@ -276,6 +308,10 @@ class Status:
                     "challenge": self._new_challenge(cq, v.tenant, v.now),
                 }
                 return asked, v, resp
+            iq = await self._invite_queue(request, v.tenant)
+            if iq is not None:  # no place without an access code: nothing to rejoin
+                invite = {"state": "invite", "queue": iq.queue, "redirect": return_to}
+                return invite, v, resp
             # no place in line: going back to the page joins it
             return {"state": "none", "redirect": return_to}, v, resp
         if tok.flagged:
@@ -332,6 +368,10 @@ class Status:
         if (body is None or body["state"] == "waiting") and v.tok is not None:
             return_to = self._return_to(request, v.tok)
             location = self.visitors.waiting_location(v.tenant, return_to, v.tok.queue)
+        elif body is not None and body["state"] == "invite":  # no place without a code
+            return_to = self._return_to(request, None)
+            location = self.visitors.waiting_location(v.tenant, return_to, body["queue"])
+            location += "&access=invite#invite"
         elif body is not None and body["state"] == "closed":  # the page's closed view
             return_to = self._return_to(request, v.tok)
             location = self.visitors.waiting_location(v.tenant, return_to, body["queue"])
@@ -375,7 +415,14 @@ class Status:
         return_to = return_param(request, "/")
         if state.shut and (tok is None or not tok.admitted or tok.flagged):
             return json_answer(closed_body(queue, state, language_param(request, tenant)), 410)
+        code = request.query.get("anteroom_code", "")
         try:
+            if (tok is None or not tok.priority) and code:
+                with contextlib.suppress(NoSuchCode):
+                    tok = await v.redeem(q, state.settings, code, tok, return_to, now)
+            if tok is None and state.settings.access == "invite":
+                invite = {"state": "invite", "queue": queue, "error": "this queue is by invitation"}
+                return json_answer(invite, 403)
             if tok is None and state.settings.challenge == "pow":
                 refused = await self._solved(request, q, state.settings.challenge_difficulty, now)
                 if refused is not None:

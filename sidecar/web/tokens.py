@@ -35,7 +35,18 @@ ADMITTED: Literal["a"] = "a"
 # a flagged client's place in a line that never moves (flagged = "infinite"): its
 # ticket is the position it was first shown; no Redis key ever names it
 FLAGGED: Literal["f"] = "f"
-State = Literal["w", "a", "f"]
+# a place served before the line (an access code's): waiting, but only a claim can
+# tell when its turn came, so every poll of it asks Redis (few: one per code used)
+PRIORITY: Literal["p"] = "p"
+State = Literal["w", "a", "f", "p"]
+
+
+_STATES: dict[str, State] = {
+    WAITING: WAITING,
+    ADMITTED: ADMITTED,
+    FLAGGED: FLAGGED,
+    PRIORITY: PRIORITY,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,10 @@ class Token:
     @property
     def flagged(self) -> bool:
         return self.state == FLAGGED
+
+    @property
+    def priority(self) -> bool:
+        return self.state == PRIORITY
 
 
 def cookie_name(prefix: str, queue: str) -> str:
@@ -153,17 +168,15 @@ class Signer:
         if not any(hmac.compare_digest(self._mac(k, data), sig) for k in self._keys):
             return None
         parts = payload.split("|")
-        if len(parts) != 10 or parts[0] != VERSION or parts[3] not in (WAITING, ADMITTED, FLAGGED):
+        if len(parts) != 10 or parts[0] != VERSION or parts[3] not in _STATES:
             return None
-        if parts[3] == WAITING and not parts[8]:
+        if parts[3] in (WAITING, PRIORITY) and not parts[8]:
             return None  # a place means nothing without the epoch it belongs to
         try:
             ticket, iat, exp = int(parts[4]), int(parts[6]), int(parts[7])
         except ValueError:
             return None
-        state: State = (
-            WAITING if parts[3] == WAITING else FLAGGED if parts[3] == FLAGGED else ADMITTED
-        )
+        state = _STATES[parts[3]]
         tok = Token(
             parts[1], parts[2], state, ticket, parts[5], iat, exp, unquote(parts[9]), parts[8]
         )

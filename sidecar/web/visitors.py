@@ -20,11 +20,14 @@ from aiohttp import web
 from ..config import WAITING_TOKEN_TTL, Config, QueueSettings, Tenant
 from ..metrics import Metrics
 from ..queue import REFUSED, Claim, Engine, Known, QueueRef, QueueState, Refresher
+from ..queue.codes import digest
+from ..queue.engine import Redeemed
 from .challenge import Challenges
 from .http import host_name, session_address
 from .tokens import (
     ADMITTED,
     FLAGGED,
+    PRIORITY,
     WAITING,
     Signer,
     Token,
@@ -42,6 +45,10 @@ JOIN_REFUSED_RETRY = 60
 
 class TooManyJoins(Exception):
     """The client's address used its budget of new places this minute."""
+
+
+class NoSuchCode(Exception):
+    """An access code that is unknown, used or expired."""
 
 
 class Visitors:
@@ -70,11 +77,13 @@ class Visitors:
         if tok is None or tok.tenant != tenant.name or tok.exp <= now:
             return None
         if tok.admitted and tok.sid in self.refresher.revoked:
-            if tok.sid in self.refresher.flagged and tenant.settings_for(tok.queue).flagged == (
-                "infinite"
-            ):
-                # revoked for sharing: from now on a line that never moves
-                return self.flag(tok.tenant, tok.queue, tok.return_to, now, None)
+            if tok.sid in self.refresher.flagged:
+                # the effective setting: an operator may switch it on during an attack
+                st = self.cached(QueueRef(tok.tenant, tok.queue))
+                s = st.settings if st is not None else tenant.settings_for(tok.queue)
+                if s.flagged == "infinite":
+                    # revoked for sharing: from now on a line that never moves
+                    return self.flag(tok.tenant, tok.queue, tok.return_to, now, st)
             return None  # ended (left, revoked): the visitor joins again like anyone
         return tok
 
@@ -232,12 +241,45 @@ class Visitors:
         if state is None or tok.epoch == state.epoch:
             self.refresher.touch_waiter(q, tok.ticket)
 
-    @staticmethod
-    def must_claim(tok: Token, state: QueueState) -> bool:
+    def must_claim(self, tok: Token, state: QueueState) -> bool:
         """Whether only Redis can say what a waiting token's place is worth now: its
         turn came (by the cached state), or it is of another epoch than the cached
-        one (a place lost in a restart, or a state a moment older than the token)."""
-        return state.line(tok.ticket) <= state.serving or tok.epoch != state.epoch
+        one (a place lost in a restart, or a state a moment older than the token); a
+        place from an access code (served before the line); in random order, a
+        ticket the last heartbeats found out of line (drawn)."""
+        return (
+            state.line(tok.ticket) <= state.serving
+            or tok.epoch != state.epoch
+            or tok.priority
+            or self.refresher.left_line(QueueRef(tok.tenant, tok.queue), tok.ticket)
+        )
+
+    async def redeem(
+        self,
+        q: QueueRef,
+        s: QueueSettings,
+        code: str,
+        held: Token | None,
+        return_to: str,
+        now: int,
+    ) -> Token:
+        """A place for an access code: admitted at once, or next in (before the line);
+        the place ``held`` (if any) leaves the line. :class:`NoSuchCode` if the code
+        is unknown, used or expired."""
+        sid = new_session_id()
+        old = held if held is not None and not held.admitted and not held.flagged else None
+        r = await self.engine.redeem(
+            q, digest(code), sid, s, old.ticket if old else 0, old.epoch if old else ""
+        )
+        if r.result is Redeemed.INVALID:
+            raise NoSuchCode(q)
+        log.info(
+            "access code used",
+            extra={"queue": str(q), "ticket": r.ticket, "label": r.label, "result": r.result.name},
+        )
+        admitted = r.result is Redeemed.ADMITTED
+        tok = self.token_for(q, s, sid, r.ticket, admitted, return_to, now, r.epoch)
+        return tok if admitted else replace(tok, state=PRIORITY)
 
     async def claim(
         self, q: QueueRef, tok: Token, state: QueueState, now: int, address: str = ""
@@ -245,7 +287,10 @@ class Visitors:
         """Claims a waiter's place when their turn came: the admitted token, a new
         waiting one (turn and second chance missed: back of the line), or None."""
         s = state.settings
-        result, epoch = await self.engine.claim_place(q, tok.ticket, tok.sid, s, tok.epoch)
+        result, epoch = await self.engine.claim_place(
+            q, tok.ticket, tok.sid, s, tok.epoch, joined=tok.iat
+        )
+        self.refresher.claimed(q, tok.ticket)
         if result is Claim.RESTORED:
             # Redis lost the queue and the token vouched for this place: same ticket,
             # the new epoch (queue/lua/claim.lua)

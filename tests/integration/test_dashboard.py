@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from devstack.stack import Stack
+from tests.axe import axe_path, violations
 from tests.browser import Browser, chromium_path, shots_dir
 from tests.conftest import ADMIN_TOKEN, make_stack
 from tests.visitors import Visitor
@@ -225,3 +226,61 @@ async def test_the_gate_stoppers_ask_first_and_times_are_local(
                     f"{board.admin_url}/api/queues/acme/{queue}", headers=headers
                 ) as r:
                     assert (await r.json())["settings"]["message"] == "Sold out <b>!</b>"
+
+@pytest.mark.skipif(axe_path() is None, reason="axe-core is not installed (make browser-deps)")
+async def test_the_dashboard_passes_axe_at_phone_and_laptop_widths(
+    board: Stack, tmp_path: Path
+) -> None:
+    """axe-core: no serious or critical violation, with figures, how the sale went and
+    every control on the page; reduced motion asked for and honoured; screenshots."""
+    queue = "a11y"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        crowd = [Visitor(http, board.url) for _ in range(4)]
+        for v in crowd:  # two inside, two in line
+            await v.get(f"/q/{queue}/")
+        for v in crowd[2:]:
+            await v.status()
+        await crowd[3].post("/_anteroom/leave")  # one gave up
+        async with Browser() as browser:
+            shots = shots_dir(tmp_path)
+            for width, height, mobile, suffix in (
+                (1280, 900, False, "laptop"),
+                (390, 844, True, "phone"),
+            ):
+                page = await browser.page(width, height, mobile=mobile)
+                await page.send(
+                    "Emulation.setEmulatedMedia",
+                    features=[{"name": "prefers-reduced-motion", "value": "reduce"}],
+                )
+                await page.goto(board.admin_url + "/login")
+                found = await violations(page)
+                assert found == [], f"sign-in ({suffix}): {found}"
+                async with page.navigation():
+                    await page.evaluate(
+                        f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
+                        "document.querySelector('form').submit()"
+                    )
+                await page.wait_for("document.body.dataset.refreshed !== undefined")
+                sale = f"{section(queue)}.querySelector('.sale')"
+                await page.wait_for(
+                    f"{sale}.querySelector('[data-sale-field=\"abandonment\"]').textContent"
+                    " !== '\u2013'"
+                )
+                assert await page.evaluate(
+                    f"{sale}.querySelector('a[href$=\"report.csv\"]') !== null"
+                )
+                # what the page asks of the browser: no animation, no transition
+                moving = await page.evaluate(
+                    "Array.from(document.querySelectorAll('*')).filter(e => {"
+                    " const s = getComputedStyle(e);"
+                    " return s.animationName !== 'none' ||"
+                    " parseFloat(s.transitionDuration) > 0 }).length"
+                )
+                assert moving == 0
+                found = await violations(page)
+                assert found == [], f"dashboard ({suffix}): {found}"
+                await page.evaluate(f"{section(queue)}.scrollIntoView()")
+                await page.screenshot(shots / f"dashboard-sale-{suffix}.png")
+                if mobile:
+                    assert await page.evaluate("document.documentElement.scrollWidth <= 390")
+                await page.close()

@@ -115,8 +115,10 @@ def blocks(path: Path) -> list[Block]:
             i += 1
         marks: list[str] = []
         j = start - 1
-        while j >= 0 and (m := MARK.match(lines[j])):
-            marks.insert(0, m["mark"])
+        # marks stack with other HTML comments (e.g. another test's `tested:` marker)
+        while j >= 0 and lines[j].lstrip().startswith("<!--"):
+            if m := MARK.match(lines[j]):
+                marks.insert(0, m["mark"])
             j -= 1
         found.append(Block(path, start + 1, fence["lang"], "\n".join(body) + "\n", marks))
         i += 1
@@ -416,6 +418,10 @@ hosts = ["*"]
 [tenants.acme]
 hosts = ["acme.test"]
 title = "Acme Tickets"
+
+# the queues the docs' commands name (a queue must be configured or visited first)
+[tenants.acme.queues.checkout]
+[tenants.acme.queues.presale]
 """
 
 

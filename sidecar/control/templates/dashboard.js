@@ -11,6 +11,20 @@
     return Math.floor(seconds / 60) + " min " + Math.floor(seconds % 60) + " s";
   }
 
+  // the same wording as the page the server renders (admin.duration, admin.share)
+  function duration(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 1) return "< 1 s";
+    s = Math.round(s);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min";
+  }
+  function share(f) { return f === null || f === undefined ? "–" : Math.round(f * 100) + " %"; }
+  var SALE = { wait_p50: duration, wait_p90: duration, wait_p99: duration,
+               admitted: function (n) { return n || 0; }, abandonment: share,
+               estimate_within_range: share };
+
   function el(name, attrs) {
     var e = document.createElementNS(SVG, name);
     Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
@@ -63,6 +77,12 @@
       if (mode) {
         text(mode, q.draining ? "draining" : q.mode);
         mode.className = "mode mode-" + q.mode;
+      }
+      var went = (data.sale || {})[key];
+      if (went) {
+        Object.keys(SALE).forEach(function (f) {
+          text(section.querySelector('[data-sale-field="' + f + '"]'), SALE[f](went[f]));
+        });
       }
       var points = data.history[key] || [];
       section.querySelectorAll("svg.chart").forEach(function (svg) {

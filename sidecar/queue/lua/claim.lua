@@ -20,46 +20,74 @@ local confirm_ms = tonumber(ARGV[7])
 local grace_ms = tonumber(ARGV[8])
 local opens_at = ARGV[9]
 local joins_per_address = ARGV[10]  -- part of the admission policy; unused here
+local joined_ms = tonumber(ARGV[11])
+
+local function answer(result, current_epoch)
+  return reply{result = result, current_epoch = current_epoch, waited_ms = -1, estimate = -1}
+end
+
+-- A first admission: its time in line and the estimate it was given at join
+-- (what the tally had for that minute, or its record) count in the minute's tally.
+local function admitted(current)
+  if joined_ms <= 0 then return answer(1, current) end
+  local waited = math.max(0, now_ms - joined_ms)
+  tally('w' .. bucket_of(waited / 1000, WAIT_BOUNDS), 1)
+  local m = math.floor(joined_ms / 60000)
+  local told = tonumber(redis.call('HGET', K_TALLY, m .. '.eta'))
+  if not told then
+    local record = redis.call('HGET', K_MINUTES, m)
+    -- its eighth field
+    told = record and tonumber(string.match(record, '^' .. string.rep('[^,]*,', 7) .. '([-%d]+)'))
+  end
+  if told and told > 0 then
+    tally('e' .. bucket_of(waited / told, ESTIMATE_BOUNDS), 1)  -- ms / s: per mille
+  else
+    told = -1
+  end
+  return reply{result = 1, current_epoch = current, waited_ms = waited, estimate = told}
+end
 
 local current = redis.call('GET', K_EPOCH)
 if epoch ~= '' and current ~= epoch then
   if not current then
-    return reply{result = 0, current_epoch = ''}  -- Redis is back but nobody ticked yet
+    return answer(0, '')  -- Redis is back but nobody ticked yet
   end
   local r = redis.call('HMGET', K_RECOVERY, 'from', 'first', 'last')
   local t = tonumber(ticket)
   if r[1] ~= epoch or t < tonumber(r[2]) or t > tonumber(r[3]) then
-    return reply{result = -2, current_epoch = current}
+    return answer(-2, current)
   end
   local holder = redis.call('HGET', K_RECOVERY, 't' .. ticket)
   if holder == sid then
-    return reply{result = 2, current_epoch = current}  -- already back (another tab)
+    return answer(2, current)  -- already back (another tab)
   end
   if holder or t <= tonumber(redis.call('GET', K_SERVING) or '0') then
-    return reply{result = -2, current_epoch = current}  -- taken back, or passed
+    return answer(-2, current)  -- taken back, or passed
   end
   redis.call('HSET', K_RECOVERY, 't' .. ticket, sid)
   redis.call('ZADD', K_WAITING, now_ms, ticket)  -- seen: it just asked
   count_in_line(ticket, 1)
-  return reply{result = 2, current_epoch = current}
+  return answer(2, current)
 end
 current = current or ''
 
 purge(grace_ms)
-if redis.call('ZSCORE', K_ACTIVE, sid) then
-  return reply{result = 1, current_epoch = current}
+if redis.call('ZSCORE', K_ACTIVE, sid) then  -- already in: counted the first time
+  return answer(1, current)
 end
 if redis.call('ZREM', K_INVITED, ticket) == 1 then
   -- the slot was reserved (and counted against the rate) when invited
   redis.call('ZADD', K_ACTIVE, now_ms + confirm_ms, sid)
-  return reply{result = 1, current_epoch = current}
+  return admitted(current)
 end
--- its turn comes when the line reaches its line number (shuffled after an opening)
-if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0') then
-  return reply{result = 0, current_epoch = current}
+-- its turn comes when the line reaches its line number (shuffled after an opening),
+-- or when it is drawn (random order): either way it has left the waiting set
+if line_of(ticket) > tonumber(redis.call('GET', K_SERVING) or '0')
+    and redis.call('ZSCORE', K_WAITING, ticket) then
+  return answer(0, current)
 end
 if redis.call('ZSCORE', K_RECALL, ticket) then
-  return reply{result = 0, current_epoch = current}
+  return answer(0, current)
 end
 if second_chance(ticket, grace_ms) then
   -- nobody is admitted before a scheduled opening, nor while its order is written
@@ -67,10 +95,10 @@ if second_chance(ticket, grace_ms) then
     and not opening_in_progress()
   if open and free_slots(capacity, admit_per_minute) > redis.call('ZCARD', K_RECALL) then
     admit(sid, confirm_ms)
-    return reply{result = 1, current_epoch = current}
+    return admitted(current)
   end
   -- no room now: first in line for the next free slot (tick.lua)
   redis.call('ZADD', K_RECALL, ticket, ticket)
-  return reply{result = 0, current_epoch = current}
+  return answer(0, current)
 end
-return reply{result = -1, current_epoch = current}
+return answer(-1, current)

@@ -10,7 +10,8 @@
 -- a window (one ZSET per session, address -> last seen, under the queue's hash
 -- tag); beyond max_addresses at once it is reported, and with 'revoke' ended.
 -- Arguments and reply: scripts.HEARTBEAT. The tail: `sessions` session ids, as many comma-separated
--- address lists, then waiting tickets. shared = {sid, addresses, revoked (0/1), ...}
+-- address lists, then waiting tickets. shared = {sid, addresses, revoked (0/1), ...};
+-- gone = the waiting tickets no longer in line
 local session_ttl_ms = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local mode = ARGV[3]
@@ -27,10 +28,13 @@ local until_sec = now_sec + math.ceil(session_ttl_ms / 1000)
 local open = recovering() or (mode == 'on' and redis.call('ZCARD', K_WAITING) == 0
   and redis.call('ZCARD', K_RECALL) == 0)
 
-local function end_session(sid)
+-- why: 'shared' for a cookie revoked for sharing (every replica's refresher reads it:
+-- with flagged = infinite its holder gets a line that never moves), else 'lost'
+local function end_session(sid, why)
   redis.call('ZREM', K_ACTIVE, sid)
   redis.call('ZADD', K_REVOKED, until_sec, sid)
-  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', until_sec)
+  redis.call('XADD', K_ENDED, 'MAXLEN', '~', ENDED_STREAM_MAXLEN, '*', 'sid', sid, 'until', until_sec,
+    'why', why)
 end
 
 -- How many addresses the session used within the window, this batch's included.
@@ -54,7 +58,7 @@ for i = REST, REST + sessions - 1 do
         or redis.call('ZCARD', K_ACTIVE) + redis.call('ZCARD', K_INVITED) < capacity) then
       redis.call('ZADD', K_ACTIVE, now_ms + session_ttl_ms, sid)
     else
-      end_session(sid)
+      end_session(sid, 'lost')
       ended = ended + 1
       live = false
     end
@@ -65,7 +69,7 @@ for i = REST, REST + sessions - 1 do
         if count > max_addresses then
           local revoke = shared_sessions == 'revoke'
           if revoke then
-            end_session(sid)
+            end_session(sid, 'shared')
             redis.call('DEL', address_prefix .. sid)
           end
           shared[#shared + 1] = sid
@@ -76,8 +80,14 @@ for i = REST, REST + sessions - 1 do
     end
   end
 end
--- XX: a waiter who left or was invited is not put back in line
-for i = REST + 2 * sessions, #ARGV do
-  redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, ARGV[i])
+-- A waiter who left the line (invited, drawn, left or pruned) is not put back in
+-- it, and is reported in `gone`: in random order only this says a draw came.
+local gone = {}
+if #ARGV >= REST + 2 * sessions then
+  local scores = redis.call('ZMSCORE', K_WAITING, unpack(ARGV, REST + 2 * sessions, #ARGV))
+  for j, score in ipairs(scores) do
+    local t = ARGV[REST + 2 * sessions + j - 1]
+    if score then redis.call('ZADD', K_WAITING, 'XX', 'GT', now_ms, t) else gone[#gone + 1] = t end
+  end
 end
-return reply{counted = counted, ended = ended, shared = shared}
+return reply{counted = counted, ended = ended, shared = shared, gone = gone}

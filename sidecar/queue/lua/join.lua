@@ -86,7 +86,7 @@ elseif mode == 'on' and serving == first - 1 and not recovering() then
   -- people recalled for a second chance come before newcomers
   free = free_slots(capacity, admit_per_minute) - redis.call('ZCARD', K_RECALL)
 end
-local ticket = first - 1
+local ticket, walked_in = first - 1, 0
 for i, ok in ipairs(accepted) do
   local sid = ARGV[REST + 2 * (i - 1)]
   if not ok then
@@ -98,6 +98,7 @@ for i, ok in ipairs(accepted) do
       free = free - 1
       serving = ticket
       admit(sid, confirm_ms)
+      walked_in = walked_in + 1
       out[#out + 1] = ticket
       out[#out + 1] = 1
     else
@@ -120,4 +121,6 @@ if serving >= first then
   redis.call('SET', K_SERVING, serving)
   line_moved = true
 end
+tally('j', n)
+tally('w1', walked_in)  -- no time in line: the first wait bucket
 return reply{places = out, epoch = epoch}

@@ -3,10 +3,10 @@
 -- Every script receives the queue's keys in the order of keys.QueueKeys.all():
 local K_TICKETS, K_SERVING, K_WAITING, K_INVITED, K_ACTIVE, K_RATE, K_SETTINGS, K_ENDED,
   K_REVOKED, K_MISSED, K_RECALL, K_LIVE, K_LINE_VERSION, K_LINE_LOG, K_OPENING, K_ORDER, K_RANK,
-  K_EPOCH, K_RECOVERY, K_HISTORY, K_SNAPSHOT =
+  K_EPOCH, K_RECOVERY, K_HISTORY, K_SNAPSHOT, K_TALLY, K_MINUTES, K_CODES, K_CODE_LABELS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19],
-  KEYS[20], KEYS[21]
+  KEYS[20], KEYS[21], KEYS[22], KEYS[23], KEYS[24], KEYS[25]
 
 -- Redis' clock, so every replica agrees on time.
 local clock = redis.call('TIME')
@@ -14,6 +14,20 @@ local now_sec = tonumber(clock[1])
 local now_ms = now_sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local UNLIMITED = 1e15
+
+-- How the sale went (history.lua closes each minute into a record): counts of this
+-- minute in the tally, "<minute>.<what>".
+local function tally(what, n)
+  if n ~= 0 then redis.call('HINCRBY', K_TALLY, math.floor(now_sec / 60) .. '.' .. what, n) end
+end
+
+-- The bucket (1-based) of `value` among ascending upper `bounds`; #bounds + 1 past them.
+local function bucket_of(value, bounds)
+  for i, bound in ipairs(bounds) do
+    if value <= bound then return i end
+  end
+  return #bounds + 1
+end
 
 -- The line summary (keys.QueueKeys.line_version): blocks whose count this call
 -- changed, and whether it moved serving, published once when it answers.

@@ -1,5 +1,6 @@
 -- The ticker's call: purge, open a scheduled queue when due, advance the line
--- by the free capacity, record the dashboard's history point, publish the
+-- by the free capacity, record the dashboard's history point (and close the
+-- minute that ended into its record: history.lua), publish the
 -- queue's state as a versioned snapshot (snapshot.lua) that the other replicas
 -- read when its version moves, and report it with what changed in its line
 -- summary since the caller's version. One process at a time runs it (the
@@ -10,8 +11,8 @@
 -- Parts: settings.lua, shuffle.lua, advance.lua, summary.lua, history.lua, snapshot.lua.
 -- Arguments and reply: scripts.TICK (the configured settings, then the
 -- replica's purge slack, what it last saw of the queue (prelude.lua
--- queue_epoch), and the line summary version it knows with that version's
--- queue epoch).
+-- queue_epoch), the line summary version it knows with that version's
+-- queue epoch, the configured order and access, and a random number for draws).
 local capacity = tonumber(ARGV[1])
 local admit_per_minute = tonumber(ARGV[2])
 local session_ttl = tonumber(ARGV[3])
@@ -23,20 +24,29 @@ local opens_at = ARGV[8]
 local joins_per_address = tonumber(ARGV[9])
 local shared_sessions = ARGV[10]
 local max_addresses = tonumber(ARGV[11])
-local purge_slack_ms = tonumber(ARGV[12])
-local known_epoch = ARGV[13]
-local known_tickets = ARGV[14]
-local known_serving = ARGV[15]
-local recovery_ms = ARGV[16]
-local line_version = tonumber(ARGV[17])
-local line_epoch = ARGV[18]
-local closes_at = tonumber(ARGV[19])
+local challenge = ARGV[12]
+local challenge_difficulty = tonumber(ARGV[13])
+local flagged = ARGV[14]
+local purge_slack_ms = tonumber(ARGV[15])
+local known_epoch = ARGV[16]
+local known_tickets = ARGV[17]
+local known_serving = ARGV[18]
+local recovery_ms = ARGV[19]
+local line_version = tonumber(ARGV[20])
+local line_epoch = ARGV[21]
+local eta = tonumber(ARGV[22])
+local order = ARGV[23]
+local access = ARGV[24]
+local draw_seed = ARGV[25]  -- random order: the caller's fresh random number (advance.lua)
+local closes_at = tonumber(ARGV[26])
 
 local s = effective_settings{
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
   grace = grace, abandon_after = abandon_after, mode = mode, session_max = session_max,
   joins_per_address = joins_per_address, shared_sessions = shared_sessions,
-  max_addresses = max_addresses, closes_at = closes_at,
+  max_addresses = max_addresses, challenge = challenge,
+  challenge_difficulty = challenge_difficulty, flagged = flagged,
+  order = order, access = access, draw_seed = draw_seed, closes_at = closes_at,
 }
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
@@ -59,7 +69,7 @@ local opening = opening_in_progress()
 
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
-local invited, skipped = 0, 0
+local invited, skipped, unseen = 0, 0, 0
 -- nobody is invited before a scheduled opening, while its order is written,
 -- while a lost line is being rebuilt (recovering: the line stands still), nor
 -- once the queue closed (mode closed, or its scheduled closes_at passed)
@@ -67,7 +77,7 @@ local past_close = s.closes_at > 0 and now_sec >= s.closes_at
 if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening
     and not recovering() and not past_close then
   local capped
-  serving, invited, skipped, capped = advance(s, grace_ms, serving, tickets)
+  serving, invited, skipped, capped, unseen = advance(s, grace_ms, serving, tickets)
   more = more or capped
 end
 local minute = admitted_recently()
@@ -84,17 +94,23 @@ local state = {
   session_ttl = s.session_ttl, grace = s.grace, abandon_after = s.abandon_after,
   session_max = s.session_max, opens_at = s.opens_at, joins_per_address = s.joins_per_address,
   shared_sessions = s.shared_sessions, max_addresses = s.max_addresses,
+  challenge = s.challenge, challenge_difficulty = s.challenge_difficulty, flagged = s.flagged,
   recalled = redis.call('ZCARD', K_RECALL), line_version = line.version,
   closed = closed and 1 or 0, opening = opening and 1 or 0,
   shuffled_first = sh_first, shuffled_last = sh_last,
   seed = redis.call('HGET', K_OPENING, 'seed') or '0', epoch = epoch,
+  order = s.order, access = s.access, in_draw = s.order == 'random' and in_draw(s) or 0,
   closes_at = s.closes_at, texts = s.texts,
 }
 record_history(state.waiting, state.active, minute)
+tally('p', pruned)
+tally('s', unseen)
+record_minutes(state.waiting, state.active, eta)
 state.version, state.changed = publish_snapshot(state)  -- what every other replica reads
 -- what only the caller needs: its clock, this tick's counts, its summary's changes
 state.redis_time_ms = now_ms
 state.expired, state.lapsed, state.newly_invited, state.skipped = expired, lapsed, invited, skipped
+state.unseen = unseen
 state.pruned, state.more, state.opened = pruned, more and 1 or 0, opened
 state.line_full, state.line_same, state.line_more = line.full, line.same, line.more
 state.front, state.blocks = line.front, line.blocks
