@@ -19,17 +19,17 @@ from importlib import resources
 from typing import Any
 
 from ..config import (
-    MESSAGE_MAX,
-    TEXT_SETTINGS,
     ACCESS,
     CHALLENGES,
     FLAGGED,
+    MESSAGE_MAX,
     MODES,
     OPENS_AT_MAX,
     ORDERS,
     OVERRIDE_LEAST,
     OVERRIDE_MOST,
     SHARED_SESSIONS,
+    TEXT_SETTINGS,
 )
 from .keys import (
     ADDRESS_COUNTER_TTL,

@@ -227,6 +227,7 @@ async def test_the_gate_stoppers_ask_first_and_times_are_local(
                 ) as r:
                     assert (await r.json())["settings"]["message"] == "Sold out <b>!</b>"
 
+
 @pytest.mark.skipif(axe_path() is None, reason="axe-core is not installed (make browser-deps)")
 async def test_the_dashboard_passes_axe_at_phone_and_laptop_widths(
     board: Stack, tmp_path: Path
