@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-MODES = ("on", "queue-all", "paused", "off")
+# closed: newcomers see the closed page, people in line are told, nobody new is let in
+MODES = ("on", "queue-all", "paused", "off", "closed")
 ON_REDIS_ERROR = ("wait", "open")
 # an admitted cookie used from more than max_addresses client addresses at once
 SHARED_SESSIONS = ("allow", "flag", "revoke")
@@ -84,6 +85,14 @@ class QueueSettings:
     leave_to: str = "/"  # where "Leave the line" on the waiting page goes: a same-site path
     order: str = "fifo"  # fifo | random: each admission draws a present waiter at random
     access: str = "open"  # open | invite: only access-code holders may take a place
+    closes_at: int = 0  # unix seconds from which the queue is closed (as mode closed); 0 = none
+    message: str = ""  # plain text shown to the line (waiting, countdown and closed pages)
+    messages: tuple[tuple[str, str], ...] = ()  # (language, text): message_<lang> variants
+    closed_link: str = ""  # a link on the closed page: a same-site path or an http(s) URL
+
+    def message_for(self, language: str) -> str:
+        """The message in ``language`` if the operator wrote one, else the plain one."""
+        return next((t for lang, t in self.messages if lang == language), self.message)
 
 
 # name in QueueSettings -> (environment variable, smallest allowed value)
@@ -125,11 +134,20 @@ OVERRIDABLE = (
     "flagged",
     "order",
     "access",
+    "closes_at",
+    "message",
+    "closed_link",
 )
 ADMIN_TOKEN_MIN = 16
 # what an admin token may do, each role including the ones before it
 ROLES = ("viewer", "operator", "admin")
 LEAVE_TO_MAX = 512  # characters; a path, carried in a Location header
+MESSAGE_MAX = 280  # characters of a message to the line (one short paragraph)
+# a language's variant of the message: message_fr, message_de (config.LANGUAGE_RE)
+MESSAGE_VARIANT_RE = re.compile(r"^message_([a-z]{2,3})$")
+MESSAGE_VARIANTS_MAX = 16  # languages one queue's message may have
+# settings held as text for the pages (scripts.TEXT_SETTINGS): never read by the line
+TEXT_SETTINGS = ("message", "closed_link")
 
 
 class AdminToken(NamedTuple):
@@ -457,8 +475,12 @@ def queue_setting(name: str, key: str, value: object) -> int | str:
         return _choice(name, value, MODES)
     if key == "on_redis_error":
         return _choice(name, value, ON_REDIS_ERROR)
-    if key == "opens_at":
+    if key in ("opens_at", "closes_at"):
         return opens_at(name, value)
+    if key == "message" or MESSAGE_VARIANT_RE.match(key):
+        return message(name, value)
+    if key == "closed_link":
+        return closed_link(name, value)
     if key == "shared_sessions":
         return _choice(name, value, SHARED_SESSIONS)
     if key == "challenge":
@@ -517,14 +539,82 @@ def leave_to(name: str, value: object) -> str:
     return str(value)
 
 
+def message(name: str, value: object) -> str:
+    """Plain text for the line: shown escaped (never HTML), at most MESSAGE_MAX
+    characters, no control characters but line breaks; "" for none."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: plain text, got {value!r}")
+    text = value.strip()
+    if len(text) > MESSAGE_MAX:
+        raise ConfigError(f"{name}: at most {MESSAGE_MAX} characters, got {len(text)}")
+    if any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise ConfigError(f"{name}: plain text without control characters")
+    return text
+
+
+def closed_link(name: str, value: object) -> str:
+    """Where the closed page's link goes: a path on the site or an http(s) URL; ""
+    for none."""
+    if value == "":
+        return ""
+    ok = (
+        isinstance(value, str)
+        and len(value) <= LEAVE_TO_MAX
+        and all(0x21 <= ord(c) <= 0x7E for c in value)
+        and "\\" not in value
+    )
+    if ok:
+        parts = urlsplit(str(value))
+        path = str(value).startswith("/") and not str(value).startswith("//")
+        ok = (path and not parts.netloc) or (
+            parts.scheme in ("http", "https") and bool(parts.netloc)
+        )
+    if not ok:
+        raise ConfigError(
+            f"{name}: a path on the site (/events/) or an http(s) URL "
+            f"(printable ASCII, at most {LEAVE_TO_MAX} characters), got {value!r}"
+        )
+    return str(value)
+
+
+def with_overrides(base: QueueSettings, cleaned: Mapping[str, int | str]) -> QueueSettings:
+    """``base`` with checked values (queue_setting) applied; message_<lang> variants
+    join ``messages`` (an empty text removes one)."""
+    variants = dict(base.messages)
+    plain: dict[str, Any] = {}
+    for key, value in cleaned.items():
+        m = MESSAGE_VARIANT_RE.match(key)
+        if m:
+            variants[m.group(1)] = str(value)
+        else:
+            plain[key] = value
+    messages = tuple(sorted((lang, t) for lang, t in variants.items() if t))
+    return replace(base, **plain, messages=messages)
+
+
+def settings_fields(s: QueueSettings) -> dict[str, Any]:
+    """``s`` as setting names: every field, with message_<lang> for each variant."""
+    out = {f.name: getattr(s, f.name) for f in fields(QueueSettings) if f.name != "messages"}
+    out.update((f"message_{lang}", text) for lang, text in s.messages)
+    return out
+
+
+def overridable(key: str) -> bool:
+    """Whether an operator may change ``key`` on a running queue."""
+    return key in OVERRIDABLE or MESSAGE_VARIANT_RE.match(key) is not None
+
+
 def queue_overrides(changes: Mapping[str, object], base: QueueSettings) -> dict[str, int | str]:
     """Operator changes to a running queue, checked whole: the cleaned values, or a
     :class:`OverrideErrors` with one message per bad field (nothing is half valid)."""
     cleaned: dict[str, int | str] = {}
     errors: dict[str, str] = {}
     for key, value in changes.items():
-        if key not in OVERRIDABLE:
-            errors[key] = f"{key}: not a setting that can be changed ({', '.join(OVERRIDABLE)})"
+        if not overridable(key):
+            errors[key] = (
+                f"{key}: not a setting that can be changed "
+                f"({', '.join(OVERRIDABLE)}, message_<language>)"
+            )
             continue
         try:
             cleaned[key] = queue_setting(key, key, value)
@@ -532,7 +622,7 @@ def queue_overrides(changes: Mapping[str, object], base: QueueSettings) -> dict[
             errors[key] = str(e)
     if not errors:
         try:
-            _checked(replace(base, **cleaned), "settings")  # type: ignore[arg-type]
+            _checked(with_overrides(base, cleaned), "settings")
         except ConfigError as e:
             errors["settings"] = str(e)
     if errors:
@@ -555,6 +645,9 @@ def _queue_settings_from_env(env: Mapping[str, str]) -> QueueSettings:
         mode="ANTEROOM_MODE",
         on_redis_error="ANTEROOM_ON_REDIS_ERROR",
         opens_at="ANTEROOM_OPENS_AT",
+        closes_at="ANTEROOM_CLOSES_AT",
+        message="ANTEROOM_MESSAGE",
+        closed_link="ANTEROOM_CLOSED_LINK",
         shared_sessions="ANTEROOM_SHARED_SESSIONS",
         challenge="ANTEROOM_CHALLENGE",
         challenge_difficulty="ANTEROOM_CHALLENGE_DIFFICULTY",
@@ -649,13 +742,13 @@ def _language(doc: Mapping[str, object], where: str) -> str:
 def _queue_table(doc: object, base: QueueSettings, where: str) -> QueueSettings:
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: must be a table")
-    known = {f.name for f in fields(QueueSettings)}
+    known = {f.name for f in fields(QueueSettings)} - {"messages"}
     values: dict[str, Any] = {}
     for key, value in doc.items():
-        if key not in known:
+        if key not in known and not MESSAGE_VARIANT_RE.match(key):
             raise ConfigError(f"{where}.{key}: unknown setting")
         values[key] = queue_setting(f"{where}.{key}", key, value)
-    return _checked(replace(base, **values), where)
+    return _checked(with_overrides(base, values), where)
 
 
 def _checked(s: QueueSettings, where: str) -> QueueSettings:
@@ -663,6 +756,12 @@ def _checked(s: QueueSettings, where: str) -> QueueSettings:
         raise ConfigError(
             f"{where}: session_max ({s.session_max}) must be at least session_ttl ({s.session_ttl})"
         )
+    if s.opens_at and s.closes_at and s.closes_at <= s.opens_at:
+        raise ConfigError(
+            f"{where}: closes_at ({s.closes_at}) must come after opens_at ({s.opens_at})"
+        )
+    if len(s.messages) > MESSAGE_VARIANTS_MAX:
+        raise ConfigError(f"{where}: at most {MESSAGE_VARIANTS_MAX} languages of message")
     return s
 
 

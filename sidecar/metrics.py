@@ -47,6 +47,7 @@ OUTCOMES = (
     "flagged",
     "invite_needed",  # an invite-only queue, no valid access code
     "code_used",  # an access code gave a place (admitted or next in)
+    "closed",  # the queue is closed (mode closed, or past closes_at): no place given
 )
 
 LATENCY_BUCKETS = (

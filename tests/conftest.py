@@ -136,6 +136,12 @@ on_redis_error = "open"
 
 [tenants.shop.queues.later]
 opens_at = 4000000000
+
+[tenants.shop.queues.ended]
+closes_at = 1000000000
+message = "Sold out <i>for good</i>"
+message_fr = "Épuisé"
+closed_link = "https://tickets.example/next"
 """
 
 AppClient = TestClient[web.Request, web.Application]

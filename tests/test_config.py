@@ -428,3 +428,53 @@ def test_bad_join_budget_is_named() -> None:
     with pytest.raises(OverrideErrors) as e:
         queue_overrides({"joins_per_address": "lots", "opens_at": "soon"}, QueueSettings())
     assert set(e.value.errors) == {"joins_per_address", "opens_at"}
+
+
+def test_closed_mode_closes_at_message_and_link_everywhere(tmp_path: Path) -> None:
+    text = (
+        '[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\nmode = "closed"\n'
+        "opens_at = 2026-12-01T09:00:00Z\ncloses_at = 2026-12-01T10:00:00Z\n"
+        'message = "  Sold <b>out</b>\\nSee you  "\nmessage_fr = "Épuisé"\n'
+        'closed_link = "https://tickets.example/next"\n'
+    )
+    s = load(toml(tmp_path, text)).tenants[0].settings_for("q")
+    assert (s.mode, s.closes_at - s.opens_at) == ("closed", 3600)
+    assert s.message == "Sold <b>out</b>\nSee you"  # plain text, kept as written
+    assert (s.message_for("fr"), s.message_for("de")) == ("Épuisé", s.message)
+    assert s.closed_link == "https://tickets.example/next"
+    env = {**SECRET, "ANTEROOM_CLOSES_AT": "2000000000", "ANTEROOM_MESSAGE": "Hi"}
+    d = load(env).tenants[0].queue_defaults
+    assert (d.closes_at, d.message) == (2_000_000_000, "Hi")
+    assert queue_overrides(
+        {"mode": "closed", "message_de": "Ausverkauft", "closed_link": "/events/"}, QueueSettings()
+    ) == {"mode": "closed", "message_de": "Ausverkauft", "closed_link": "/events/"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("message", "x" * 281, "at most 280 characters"),
+        ("message", "bell\a", "without control characters"),
+        ("message_fr", 5, "plain text"),
+        ("closed_link", "javascript:alert(1)", "a path on the site"),
+        ("closed_link", "//evil.example/", "a path on the site"),
+        ("closes_at", "tomorrow", "ISO-8601"),
+        ("message_french", "Bonjour", "not a setting that can be changed"),
+    ],
+)
+def test_bad_texts_and_times_are_refused_naming_the_setting(
+    key: str, value: object, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: .*{says}"):
+        queue_overrides({key: value}, QueueSettings())
+
+
+def test_closes_at_must_come_after_opens_at(tmp_path: Path) -> None:
+    text = (
+        '[tenants.a]\nhosts = ["a.example"]\n[tenants.a.queues.q]\n'
+        "opens_at = 2000\ncloses_at = 1000\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^tenants\.a\.queues\.q: closes_at \(1000\) must come after"
+    ):
+        load(toml(tmp_path, text))

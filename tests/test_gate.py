@@ -187,3 +187,73 @@ async def test_a_left_session_no_longer_passes(app_client) -> None:
     again = await auth(client, "gone", Cookie=admitted)
     assert again.status == 204  # the slot was freed: a newcomer enters ...
     assert cookie_of(again) != admitted  # ... with a new session, not the revoked one
+
+
+async def close(client: AppClient, redis: Redis, queue: str, **settings: str) -> None:
+    """What the admin API stores for a change, then the poke that spreads it."""
+    await redis.hset(f"aq:{{shop:{queue}}}:settings", "mode", "closed")
+    for key, value in settings.items():
+        await redis.hset(f"aq:{{shop:{queue}}}:settings", key, value)
+    await redis.hincrby("aq:tickers", f"v:shop:{queue}", 1)
+
+    async def closed() -> bool:  # asked without taking a place
+        r = await client.get(f"/_anteroom/status?queue={queue}", headers={"Host": "shop.test"})
+        return bool((await r.json())["state"] == "closed")
+
+    await eventually(closed, within=3)
+
+
+async def test_closed_queue_turns_newcomers_and_waiters_away_and_sessions_go_on(
+    app_client, redis: Redis
+) -> None:
+    client = await app_client()
+    admitted = cookie_of(await auth(client, "shut"))  # capacity 1
+    waiting = cookie_of(await auth(client, "shut"))
+    await close(client, redis, "shut", message="Back <b>soon</b>")
+
+    for cookie in ("", waiting):
+        r = await auth(client, "shut", Cookie=cookie)
+        assert r.status == 401 and r.headers["X-Anteroom-State"] == "closed"
+        assert r.headers["X-Anteroom-Location"].endswith("#closed")
+        assert "Set-Cookie" not in r.headers and "Retry-After" not in r.headers
+    assert (await auth(client, "shut", Cookie=admitted)).status == 204  # goes on
+    assert await tickets(redis, "shut") == 2  # no place taken while closed
+
+    # the waiter's page: the closed answer with the message, and no claim
+    host = {"Host": "shop.test"}
+    r = await client.get("/_anteroom/status?queue=shut", headers={**host, "Cookie": waiting})
+    body = await r.json()
+    assert body["state"] == "closed" and body["message"] == "Back <b>soon</b>"
+    assert body["poll_after"] is None and body["link"] is None
+    # without JavaScript: the page's closed view
+    r = await client.get(
+        "/_anteroom/continue?queue=shut",
+        headers={**host, "Cookie": waiting},
+        allow_redirects=False,
+    )
+    assert r.status == 303 and r.headers["Location"].endswith("#closed")
+    # an API client: 410 and no place
+    r = await client.post("/_anteroom/join?queue=shut", headers=host)
+    assert r.status == 410 and (await r.json())["state"] == "closed"
+    assert await tickets(redis, "shut") == 2
+
+
+async def test_closes_at_from_the_configuration_closes_with_its_message(
+    app_client, redis: Redis
+) -> None:
+    """tenants.shop.queues.ended: closes_at long past, a message in two languages."""
+    client = await app_client()
+    r = await auth(client, "ended")
+    assert r.status == 401 and r.headers["X-Anteroom-State"] == "closed"
+    assert await tickets(redis, "ended") == 0
+    for lang, text in (
+        ("en", "Sold out <i>for good</i>"),
+        ("fr", "Épuisé"),
+        ("xx-", "Sold out <i>for good</i>"),
+    ):
+        r = await client.get(
+            f"/_anteroom/status?queue=ended&lang={lang}", headers={"Host": "shop.test"}
+        )
+        body = await r.json()
+        assert body["state"] == "closed" and body["message"] == text, lang
+        assert body["link"] == "https://tickets.example/next" and body["closes_at"] == 10**9

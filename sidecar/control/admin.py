@@ -33,6 +33,7 @@ from aiohttp.typedefs import Handler
 from redis.asyncio import Redis, RedisCluster
 
 from ..config import (
+    MESSAGE_MAX,
     MODES,
     OVERRIDABLE,
     ROLES,
@@ -44,8 +45,11 @@ from ..config import (
     QueueSettings,
     leave_to,
     opens_at,
+    overridable,
     queue_overrides,
     queue_setting,
+    settings_fields,
+    with_overrides,
 )
 from ..config import NAME_RE as NAME
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
@@ -110,6 +114,8 @@ FIELD_LABELS = {
     "challenge": "Proof of work for newcomers",
     "challenge_difficulty": "Work (log2 hashes)",
     "flagged": "Flagged clients",
+    "message": "Message to the line",
+    "closed_link": "Closed page link",
 }
 # chosen from a list in the dashboard: value -> what the option says
 CHOICE_FIELDS = {
@@ -118,7 +124,7 @@ CHOICE_FIELDS = {
 }
 # entered as local date-times in the dashboard; unix seconds in the API
 TIME_FIELDS = ("opens_at", "closes_at")
-TEXT_FIELDS = ("leave_to",)
+TEXT_FIELDS = ("leave_to", "message", "closed_link")
 # what each role may do (each role may do what the ones before it may)
 ROLE_OF_ACTION = {
     "read": "viewer",
@@ -173,7 +179,7 @@ class QueueView:
 
 
 def _settings_dict(s: QueueSettings) -> dict[str, int | str]:
-    return {k: v for k, v in asdict(s).items() if k in OVERRIDABLE}
+    return {k: v for k, v in settings_fields(s).items() if overridable(k)}
 
 
 def allowed(role: str, action: str) -> bool:
@@ -438,8 +444,8 @@ class Admin:
         """The valid overrides among the stored ones."""
         configured = self.configured(q)
         overrides: dict[str, int | str] = {}
-        for key in OVERRIDABLE:
-            if key in stored:
+        for key in (*OVERRIDABLE, *sorted(k for k in stored if k not in OVERRIDABLE)):
+            if key in stored and overridable(key):
                 # what the tick would apply; anything else is ignored there too
                 with contextlib.suppress(ConfigError):
                     overrides[key] = queue_overrides({key: stored[key]}, configured)[key]
@@ -448,7 +454,7 @@ class Admin:
     def _view(self, q: QueueRef, st: QueueState | None, stored: dict[str, str]) -> QueueView:
         configured = self.configured(q)
         overrides = self._overridden(q, stored)
-        settings = {**_settings_dict(configured), **overrides}
+        settings = _settings_dict(with_overrides(configured, overrides))
         mode = str(settings["mode"])
         tickets = st.tickets if st else 0
         serving = st.serving if st else 0
@@ -500,15 +506,31 @@ class Admin:
         log.info("admin change", extra={k: v for k, v in entry.items() if k != "at"})
 
     async def change(
-        self, who: AdminToken, q: QueueRef, changes: Mapping[str, object], create: bool = False
+        self,
+        who: AdminToken,
+        q: QueueRef,
+        changes: Mapping[str, object],
+        create: bool = False,
+        end_sessions: bool = False,
     ) -> QueueView:
         """Validates ``changes`` whole (OverrideErrors lists every bad field) and stores
-        them; ``create``: the queue is new (the caller checked it was unknown)."""
+        them; ``create``: the queue is new (the caller checked it was unknown);
+        ``end_sessions``: closing it, the admitted sessions end now too (the caller
+        checked the role may revoke)."""
         # checked before the queue is looked at: a refused creation leaves no trace
         (stored,) = await self._overrides([q])
-        before = {**asdict(self.configured(q)), **self._overridden(q, stored)}
-        cleaned = queue_overrides(changes, QueueSettings(**before))
-        diff = {k: [before.get(k), v] for k, v in cleaned.items()}
+        base = with_overrides(self.configured(q), self._overridden(q, stored))
+        cleaned = queue_overrides(changes, base)
+        before = settings_fields(base)
+        diff = {k: [before.get(k, ""), v] for k, v in cleaned.items()}
+        if end_sessions and cleaned.get("mode", base.mode) != "closed":
+            raise OverrideErrors(
+                {"end_sessions": "end_sessions: only when closing the queue (mode=closed)"}
+            )
+        ended: dict[str, int] = {}
+        if end_sessions:
+            # the mode first: nobody new takes the room the ended sessions leave
+            cleaned.setdefault("mode", "closed")
         if cleaned or create:
             async with self.redis.pipeline(transaction=True) as pipe:
                 if create:  # known on every replica from now on, even with no change
@@ -521,17 +543,22 @@ class Admin:
             if create:
                 await self.redis.zrem(FORGOTTEN_KEY, f"{q.tenant}:{q.queue}")
             await self.engine.poke(q)  # its ticker applies it now, every replica reads it
-            await self.audit(who, "create" if create else "set", q, changes=diff)
+            if end_sessions:
+                until = int(time.time()) + max(WAITING_TOKEN_TTL, base.session_max)
+                ended["ended_sessions"] = await self.engine.end_sessions(q, until)
+            await self.audit(who, "create" if create else "set", q, changes=diff, **ended)
         return await self.view(q)
 
     async def reset(self, who: AdminToken, q: QueueRef, names: list[str]) -> QueueView:
-        bad = [n for n in names if n not in OVERRIDABLE]
+        bad = [n for n in names if not overridable(n)]
         if bad:
             raise OverrideErrors({n: f"{n}: not a setting ({', '.join(OVERRIDABLE)})" for n in bad})
         before = await self.view(q)
-        names = names or list(OVERRIDABLE)
+        names = names or [*OVERRIDABLE, *(k for k in before.overrides if k not in OVERRIDABLE)]
         removed = {
-            n: [before.overrides[n], before.configured[n]] for n in names if n in before.overrides
+            n: [before.overrides[n], before.configured.get(n, "")]
+            for n in names
+            if n in before.overrides
         }
         fields = [*names, DRAIN] if "mode" in names else names
         await self.redis.hdel(q.keys.settings, *fields)
@@ -660,12 +687,17 @@ class Admin:
         create = body.pop("create", False)
         if not isinstance(create, bool):
             raise AdminError(400, {"error": "create: true or false"})
+        end = body.pop("end_sessions", False)
+        if not isinstance(end, bool):
+            raise AdminError(400, {"error": "end_sessions: true or false"})
+        if end:  # ending sessions is revoking them: the admin role's
+            self._may(request, "revoke")
         q = self._name(request)
         create = create and not await self.is_known(q)
         if not create:
             q = await self._ref(request)
         try:
-            view = await self.change(who, q, body, create=create)
+            view = await self.change(who, q, body, create=create, end_sessions=end)
         except OverrideErrors as e:
             raise AdminError(400, {"error": "nothing was changed", "fields": e.errors}) from None
         return web.json_response(asdict(view), status=201 if create else 200)
@@ -918,6 +950,8 @@ class Admin:
                 label=_ACTION_LABELS.get(action, action),
                 what=CONFIRM[action],
                 csrf=request[CSRF],
+                may_revoke=allowed(request[WHO].role, "revoke"),
+                message_max=MESSAGE_MAX,
             )
         try:
             if action == "settings":
@@ -934,6 +968,14 @@ class Admin:
                     if str(value) != str(current.get(k)):
                         changes[k] = value
                 await self.change(who, q, changes)
+            elif action == "closed":
+                changes = {"mode": "closed"}
+                if "message" in form:  # the confirmation asks for the words to show
+                    changes["message"] = str(form["message"]).strip()
+                end = form.get("end_sessions") == "yes"
+                if end:
+                    self._may(request, "revoke")
+                await self.change(who, q, changes, end_sessions=end)
             elif action in MODES:
                 await self.change(who, q, {"mode": action})
             elif action == "drain":

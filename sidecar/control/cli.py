@@ -44,6 +44,11 @@ def add_parser(sub: Any) -> None:
     st.add_argument(
         "--create", action="store_true", help="the queue is new (else an unknown name is refused)"
     )
+    st.add_argument(
+        "--end-sessions",
+        action="store_true",
+        help="with mode=closed: end the admitted sessions now too (admin role)",
+    )
     reset = qsub.add_parser("reset", help="back to the configured value (all if no key)")
     reset.add_argument("tenant")
     reset.add_argument("queue")
@@ -155,9 +160,11 @@ def _dispatch(c: Client, a: argparse.Namespace) -> str:
         view = c.call("GET", path)
         return json.dumps(view, indent=2) if a.json else _show(view)
     if a.action == "set":
-        if not a.changes and not a.create:
+        if not a.changes and not a.create and not a.end_sessions:
             raise ConfigError("set: give at least one key=value (or --create)")
         changes: dict[str, Any] = {"create": True} if a.create else {}
+        if a.end_sessions:
+            changes["end_sessions"] = True
         for item in a.changes:
             key, sep, value = item.partition("=")
             if not sep or not key:
@@ -226,7 +233,8 @@ def _show(v: dict[str, Any]) -> str:
     lines.append(f"  {'eta_seconds':<22}{'-' if eta is None else eta}")
     lines.append("settings:")
     for k, value in v["settings"].items():
-        note = f"  (override; configured {v['configured'][k]})" if k in v["overrides"] else ""
+        configured = v["configured"].get(k, "none")  # a message_<lang> may be new
+        note = f"  (override; configured {configured})" if k in v["overrides"] else ""
         lines.append(f"  {k:<22}{value}{note}")
     return "\n".join(lines)
 

@@ -28,12 +28,20 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from ..config import QueueSettings
+from ..config import (
+    MESSAGE_VARIANT_RE,
+    TEXT_SETTINGS,
+    ConfigError,
+    QueueSettings,
+    queue_setting,
+    with_overrides,
+)
 from ..metrics import Metrics
 from .client import text as _s
 from .keys import (
     ADDRESS_WINDOW_MS,
     ADDRESSES_KEPT,
+    END_CHUNK,
     ENDED_READ_CHUNK,
     HEARTBEAT_CHUNK,
     LINE_CHUNK,
@@ -49,6 +57,7 @@ from .keys import (
 )
 from .scripts import (
     CLAIM,
+    END_SESSIONS,
     HEARTBEAT,
     JOIN,
     LEAVE,
@@ -275,6 +284,13 @@ class QueueState:
         """Where ``ticket`` stands in the line: itself, unless it was in a shuffled
         pre-queue. Its turn has come once ``serving`` reaches this number."""
         return ticket if self.order is None else self.order.line(ticket)
+
+    @property
+    def shut(self) -> bool:
+        """Closed (mode closed, or its closes_at passed by Redis' clock): newcomers see
+        the closed page, people in line are told; admitted sessions go on."""
+        s = self.settings
+        return s.mode == "closed" or 0 < s.closes_at <= self.redis_time_ms // 1000
 
     def position(self, ticket: int) -> int:
         """1 for the next in line; counts only people still in line ahead."""
@@ -771,6 +787,7 @@ class Engine:
                 "access": s.access,
                 # random order: who is drawn must not be foreseeable
                 "draw_seed": str(secrets.randbits(52)),
+                "closes_at": s.closes_at,
             }
             calls.append((TICK, q.keys.all(), TICK.argv(args)))
         replies = await self._batch(calls)
@@ -985,6 +1002,20 @@ class Engine:
         found = [(_s(chunk[i]), int(float(chunk[i + 1]))) for i in range(0, len(chunk), 2)]
         return ("" if int(r["done"]) or not found else found[-1][0]), found
 
+    async def end_sessions(self, q: QueueRef, revoke_until: int) -> int:
+        """Ends every admitted session of ``q`` now (end_sessions.lua, keys.END_CHUNK a
+        call); returns how many. Every replica refuses their cookies at its next read."""
+        ended = 0
+        args = {"revoke_until": revoke_until, "limit": END_CHUNK}
+        while True:
+            raw = await self._evalsha(END_SESSIONS, q.keys.all(), END_SESSIONS.argv(args))
+            r = END_SESSIONS.decode(raw)
+            ended += int(r["ended"])
+            if int(r["done"]):
+                break
+        await self.poke(q)
+        return ended
+
     async def revoked_until(self, q: QueueRef, sid: str) -> int:
         """Unix second until which ``sid`` is revoked in ``q`` (0: it is not)."""
         until = await self.redis.zscore(q.keys.revoked, sid)
@@ -1014,6 +1045,24 @@ class Engine:
         return packed or b"", int(seed or 0)
 
 
+def _texts(raw: Any) -> dict[str, int | str]:
+    """The operator's texts for the pages (settings.lua), each by the configuration's
+    own rule: a value it would refuse is ignored, as the tick ignores bad numbers."""
+    try:
+        found = json.loads(_s(raw))
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):  # cjson writes an empty table as {}
+        return {}
+    texts: dict[str, int | str] = {}
+    for key, value in found.items():
+        if key not in TEXT_SETTINGS and not MESSAGE_VARIANT_RE.match(key):
+            continue
+        with contextlib.suppress(ConfigError):
+            texts[key] = queue_setting(key, key, value)
+    return texts
+
+
 def _state(
     r: Mapping[str, Any], configured: QueueSettings, order: LineOrder | None, live: LiveLine
 ) -> QueueState:
@@ -1036,7 +1085,14 @@ def _state(
         leave_to=configured.leave_to,  # read at a leave (web/status.py), not by the tick
         order=_s(r["order"]),
         access=_s(r["access"]),
+        closes_at=int(r["closes_at"]),
+        message=configured.message,
+        messages=configured.messages,
+        closed_link=configured.closed_link,
     )
+    texts = _texts(r["texts"])
+    if texts:
+        settings = with_overrides(settings, texts)
     return QueueState(
         tickets=int(r["tickets"]),
         serving=int(r["serving"]),

@@ -32,6 +32,8 @@ FIRST_POLL_WINDOW_MS = 30_000
 # Revoked sessions a (new or lagging) replica reloads per script call (about 3 us
 # each); it reads them all, chunk after chunk, before its first state is used.
 REVOKED_RELOAD_CHUNK = 1_000
+# sessions one end_sessions.lua call ends (an operator closing a queue): about 2 ms
+END_CHUNK = 500
 # Changed blocks of the line summary one call returns at most; a process that is
 # further behind (new, or after an opening) reads the rest in more calls.
 LINE_CHUNK = 2_000

@@ -22,12 +22,14 @@ from ..config import (
     ACCESS,
     CHALLENGES,
     FLAGGED,
+    MESSAGE_MAX,
     MODES,
     OPENS_AT_MAX,
     ORDERS,
     OVERRIDE_LEAST,
     OVERRIDE_MOST,
     SHARED_SESSIONS,
+    TEXT_SETTINGS,
 )
 from .keys import (
     ADDRESS_COUNTER_TTL,
@@ -82,6 +84,9 @@ CONSTANTS: Mapping[str, int | tuple[str, ...] | Mapping[str, int] | Mapping[int,
     "OVERRIDE_MOST": OVERRIDE_MOST,  # setting -> greatest value (others: 1e9)
     "CHALLENGES": CHALLENGES,
     "FLAGGED": FLAGGED,
+    "TEXT_SETTINGS": TEXT_SETTINGS,  # a set: texts for the pages, carried in the snapshot
+    # bytes of one text setting the snapshot carries (UTF-8: up to 4 a character)
+    "TEXT_BYTES_MAX": 4 * max(MESSAGE_MAX, 512),
 }
 
 
@@ -168,6 +173,8 @@ SNAPSHOT = (
     "order",
     "access",
     "in_draw",
+    "closes_at",
+    "texts",
 )
 
 _ADMISSION = (
@@ -242,6 +249,7 @@ TICK = Script(
         "order",
         "access",
         "draw_seed",
+        "closes_at",
     ),
     reply=(
         "tickets",
@@ -291,6 +299,8 @@ TICK = Script(
         "order",
         "access",
         "in_draw",
+        "closes_at",
+        "texts",
     ),
     parts=("settings", "shuffle", "advance", "summary", "history", "snapshot", "keep"),
 )
@@ -330,8 +340,23 @@ TICKERS = Script(
     reply=("now_ms", "held"),
 )
 
+END_SESSIONS = Script("end_sessions", args=("revoke_until", "limit"), reply=("ended", "done"))
+
 SCRIPTS: Mapping[str, Script] = {
-    s.name: s for s in (JOIN, CLAIM, LEAVE, HEARTBEAT, TICK, LINE, OPEN, REDEEM, REVOKED, TICKERS)
+    s.name: s
+    for s in (
+        JOIN,
+        CLAIM,
+        LEAVE,
+        HEARTBEAT,
+        TICK,
+        LINE,
+        OPEN,
+        REDEEM,
+        REVOKED,
+        TICKERS,
+        END_SESSIONS,
+    )
 }
 
 

@@ -75,6 +75,9 @@ class Gate:
                     tok = None
             except StorageError:  # cannot tell: wait, never pass unchecked
                 return q, "waiting", self._wait(tenant, queue, original_path(request), 2)
+        if state.shut and (tok is None or not tok.admitted or tok.flagged):
+            # closed: no place taken, none claimed; admitted sessions go on
+            return q, "closed", self._closed(tenant, queue, original_path(request))
         if tok is not None and tok.flagged:
             # a line that never moves: the waiting page, answered from memory
             resp = self._wait(tenant, queue, original_path(request))
@@ -225,6 +228,15 @@ class Gate:
         # the page without JavaScript shows why it cannot get a place (CSS :target)
         resp.headers["X-Anteroom-Location"] = location + ("#challenge" if challenge else "")
         resp.headers["Retry-After"] = str(retry_after)
+        return resp
+
+    def _closed(self, tenant: Tenant, queue: str, return_to: str) -> web.Response:
+        """The waiting page's closed view (``#closed`` shows it without JavaScript);
+        ``X-Anteroom-State: closed`` lets nginx answer JSON clients with a 410."""
+        resp = answer(401)
+        location = self.visitors.waiting_location(tenant, return_to, queue)
+        resp.headers["X-Anteroom-Location"] = location + "#closed"
+        resp.headers["X-Anteroom-State"] = "closed"
         return resp
 
     def _check_scheme(self, request: web.Request) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import NAME_RE, ConfigError, QueueSettings, Tenant, queue_setting
+from ..config import LANGUAGE_RE, NAME_RE, ConfigError, QueueSettings, Tenant, queue_setting
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
 from ..queue.client import text
 from ..queue.estimate import wait
@@ -42,6 +42,28 @@ POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
 POLL_FAR = 45
 DRAW_POLL = 15  # random order: seconds between polls at most (draw_poll_after)
 MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
+
+
+def closed_body(queue: str, state: QueueState, language: str) -> dict[str, Any]:
+    """What a visitor without an admitted session learns of a closed queue: the
+    operator's message and link; nothing to poll for."""
+    s = state.settings
+    return {
+        "state": "closed",
+        "queue": queue,
+        "message": s.message_for(language) or None,
+        "link": s.closed_link or None,
+        "closes_at": s.closes_at or None,
+        "updated": state.redis_time_ms,
+        "redirect": None,
+        "poll_after": None,
+    }
+
+
+def language_param(request: web.Request, tenant: Tenant) -> str:
+    """``?lang=`` (the waiting page's language), else the tenant's."""
+    lang = request.query.get("lang", "")
+    return lang if LANGUAGE_RE.match(lang) else tenant.language
 
 
 def poll_after(position: int, abandon_after: int) -> int:
@@ -75,7 +97,7 @@ def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
     return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
 
 
-def _shared_parts(queue: str, state: QueueState) -> tuple[str, str, int]:
+def _shared_parts(queue: str, state: QueueState, language: str) -> tuple[str, str, int]:
     """The JSON every waiter of ``state`` shares: the head up to the ticket, and for
     a pre-queue (or while its drawn order is written) the tail after it up to the
     waiter's own poll_after ("" when the line is open), and opens_in."""
@@ -86,6 +108,8 @@ def _shared_parts(queue: str, state: QueueState) -> tuple[str, str, int]:
             "in_line": state.waiting,
             "mode": state.settings.mode,
             "opens_at": state.settings.opens_at or None,
+            "closes_at": state.settings.closes_at or None,
+            "message": state.settings.message_for(language) or None,
             "updated": state.redis_time_ms,
             "redirect": None,
             # random order: no place in line, a draw among in_draw present waiters
@@ -124,8 +148,9 @@ class Visit:
 class Status:
     def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
-        # queue -> (the state they were built from, head, closed tail): see _waiting
-        self._shared: dict[QueueRef, tuple[QueueState, str, str, int]] = {}
+        # (queue, language) -> (the state they were built from, head, closed tail,
+        # opens_in): see _waiting
+        self._shared: dict[tuple[QueueRef, str], tuple[QueueState, str, str, int]] = {}
 
     def _tenant(self, request: web.Request) -> Tenant:
         tenant = self.visitors.tenant(request)
@@ -150,6 +175,20 @@ class Status:
             return v
         v.state = await self._state(v.q, tenant)
         return v
+
+    async def _shut_queue(
+        self, request: web.Request, tenant: Tenant
+    ) -> tuple[QueueRef, QueueState] | None:
+        """The ``?queue=`` of a visitor without a place, with its state, if it is closed
+        (only queues configured or seen here: a made-up name tracks nothing)."""
+        queue = queue_param(request)
+        if queue is None:
+            return None
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return None
+        state = await self._state(q, tenant)
+        return (q, state) if state is not None and state.shut else None
 
     async def _challenge_queue(self, request: web.Request, tenant: Tenant) -> QueueRef | None:
         """The ``?queue=`` of a visitor without a place, if it asks for a challenge."""
@@ -211,15 +250,16 @@ class Status:
     def _return_to(self, request: web.Request, tok: Token | None) -> str:
         return return_param(request, tok.return_to if tok else "/")
 
-    def _waiting(self, q: QueueRef, tok: Token, state: QueueState) -> str:
+    def _waiting(self, q: QueueRef, tok: Token, state: QueueState, language: str) -> str:
         """A waiter's answer as JSON. What every waiter of this queue state shares is
-        encoded once per state (the refresher replaces the state when it changes);
-        a poll adds only its own numbers."""
-        shared = self._shared.get(q)
+        encoded once per state and language (the refresher replaces the state when it
+        changes); a poll adds only its own numbers."""
+        shared = self._shared.get((q, language))
         if shared is None or shared[0] is not state:
             if len(self._shared) >= MAX_SHARED_BODIES:
                 self._shared.clear()
-            shared = self._shared[q] = (state, *_shared_parts(tok.queue, state))
+            parts = _shared_parts(tok.queue, state, language)
+            shared = self._shared[(q, language)] = (state, *parts)
         _, head, closed, opens_in = shared
         if closed:  # a pre-queue, or its order being written: no place yet
             after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
@@ -252,7 +292,13 @@ class Status:
         resp = web.Response(headers=NO_STORE)
         return_to = self._return_to(request, v.tok)
         tok, q, state = v.tok, v.q, v.state
+        lang = language_param(request, v.tenant)
+        if state is not None and state.shut and tok is not None and not tok.admitted:
+            return closed_body(tok.queue, state, lang), v, resp  # flagged ones too
         if tok is None or q is None:
+            shut = await self._shut_queue(request, v.tenant)
+            if shut is not None:  # a newcomer the gate sent to the closed page
+                return closed_body(shut[0].queue, shut[1], lang), v, resp
             cq = await self._challenge_queue(request, v.tenant)
             if cq is not None:  # a place for a solved challenge: POST /_anteroom/join
                 asked: dict[str, Any] = {
@@ -309,7 +355,7 @@ class Status:
         if body is None and v.tok is not None and v.tok.flagged:
             payload = self._flagged(v.tok, v.state, v.now)
         elif body is None and v.q is not None and v.tok is not None and v.state is not None:
-            payload = self._waiting(v.q, v.tok, v.state)
+            payload = self._waiting(v.q, v.tok, v.state, language_param(request, v.tenant))
         else:
             payload = json.dumps(body)
         resp.body = payload.encode()
@@ -326,6 +372,10 @@ class Status:
             return_to = self._return_to(request, None)
             location = self.visitors.waiting_location(v.tenant, return_to, body["queue"])
             location += "&access=invite#invite"
+        elif body is not None and body["state"] == "closed":  # the page's closed view
+            return_to = self._return_to(request, v.tok)
+            location = self.visitors.waiting_location(v.tenant, return_to, body["queue"])
+            location += "#closed"
         elif (
             body is not None and body["state"] == "challenge"
         ):  # the page says why it needs JavaScript
@@ -363,6 +413,8 @@ class Status:
         v = self.visitors
         tok = v.token(request, tenant, now, queue)
         return_to = return_param(request, "/")
+        if state.shut and (tok is None or not tok.admitted or tok.flagged):
+            return json_answer(closed_body(queue, state, language_param(request, tenant)), 410)
         code = request.query.get("anteroom_code", "")
         try:
             if (tok is None or not tok.priority) and code:
@@ -402,7 +454,8 @@ class Status:
             body = json.loads(self._flagged(tok, v.cached(q) or state, now))
         else:
             v.seen(q, tok)
-            body = json.loads(self._waiting(q, tok, v.cached(q) or state))
+            lang = language_param(request, tenant)
+            body = json.loads(self._waiting(q, tok, v.cached(q) or state, lang))
         body["token"] = v.bearer(tok)
         resp = json_answer(body)
         v.set_cookie(resp, tok, now)

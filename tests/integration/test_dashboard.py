@@ -208,6 +208,25 @@ async def test_the_gate_stoppers_ask_first_and_times_are_local(
                 assert view["overrides"] == {"mode": "off", "opens_at": paris_nine}
                 await page.wait_for(f"{field}.value === '2030-06-01T09:00'")  # shown as entered
 
+                # Close asks first, for the words to show and whether to end sessions
+                async with page.navigation():
+                    await page.evaluate(f"{button.format('closed')}.click()")
+                text = await page.evaluate("document.querySelector('main').innerText")
+                assert "Close acme / safety?" in text and "closed page" in text
+                assert await page.evaluate("!!document.querySelector('input[name=end_sessions]')")
+                await page.evaluate(
+                    "document.querySelector('textarea[name=message]').value = 'Sold out <b>!</b>'"
+                )
+                await page.screenshot(shots / "dashboard-close-laptop.png")
+                assert await mode() == "off"  # nothing yet
+                async with page.navigation():
+                    await page.evaluate("document.querySelector('button.warn').click()")
+                assert await mode() == "closed"
+                async with http.get(
+                    f"{board.admin_url}/api/queues/acme/{queue}", headers=headers
+                ) as r:
+                    assert (await r.json())["settings"]["message"] == "Sold out <b>!</b>"
+
 
 @pytest.mark.skipif(axe_path() is None, reason="axe-core is not installed (make browser-deps)")
 async def test_the_dashboard_passes_axe_at_phone_and_laptop_widths(

@@ -39,6 +39,7 @@ local eta = tonumber(ARGV[22])
 local order = ARGV[23]
 local access = ARGV[24]
 local draw_seed = ARGV[25]  -- random order: the caller's fresh random number (advance.lua)
+local closes_at = tonumber(ARGV[26])
 
 local s = effective_settings{
   capacity = capacity, admit_per_minute = admit_per_minute, session_ttl = session_ttl,
@@ -46,7 +47,7 @@ local s = effective_settings{
   joins_per_address = joins_per_address, shared_sessions = shared_sessions,
   max_addresses = max_addresses, challenge = challenge,
   challenge_difficulty = challenge_difficulty, flagged = flagged,
-  order = order, access = access, draw_seed = draw_seed,
+  order = order, access = access, draw_seed = draw_seed, closes_at = closes_at,
 }
 local grace_ms = s.grace * 1000
 s.opens_at = effective_opens_at(opens_at)
@@ -70,10 +71,12 @@ local opening = opening_in_progress()
 local tickets = tonumber(redis.call('GET', K_TICKETS) or '0')
 local serving = tonumber(redis.call('GET', K_SERVING) or '0')
 local invited, skipped, unseen = 0, 0, 0
--- nobody is invited before a scheduled opening, while its order is written, nor
--- while a lost line is being rebuilt (recovering: the line stands still)
+-- nobody is invited before a scheduled opening, while its order is written,
+-- while a lost line is being rebuilt (recovering: the line stands still), nor
+-- once the queue closed (mode closed, or its scheduled closes_at passed)
+local past_close = s.closes_at > 0 and now_sec >= s.closes_at
 if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening
-    and not recovering() then
+    and not recovering() and not past_close then
   local capped
   serving, invited, skipped, capped, unseen = advance(s, grace_ms, serving, tickets)
   more = more or capped
@@ -98,6 +101,7 @@ local state = {
   shuffled_first = sh_first, shuffled_last = sh_last,
   seed = redis.call('HGET', K_OPENING, 'seed') or '0', epoch = epoch,
   order = s.order, access = s.access, in_draw = s.order == 'random' and in_draw(s) or 0,
+  closes_at = s.closes_at, texts = s.texts,
 }
 record_history(state.waiting, state.active, minute)
 tally('p', pruned)
