@@ -137,7 +137,7 @@ on_redis_error = "open"
 [tenants.shop.queues.later]
 opens_at = 4000000000
 
-[tenants.shop.queues.ended]
+[tenants.shop.queues.soldout]
 closes_at = 1000000000
 message = "Sold out <i>for good</i>"
 message_fr = "Épuisé"

@@ -241,18 +241,18 @@ async def test_closed_queue_turns_newcomers_and_waiters_away_and_sessions_go_on(
 async def test_closes_at_from_the_configuration_closes_with_its_message(
     app_client, redis: Redis
 ) -> None:
-    """tenants.shop.queues.ended: closes_at long past, a message in two languages."""
+    """tenants.shop.queues.soldout: closes_at long past, a message in two languages."""
     client = await app_client()
-    r = await auth(client, "ended")
+    r = await auth(client, "soldout")
     assert r.status == 401 and r.headers["X-Anteroom-State"] == "closed"
-    assert await tickets(redis, "ended") == 0
+    assert await tickets(redis, "soldout") == 0
     for lang, text in (
         ("en", "Sold out <i>for good</i>"),
         ("fr", "Épuisé"),
         ("xx-", "Sold out <i>for good</i>"),
     ):
         r = await client.get(
-            f"/_anteroom/status?queue=ended&lang={lang}", headers={"Host": "shop.test"}
+            f"/_anteroom/status?queue=soldout&lang={lang}", headers={"Host": "shop.test"}
         )
         body = await r.json()
         assert body["state"] == "closed" and body["message"] == text, lang
