@@ -73,7 +73,7 @@ def test_a_throttled_kind_logs_once_a_minute_with_the_count(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])  # type: ignore[attr-defined]
     t = Throttled(logging.getLogger("sidecar.gate"))
     with caplog.at_level(logging.INFO):
         assert t.warning("unknown host", {"host": "a"})  # the first one at once
