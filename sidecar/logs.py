@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # attributes every LogRecord has; anything else came from ``extra``
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -81,16 +81,22 @@ class Throttled:
     line. Client text goes through :func:`excerpt`. Kinds are the events' fixed
     texts, never client input, so the table stays small."""
 
-    def __init__(self, logger: logging.Logger, every: float = CLIENT_LOG_EVERY) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every: float = CLIENT_LOG_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
         self.every = every
+        self.clock = clock
         self._last: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
     def log(self, level: int, event: str, fields: dict[str, object] | None = None) -> bool:
         """Counts ``event``; logs it (True) unless one of its kind was within the minute."""
         self._count[event] = self._count.get(event, 0) + 1
-        now = time.monotonic()
+        now = self.clock()
         last = self._last.get(event)
         if last is not None and now - last < self.every:
             return False

@@ -5,7 +5,6 @@ import logging
 
 import pytest
 
-from sidecar import logs
 from sidecar.config import ConfigError, load
 from sidecar.logs import JsonFormatter, TextFormatter, Throttled, excerpt, setup
 
@@ -70,11 +69,10 @@ def test_redis_client_debug_stays_quiet_unless_asked() -> None:
 
 
 def test_a_throttled_kind_logs_once_a_minute_with_the_count(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])  # type: ignore[attr-defined]
-    t = Throttled(logging.getLogger("sidecar.gate"))
+    t = Throttled(logging.getLogger("sidecar.gate"), clock=lambda: now[0])
     with caplog.at_level(logging.INFO):
         assert t.warning("unknown host", {"host": "a"})  # the first one at once
         for _ in range(49):
