@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import logging
-import os
 import shutil
-import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -24,86 +19,42 @@ from . import logs
 from .config import Config, ConfigError, S3Settings
 from .control import cli
 from .control.admin import start_admin
+from .supervisor import Supervisor
 from .web import fastpass
 from .web.app import create_app
 
 log = logging.getLogger("sidecar")
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
 
 def serve(config: Config) -> None:
     """Runs ``config.workers`` processes on one port (SO_REUSEPORT): each has its own
-    event loop, Redis pool and refresher, and the kernel spreads connections."""
+    event loop, Redis pool and refresher, and the kernel spreads connections. With
+    more than one, this process only supervises them (sidecar/supervisor.py)."""
     try:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # uvloop is optional: faster, not required
         pass
-    parent = os.getpid()
-    children = []
+    if config.workers == 1:
+        _run(config, 0)
+        return
     # workers hand their metrics to worker 0 (which serves /metrics) through this folder
-    metrics_dir = tempfile.mkdtemp(prefix="anteroom-metrics-") if config.workers > 1 else None
-    for worker in range(1, config.workers):
-        pid = os.fork()  # before any loop or connection exists
-        if pid == 0:
-            code = 1
-            try:
-                _die_with(parent)
-                _run(config, worker, metrics_dir)
-                code = 0
-            except BaseException:
-                log.exception("worker failed", extra={"worker": worker})
-            finally:
-                os._exit(code)  # never run the parent's cleanup in a child
-        children.append(pid)
+    metrics_dir = tempfile.mkdtemp(prefix="anteroom-metrics-")
     try:
-        _run(config, 0, metrics_dir, children)
+        supervisor = Supervisor(
+            config.workers,
+            lambda worker: _run(config, worker, metrics_dir),
+            stop_within=config.shutdown_timeout + 5,
+        )
+        code = supervisor.run()
     finally:
-        _stop_workers(children, config.shutdown_timeout + 5)
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if code:
+        sys.exit(code)
 
 
-_signalled: set[int] = set()
-
-
-def _forward_sigterm(children: list[int]) -> None:
-    # once only: a second SIGTERM would cut a worker's drain short (aiohttp exits on it)
-    for pid in set(children) - _signalled:
-        _signalled.add(pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-
-
-def _stop_workers(children: list[int], bound: float) -> None:
-    """Workers drain as the parent does; one still running after ``bound`` is killed."""
-    _forward_sigterm(children)
-    deadline = time.monotonic() + bound
-    pending = set(children)
-    while pending and time.monotonic() < deadline:
-        for pid in list(pending):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            pending.discard(pid)
-        time.sleep(0.05)
-    if pending:
-        log.error("workers did not stop in time; killing them", extra={"pids": sorted(pending)})
-    for pid in pending:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def _run(
-    config: Config,
-    worker: int,
-    metrics_dir: str | None = None,
-    children: list[int] | None = None,
-) -> None:
+def _run(config: Config, worker: int, metrics_dir: str | None = None) -> None:
     log.info(
         "starting",
         extra={
@@ -115,12 +66,6 @@ def _run(
         },
     )
     app = create_app(config, worker, metrics_dir, admin=start_admin)
-    if children:
-
-        async def drain_workers(app: web.Application) -> None:
-            _forward_sigterm(children)  # they drain at the same time as this process
-
-        app.on_shutdown.append(drain_workers)
     # SIGTERM or SIGINT: stop listening, let in-flight requests finish for up to
     # shutdown_timeout, then the app's cleanup writes the last heartbeats
     web.run_app(
@@ -134,15 +79,6 @@ def _run(
         print=None,
         handler_cancellation=True,
     )
-
-
-def _die_with(parent: int) -> None:
-    """A worker ends when the process that started it is gone, even killed hard."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

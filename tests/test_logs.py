@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from sidecar.config import ConfigError, load
-from sidecar.logs import JsonFormatter, TextFormatter, setup
+from sidecar.logs import JsonFormatter, TextFormatter, Throttled, excerpt, setup
 
 
 def levels(raw: str) -> tuple[tuple[str, str], ...]:
@@ -66,3 +66,26 @@ def test_redis_client_debug_stays_quiet_unless_asked() -> None:
     assert logging.getLogger("sidecar.gate").getEffectiveLevel() == logging.DEBUG
     setup("debug", "json", levels("redis=debug"))
     assert logging.getLogger("redis.asyncio.connection").getEffectiveLevel() == logging.DEBUG
+
+
+def test_a_throttled_kind_logs_once_a_minute_with_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    t = Throttled(logging.getLogger("sidecar.gate"), clock=lambda: now[0])
+    with caplog.at_level(logging.INFO):
+        assert t.warning("unknown host", {"host": "a"})  # the first one at once
+        for _ in range(49):
+            assert not t.warning("unknown host", {"host": "b"})
+        assert t.error("bad queue name")  # another kind is not held back by the first
+        now[0] += 60
+        assert t.warning("unknown host", {"host": "c"})
+    lines = [(r.getMessage(), r.__dict__["count"]) for r in caplog.records]
+    assert lines == [("unknown host", 1), ("bad queue name", 1), ("unknown host", 50)]
+
+
+def test_an_excerpt_is_short_and_printable() -> None:
+    assert excerpt("shop.example") == "shop.example"
+    cut = excerpt("a\x1b[31m\n" + "x" * 500)
+    assert cut == "a?[31m?" + "x" * 33 + "…"
+    assert excerpt("é" * 3) == "???"

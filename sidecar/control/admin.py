@@ -52,6 +52,7 @@ from ..config import (
     with_overrides,
 )
 from ..config import NAME_RE as NAME
+from ..logs import Throttled
 from ..metrics import CONTENT_TYPE, Metrics, QueueFigures
 from ..queue import (
     Engine,
@@ -250,6 +251,7 @@ class Admin:
         self.metrics = metrics
         self.tokens = Tokens(config.admin_tokens)
         self.tenants = {t.name: t for t in config.tenants}
+        self.client_log = Throttled(log)  # lines a request can cause at will
         self._seen: set[QueueRef] = set()
         self._made: set[QueueRef] = set()  # found with a settings hash (an operator's)
         self._next_scan = 0.0
@@ -875,7 +877,8 @@ class Admin:
         form = await request.post()
         token = self.tokens.find(str(form.get("token", "")).strip())
         if token is None:
-            log.warning("admin sign-in refused", extra={"remote": request.remote})
+            # anyone who reaches the admin address can cause it: one line a minute
+            self.client_log.warning("admin sign-in refused", {"remote": request.remote})
             await asyncio.sleep(FAILED_SIGN_IN_DELAY)  # slows guessing; tokens are long anyway
             return self._page("login.html", status=401, error="That token is not valid.")
         resp = web.HTTPSeeOther("/")

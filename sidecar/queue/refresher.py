@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from redis.exceptions import RedisError
 
 from ..config import QueueSettings
+from ..logs import Throttled
 from .client import text
 from .engine import REFUSED, Busy, Engine, QueueRef, QueueState, Shared
 from .estimate import newcomer_wait
@@ -89,6 +90,7 @@ class Refresher:
         self.flagged: set[str] = set()
         self._forgotten_since = time.time()  # forgettings before this process are done
         self.redis_ok = True
+        self.client_log = Throttled(log)  # lines requests can cause (a queue per URL)
         self._next_prune = 0.0
         self._tracked: dict[QueueRef, _Tracked] = {}
         self._asked: set[QueueRef] = set()  # since the last refresh
@@ -207,7 +209,8 @@ class Refresher:
         self._note_asked(now)
         quiet = min(self._tracked, key=lambda r: self._tracked[r].asked)
         if now - self._tracked[quiet].asked < EVICT_AFTER:
-            log.error("too many queues; check the nginx config", extra={"queue": str(q)})
+            # a location regex may take the name from the URL: one line a minute
+            self.client_log.error("too many queues; check the nginx config", {"queue": str(q)})
             raise TooManyQueues(str(q))
         self._forget(quiet)
 

@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from redis.asyncio import Redis, RedisCluster
 
 from ..config import Config
+from ..logs import Throttled
 from ..metrics import Metrics
 from ..queue import Engine, Refresher
 from ..queue.client import primary_client
@@ -25,35 +26,23 @@ from .visitors import Visitors
 
 log = logging.getLogger("sidecar.app")
 
-BAD_REQUEST_LOG_EVERY = 60.0  # seconds: a client's malformed requests are no log flood
-
 
 class ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger. A request its parser refuses (a control character
-    in a header, a bad request line) is the client's fault: one warning a minute
-    with how many there were, without the traceback or the client's bytes.
-    Everything else (a handler's unexpected error) is logged as aiohttp does."""
+    in a header, a bad request line) is the client's fault: a throttled warning
+    (logs.Throttled) without the traceback or the client's bytes. Everything else
+    (a handler's unexpected error) is logged as aiohttp does."""
 
     def __init__(self) -> None:
         super().__init__(logging.getLogger("aiohttp.server"))
-        self._last = -BAD_REQUEST_LOG_EVERY
-        self._bad = 0
+        self.client_log = Throttled(log)
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
         if not isinstance(exc, HttpProcessingError) or (exc.code or 400) >= 500:
             super().log(level, msg, *args, **kwargs)
             return
-        self._bad += 1
-        now = time.monotonic()
-        if now - self._last < BAD_REQUEST_LOG_EVERY:
-            return
-        self._last = now
-        log.warning(
-            "malformed requests refused (400); the next such line in a minute at the soonest",
-            extra={"count": self._bad, "reason": type(exc).__name__},
-        )
-        self._bad = 0
+        self.client_log.warning("malformed requests refused (400)")
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         return msg, kwargs

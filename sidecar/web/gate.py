@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from ..config import NAME_RE, QueueSettings, Tenant
+from ..logs import Throttled, excerpt
 from ..metrics import Metrics
 from ..queue import Busy, QueueRef, StorageError, TooManyQueues
 from . import fastpass
@@ -32,7 +33,7 @@ class Gate:
         self.metrics: Metrics = visitors.metrics
         self.fast_pass = fastpass.from_config(visitors.config)  # nginx fast pass, off when None
         self._cookie_secure = visitors.config.cookie_secure
-        self._last_down_log = 0.0
+        self.client_log = Throttled(log)  # lines a client's requests can cause at will
         self._warned_http = False
 
     async def auth(self, request: web.Request) -> web.StreamResponse:
@@ -45,13 +46,17 @@ class Gate:
         v = self.visitors
         tenant = v.tenant(request)
         if tenant is None:
-            log.warning("unknown host", extra={"host": request.host[:200]})
+            self.client_log.warning("unknown host", {"host": excerpt(request.host)})
             return NO_QUEUE, "refused", answer(403)
         queue = request.headers.get("X-Anteroom-Queue", "")
         if not NAME_RE.match(queue):
-            log.error(
+            # a location regex may take the name from the URL: the client chooses it
+            self.client_log.error(
                 "bad queue name from nginx: set $anteroom_queue before including gate.conf",
-                extra={"queue": queue[:80], "uri": request.headers.get("X-Original-URI", "")[:200]},
+                {
+                    "queue": excerpt(queue),
+                    "uri": excerpt(request.headers.get("X-Original-URI", "")),
+                },
             )
             return (tenant.name, ""), "refused", answer(403)
         q = QueueRef(tenant.name, queue)
@@ -201,7 +206,7 @@ class Gate:
         try:
             return await self.visitors.redeem(q, s, code, tok, return_to, now)
         except NoSuchCode:
-            log.info("access code refused", extra={"queue": str(q)})
+            self.client_log.info("access code refused", {"queue": str(q)})
             return None
 
     def _invite(self, tenant: Tenant, queue: str, return_to: str, code: str | None) -> web.Response:
@@ -250,18 +255,15 @@ class Gate:
                 "site reached over plain HTTP but cookies are Secure: browsers drop them and "
                 "every request takes a new place. Serve HTTPS, or set ANTEROOM_COOKIE_SECURE=0 "
                 "for staging over HTTP",
-                extra={"host": request.host[:200]},
+                extra={"host": excerpt(request.host)},
             )
 
     def _redis_down(
         self, tenant: Tenant, queue: str, s: QueueSettings, e: Exception, request: web.Request
     ) -> web.Response:
-        if time.monotonic() - self._last_down_log > 10:  # one line per 10 s, not per visitor
-            self._last_down_log = time.monotonic()
-            log.error(
-                "redis unavailable for new visitors",
-                extra={"error": str(e), "policy": s.on_redis_error},
-            )
+        self.client_log.error(  # one line a minute, not one per visitor
+            "redis unavailable for new visitors", {"error": str(e), "policy": s.on_redis_error}
+        )
         if s.on_redis_error == "open":
             return answer(204)
         return self._wait(tenant, queue, original_path(request), 10)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import LANGUAGE_RE, NAME_RE, ConfigError, QueueSettings, Tenant, queue_setting
+from ..logs import Throttled
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
 from ..queue.client import text
 from ..queue.estimate import wait
@@ -148,6 +149,7 @@ class Visit:
 class Status:
     def __init__(self, visitors: Visitors) -> None:
         self.visitors = visitors
+        self.client_log = Throttled(log)  # lines a client's polls can cause at will
         # (queue, language) -> (the state they were built from, head, closed tail,
         # opens_in): see _waiting
         self._shared: dict[tuple[QueueRef, str], tuple[QueueState, str, str, int]] = {}
@@ -340,7 +342,7 @@ class Status:
             try:
                 new = await self.visitors.claim(q, tok, state, v.now, client_address(request))
             except CLAIM_FAILED as e:
-                log.warning("claim failed", extra={"queue": str(q), "error": repr(e)})
+                self.client_log.warning("claim failed", {"queue": str(q), "error": repr(e)})
                 new = None
             if new is not None:
                 self.visitors.set_cookie(resp, new, v.now)
@@ -517,7 +519,7 @@ class Status:
                 freed = await self.visitors.leave(q, tok) or freed
             except LEAVE_FAILED as e:
                 # this replica refuses the cookie already; the session idles out elsewhere
-                log.warning("leave not recorded", extra={"queue": str(q), "error": repr(e)})
+                self.client_log.warning("leave not recorded", {"queue": str(q), "error": repr(e)})
             log.info("left", extra={"queue": str(q), "ticket": tok.ticket, "sid": tok.sid})
         return_to = return_param(request, "")
         if not return_to and request.query.get("via") == "page":

@@ -132,7 +132,9 @@ class Visitors:
         value = _set_cookie_value(
             request.headers.get("X-Anteroom-Prior"), self.config.cookie_name, queue
         )
-        return self.verify(value, tenant, now)
+        tok = self.verify(value, tenant, now)
+        # a place in one queue never stands for a place in another
+        return tok if tok is not None and tok.queue == queue else None
 
     # -- cookies ---------------------------------------------------------------
 

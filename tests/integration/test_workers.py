@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -25,10 +26,10 @@ def children(pid: int) -> list[int]:
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        # a zombie still answers kill(0): look at its state
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    # a zombie still answers kill(0): look at its state
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 async def test_workers_share_the_port_and_the_line(
@@ -37,7 +38,8 @@ async def test_workers_share_the_port_and_the_line(
     stack = make_stack(tmp_path / "workers", ANTEROOM_WORKERS="2")
     try:
         parent = stack.procs["sidecar"].pid
-        (worker,) = children(parent)
+        workers = children(parent)  # the parent supervises, the two serve
+        assert len(workers) == 2, workers
         path = "/q/workers/"
         crowd = [Visitor(http, stack.url) for _ in range(20)]
         replies = await asyncio.gather(*(v.get(path) for v in crowd))
@@ -54,13 +56,60 @@ async def test_workers_share_the_port_and_the_line(
 
         await eventually(positions, within=3)
 
-        # the parent killed hard: its worker follows instead of lingering
+        # the parent killed hard: its workers follow instead of lingering
         os.kill(parent, signal.SIGKILL)
         stack.procs["sidecar"].wait()
 
-        async def worker_gone() -> bool:
-            return not alive(worker)
+        async def workers_gone() -> bool:
+            return not any(alive(w) for w in workers)
 
-        await eventually(worker_gone, within=15)
+        await eventually(workers_gone, within=15)
+    finally:
+        stack.stop()
+
+
+async def test_a_dead_worker_is_reaped_logged_and_replaced(tmp_path: Path) -> None:
+    """kill -9 of a worker: the parent reaps it (no zombie), says which worker died
+    and how, and starts a new one that serves; then SIGTERM still stops everything."""
+    stack = make_stack(tmp_path / "workers", ANTEROOM_WORKERS="2")
+    try:
+        proc = stack.procs["sidecar"]
+        first, second = children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+
+        async def replaced() -> list[int] | None:
+            now = children(proc.pid)
+            return now if len(now) == 2 and first not in now and not alive(first) else None
+
+        replacement = next(p for p in await eventually(replaced, within=10) if p != second)
+        log = stack.workdir / "sidecar.log"
+        died = [json.loads(x) for x in log.read_text().splitlines() if '"worker died"' in x]
+        assert len(died) == 1 and died[0]["pid"] == first, died
+        assert died[0]["signal"] == "SIGKILL" and died[0]["level"] == "error", died
+
+        async def serving() -> bool:
+            return '"event": "starting"' in log.read_text().split('"worker died"', 1)[1]
+
+        await eventually(serving, within=10)  # the replacement said "starting"
+        await asyncio.sleep(1.0)  # and listens
+        # the other original dies too: until its own replacement starts (0.5 s later
+        # at the soonest), every new connection is the first replacement's to answer
+        os.kill(second, signal.SIGKILL)
+        url = f"http://127.0.0.1:{stack.sidecar_port}/livez"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(20):
+                async with s.get(url) as r:
+                    assert r.status == 200
+        assert alive(replacement)
+
+        # SIGTERM still drains and ends everything, replacements included
+        async def both_back() -> list[int] | None:
+            now = children(proc.pid)
+            return now if len(now) == 2 and second not in now else None
+
+        workers = await eventually(both_back, within=10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not any(alive(w) for w in workers)
     finally:
         stack.stop()
