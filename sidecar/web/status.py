@@ -178,43 +178,42 @@ class Status:
         v.state = await self._state(v.q, tenant)
         return v
 
+    async def _named_queue(
+        self, request: web.Request, tenant: Tenant
+    ) -> tuple[QueueRef, QueueState | None, QueueSettings] | None:
+        """The ``?queue=`` of a visitor without a place, its state and settings (only
+        queues configured or seen here: a made-up name tracks nothing)."""
+        queue = queue_param(request)
+        if queue is None:
+            return None
+        q = QueueRef(tenant.name, queue)
+        if queue not in tenant.queues and self.visitors.cached(q) is None:
+            return None
+        state = await self._state(q, tenant)
+        return q, state, state.settings if state is not None else tenant.settings_for(queue)
+
     async def _shut_queue(
         self, request: web.Request, tenant: Tenant
     ) -> tuple[QueueRef, QueueState] | None:
-        """The ``?queue=`` of a visitor without a place, with its state, if it is closed
-        (only queues configured or seen here: a made-up name tracks nothing)."""
-        queue = queue_param(request)
-        if queue is None:
+        """The visitor's named queue with its state, if it is closed."""
+        named = await self._named_queue(request, tenant)
+        if named is None or named[1] is None or not named[1].shut:
             return None
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
-            return None
-        state = await self._state(q, tenant)
-        return (q, state) if state is not None and state.shut else None
+        return named[0], named[1]
 
     async def _challenge_queue(self, request: web.Request, tenant: Tenant) -> QueueRef | None:
-        """The ``?queue=`` of a visitor without a place, if it asks for a challenge."""
-        queue = queue_param(request)
-        if queue is None:
+        """The visitor's named queue, if it asks newcomers for a proof of work."""
+        named = await self._named_queue(request, tenant)
+        if named is None or named[2].challenge != "pow" or named[2].mode == "off":
             return None
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
-            return None
-        state = await self._state(q, tenant)
-        s = state.settings if state is not None else tenant.settings_for(queue)
-        return q if s.challenge == "pow" and s.mode != "off" else None
+        return named[0]
 
     async def _invite_queue(self, request: web.Request, tenant: Tenant) -> QueueRef | None:
-        """The ``?queue=`` of a visitor without a place, if only invitations get one."""
-        queue = queue_param(request)
-        if queue is None:
+        """The visitor's named queue, if only invitations get a place in it."""
+        named = await self._named_queue(request, tenant)
+        if named is None or named[2].access != "invite" or named[2].mode == "off":
             return None
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
-            return None
-        state = await self._state(q, tenant)
-        s = state.settings if state is not None else tenant.settings_for(queue)
-        return q if s.access == "invite" and s.mode != "off" else None
+        return named[0]
 
     def _new_challenge(self, q: QueueRef, tenant: Tenant, now: int) -> dict[str, Any]:
         state = self.visitors.cached(q)
