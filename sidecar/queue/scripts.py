@@ -202,6 +202,7 @@ JOIN = Script(
     args=(*_ADMISSION, *_KNOWN),
     rest="(session id, client address) pairs; address '' = unknown: no budget applies",
     reply=("places", "epoch"),
+    parts=("settings",),  # the operator's overrides in Redis, never a stale copy
 )
 # claim: joined_ms is the place's join time (its token's issue time; 0 unknown);
 # waited_ms (-1: no new admission) and the estimate it was given at join (seconds,
@@ -210,6 +211,7 @@ CLAIM = Script(
     "claim",
     args=("ticket", "sid", "epoch", *_ADMISSION, "joined_ms"),
     reply=("result", "current_epoch", "waited_ms", "estimate"),
+    parts=("settings",),
 )
 LEAVE = Script(
     "leave", args=("ticket", "sid", "revoke_until", "epoch"), reply=("freed", "left_line")

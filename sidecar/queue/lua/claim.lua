@@ -22,6 +22,15 @@ local opens_at = ARGV[9]
 local joins_per_address = ARGV[10]  -- part of the admission policy; unused here
 local joined_ms = tonumber(ARGV[11])
 
+-- What admits follows the operator's overrides stored in Redis, not the caller's
+-- copy: a replica that has not seen a change yet (queue-all, a lower capacity,
+-- closing) never admits what the change forbids.
+local s = effective_settings{mode = mode, capacity = capacity,
+  admit_per_minute = admit_per_minute, joins_per_address = tonumber(joins_per_address),
+  closes_at = 0}
+if s.closes_at > 0 and now_sec >= s.closes_at then s.mode = 'closed' end
+mode, capacity, admit_per_minute = s.mode, s.capacity, s.admit_per_minute
+
 local function answer(result, current_epoch)
   return reply{result = result, current_epoch = current_epoch, waited_ms = -1, estimate = -1}
 end

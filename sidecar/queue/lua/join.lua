@@ -18,6 +18,16 @@ local known_epoch = ARGV[8]
 local known_tickets = ARGV[9]
 local known_serving = ARGV[10]
 local recovery_ms = ARGV[11]
+
+-- What admits follows the operator's overrides stored in Redis, not the caller's
+-- copy: a replica that has not seen a change yet (queue-all, a lower capacity,
+-- closing) never admits what the change forbids.
+local s = effective_settings{mode = mode, capacity = capacity,
+  admit_per_minute = admit_per_minute, joins_per_address = tonumber(joins_per_address),
+  closes_at = 0}
+if s.closes_at > 0 and now_sec >= s.closes_at then s.mode = 'closed' end
+mode, capacity, admit_per_minute = s.mode, s.capacity, s.admit_per_minute
+joins_per_address = s.joins_per_address
 local closed = is_closed(effective_opens_at(opens_at))
 
 -- Per-address keys: a counter per address and minute (the rate), and the set of
