@@ -45,6 +45,7 @@ MAX_QUEUES = 3_000  # tracked at once by one process (bounds each refresh's call
 FORGET_AFTER = 300.0  # seconds without a request before a queue is forgotten
 EVICT_AFTER = 60.0  # a full set makes room by forgetting queues quiet this long
 SHARED_LOGGED_MAX = 10_000
+ENDED_READ_ROUNDS = 8  # ended-stream chunks read per queue in one refresh (a few ms)
 FLAGGED_MAX = 100_000  # sessions revoked for sharing, kept for `flagged = infinite`
 # Random order: waiting tickets the heartbeats found out of line (drawn), per queue
 # until their next poll claims; cleared when full (they are found again at the
@@ -373,23 +374,32 @@ class Refresher:
                 self.states[q] = st
 
     async def _read_ended(self, queues: Sequence[QueueRef]) -> None:
-        if not queues:
-            return
-        reads = [(q, self._tracked[q].last_ended) for q in queues]
-        for (q, _), (entries, behind) in zip(reads, await self.engine.ended(reads), strict=True):
-            t = self._tracked[q]
-            if behind:  # entries were trimmed unread: everything in force, again
-                log.warning("ended stream trimmed unread; reloading", extra={"queue": str(q)})
-                await self._reload_revoked(q, t)
-                continue
-            for stream_id, sid, until, why in entries:
-                if sid:
-                    self.revoke(sid, until)
-                    if why == "shared":  # revoked for sharing on any replica
-                        self._flag(sid)
-                t.last_ended = stream_id
-            if len(entries) >= ENDED_READ_CHUNK:
-                self._unread.add(q)
+        """Ended sessions since the last read: up to ENDED_READ_ROUNDS chunks a refresh
+        per queue (a burst of leaves is caught up within a few refreshes, each call
+        short), the rest at the next refresh."""
+        for _ in range(ENDED_READ_ROUNDS):
+            if not queues:
+                return
+            reads = [(q, self._tracked[q].last_ended) for q in queues]
+            more: list[QueueRef] = []
+            for (q, _), (entries, behind) in zip(
+                reads, await self.engine.ended(reads), strict=True
+            ):
+                t = self._tracked[q]
+                if behind:  # entries were trimmed unread: everything in force, again
+                    log.warning("ended stream trimmed unread; reloading", extra={"queue": str(q)})
+                    await self._reload_revoked(q, t)
+                    continue
+                for stream_id, sid, until, why in entries:
+                    if sid:
+                        self.revoke(sid, until)
+                        if why == "shared":  # revoked for sharing on any replica
+                            self._flag(sid)
+                    t.last_ended = stream_id
+                if len(entries) >= ENDED_READ_CHUNK:
+                    more.append(q)
+            queues = more
+        self._unread.update(queues)
 
     def _age(self, redis_now_ms: int) -> None:
         """States not read again lately still carry Redis' clock of now (countdowns)."""
