@@ -4,6 +4,9 @@ the roles below the one the document names (403, nothing changed)."""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,3 +143,95 @@ async def test_an_operator_makes_access_codes_shown_once_and_audited(
         assert "error" in await r.json()
     r = await admin_client.delete(base + "/codes?label=press", headers=auth("operator"))
     assert (await r.json())["withdrawn"] == 3
+
+
+async def sign_in(client: Client, role: str) -> tuple[dict[str, str], str]:
+    """The dashboard session of ``role``: its cookie header and its form token."""
+    r = await client.post("/login", data={"token": TOKENS[role]}, allow_redirects=False)
+    cookie = r.headers["Set-Cookie"].split(";")[0]
+    headers = {"Cookie": cookie}
+    page = await (await client.get("/", headers=headers)).text()
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found
+    return headers, found.group(1)
+
+
+async def test_the_dashboard_sets_order_and_access_and_makes_codes_shown_once(
+    admin_client: Client, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    bearer = {"Authorization": f"Bearer {TOKENS['operator']}"}
+    base = "/api/queues/default/vip"
+    r = await admin_client.patch(base, json={"create": True}, headers=bearer)
+    assert r.status == 201
+    cookie, csrf = await sign_in(admin_client, "operator")
+    form = "/ui/queues/default/vip"
+
+    async def post(**data: str) -> tuple[int, str]:
+        r = await admin_client.post(
+            form, data={"csrf": csrf, **data}, headers=cookie, allow_redirects=False
+        )
+        return r.status, await r.text()
+
+    async def unused() -> int:
+        return int(await redis.zcard("aq:{default:vip}:codes"))
+
+    # order and access: drop-downs, the one validator, audited
+    page = await (await admin_client.get("/", headers=cookie)).text()
+    assert '<select name="order"' in page and '<select name="access"' in page
+    status, page = await post(action="settings", order="lottery")
+    assert status == 400 and "order" in page and "Nothing was changed" in page
+    assert await post(action="settings", order="random", access="invite") == (303, "303: See Other")
+    view = await (await admin_client.get(base, headers=bearer)).json()
+    assert view["overrides"] == {"order": "random", "access": "invite"}
+    audit = (await (await admin_client.get("/api/audit", headers=bearer)).json())["entries"]
+    assert audit[0]["action"] == "set" and set(audit[0]["changes"]) == {"order", "access"}
+
+    # codes: bad input answered on the page, nothing made
+    for bad in (
+        {"count": "0"},
+        {"count": "x"},
+        {"count": "2", "expires_hours": "0"},
+        {"count": "1", "path": "//evil.example/"},
+    ):
+        status, page = await post(action="codes", **bad)
+        assert status == 400 and "Nothing was changed" in page, bad
+    assert await unused() == 0
+
+    # made: the links shown once, only hashes kept, the audit and the log without them
+    with caplog.at_level(logging.DEBUG):
+        status, page = await post(
+            action="codes", count="3", label="press", expires_hours="2", path="/vip/"
+        )
+    assert status == 201
+    made = re.findall(r"/vip/\?anteroom_code=([A-Za-z0-9_-]{22})", page)
+    assert len(made) == 3 and "Unused codes of this queue now: <strong>3</strong>" in page
+    kept = str(await redis.zrange("aq:{default:vip}:codes", 0, -1, withscores=True))
+    audit = (await (await admin_client.get("/api/audit", headers=bearer)).json())["entries"]
+    board = await (await admin_client.get("/", headers=cookie)).text()
+    for code in made:
+        assert code not in kept and code not in str(audit) and code not in board
+        assert code not in caplog.text
+    assert (audit[0]["action"], audit[0]["count"], audit[0]["by"]) == ("codes", 3, "operator")
+    expiry = (await redis.zrange("aq:{default:vip}:codes", 0, 0, withscores=True))[0][1]
+    assert 2 * 3600 - 60 < expiry - time.time() <= 2 * 3600
+    assert "<strong>3</strong> unused" in board
+
+    # a viewer sees the count only, and may not make or withdraw
+    viewer, viewer_csrf = await sign_in(admin_client, "viewer")
+    seen = await (await admin_client.get("/", headers=viewer)).text()
+    assert "<strong>3</strong> unused" in seen and "make-codes" not in seen
+    for action in ("codes", "withdraw_codes"):
+        r = await admin_client.post(
+            form, data={"csrf": viewer_csrf, "action": action, "count": "1"}, headers=viewer
+        )
+        assert r.status == 403
+    assert await unused() == 3
+
+    # withdrawing asks first; Yes withdraws them all
+    status, page = await post(action="withdraw_codes")
+    assert status == 200 and "Yes, withdraw them" in page and "<strong>3</strong>" in page
+    assert await unused() == 3
+    assert await post(action="withdraw_codes", confirm="yes") == (303, "303: See Other")
+    assert await unused() == 0
+    audit = (await (await admin_client.get("/api/audit", headers=bearer)).json())["entries"]
+    assert (audit[0]["action"], audit[0]["withdrawn"]) == ("withdraw codes", 3)

@@ -117,11 +117,15 @@ FIELD_LABELS = {
     "flagged": "Flagged clients",
     "message": "Message to the line",
     "closed_link": "Closed page link",
+    "order": "Order",
+    "access": "Who may join",
 }
 # chosen from a list in the dashboard: value -> what the option says
 CHOICE_FIELDS = {
     "challenge": {"none": "None", "pow": "Proof of work"},
     "flagged": {"refuse": "Told they are refused", "infinite": "A line that never moves"},
+    "order": {"fifo": "First come, first served", "random": "Random draw"},
+    "access": {"open": "Anyone", "invite": "Access code holders only"},
 }
 # entered as local date-times in the dashboard; unix seconds in the API
 TIME_FIELDS = ("opens_at", "closes_at")
@@ -144,6 +148,8 @@ CONFIRM = {
     "closed": "Newcomers see the closed page; people in line are told.",
     "off": "The gate lets everyone through, with no line and no limit.",
     "forget": "The queue's line, sessions, settings and history are deleted.",
+    "withdraw_codes": "Every unused access code of the queue stops working, "
+    "including links already handed out.",
 }
 
 
@@ -729,26 +735,46 @@ class Admin:
         who = self._may(request, "drain")
         return web.json_response(asdict(await self.drain(who, await self._ref(request))))
 
-    async def api_make_codes(self, request: web.Request) -> web.Response:
-        """One-time access codes, shown once: each a link that skips the line."""
-        who = self._may(request, "codes")
-        q = await self._ref(request)
-        body = await self._body(request)
+    async def make_codes(
+        self, who: AdminToken, q: QueueRef, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One-time access codes for ``q`` as asked in ``body`` (checked), audited
+        without the codes: the answer is the only place they are shown."""
         count, ttl, label, path = _code_request(body)
         expires_at = int(time.time()) + ttl
         made = await codes.make(self.redis, q, count, expires_at, label)
         sep = "&" if "?" in path else "?"
         await self.audit(who, "codes", q, count=count, label=label, expires_at=expires_at)
-        return web.json_response(
-            {
-                "count": count,
-                "label": label,
-                "expires_at": expires_at,
-                "codes": made,
-                "links": [f"{path}{sep}anteroom_code={c}" for c in made],
-            },
-            status=201,
-        )
+        return {
+            "count": count,
+            "label": label,
+            "expires_at": expires_at,
+            "codes": made,
+            "links": [f"{path}{sep}anteroom_code={c}" for c in made],
+        }
+
+    async def withdraw_codes(self, who: AdminToken, q: QueueRef, label: str | None) -> int:
+        withdrawn = await codes.withdraw(self.redis, q, label)
+        await self.audit(who, "withdraw codes", q, label=label, withdrawn=withdrawn)
+        return withdrawn
+
+    async def unused_codes(self, qs: list[QueueRef]) -> dict[str, int]:
+        """Each queue's count of valid unused codes (one ZCOUNT each, pipelined)."""
+        if not qs:
+            return {}
+        now = int(time.time())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in qs:
+                pipe.zcount(q.keys.codes, f"({now}", "+inf")
+            counts = await pipe.execute()
+        return {f"{q.tenant}/{q.queue}": int(n) for q, n in zip(qs, counts, strict=True)}
+
+    async def api_make_codes(self, request: web.Request) -> web.Response:
+        """One-time access codes, shown once: each a link that skips the line."""
+        who = self._may(request, "codes")
+        q = await self._ref(request)
+        body = await self._body(request)
+        return web.json_response(await self.make_codes(who, q, body), status=201)
 
     async def api_codes(self, request: web.Request) -> web.Response:
         self._may(request, "read")
@@ -760,9 +786,7 @@ class Admin:
     async def api_withdraw_codes(self, request: web.Request) -> web.Response:
         who = self._may(request, "codes")
         q = await self._ref(request)
-        label = request.query.get("label")
-        withdrawn = await codes.withdraw(self.redis, q, label)
-        await self.audit(who, "withdraw codes", q, label=label, withdrawn=withdrawn)
+        withdrawn = await self.withdraw_codes(who, q, request.query.get("label"))
         return web.json_response({"withdrawn": withdrawn})
 
     async def api_sessions(self, request: web.Request) -> web.Response:
@@ -881,7 +905,7 @@ class Admin:
             self.client_log.warning("admin sign-in refused", {"remote": request.remote})
             await asyncio.sleep(FAILED_SIGN_IN_DELAY)  # slows guessing; tokens are long anyway
             return self._page("login.html", status=401, error="That token is not valid.")
-        resp = web.HTTPSeeOther("/")
+        resp = web.Response(status=303, headers={"Location": "/"})  # returned, not raised
         resp.headers["Set-Cookie"] = (
             f"{SESSION_COOKIE}={self.tokens.session(token.name, int(time.time()))}; "
             f"Max-Age={SESSION_TTL}; Path=/; HttpOnly; SameSite=Strict"
@@ -890,7 +914,7 @@ class Admin:
         return resp
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        resp = web.HTTPSeeOther("/login")
+        resp = web.Response(status=303, headers={"Location": "/login"})
         resp.headers["Set-Cookie"] = (
             f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
         )
@@ -902,10 +926,15 @@ class Admin:
         views = await self.views()
         recent = [json.loads(e) for e in await self.redis.lrange(AUDIT_KEY, 0, 7)]
         token: AdminToken = request[WHO]
-        sale = await self.sale([QueueRef(v.tenant, v.queue) for v in views])
+        refs = [QueueRef(v.tenant, v.queue) for v in views]
+        sale = await self.sale(refs)
         return self._page(
             "dashboard.html",
             sale=sale,
+            unused_codes=await self.unused_codes(refs),
+            code_ttl_hours=CODE_TTL_DEFAULT // 3600,
+            code_ttl_max_hours=CODE_TTL_MAX // 3600,
+            codes_max=CODES_MAX,
             recent=recent,
             status=400 if errors else 200,
             queues=views,
@@ -940,7 +969,14 @@ class Admin:
         q = await self._ref(request)
         form = await request.post()
         action = str(form.get("action", ""))
-        needs = {"settings": "set", "reset": "reset", "drain": "drain", "forget": "forget"}
+        needs = {
+            "settings": "set",
+            "reset": "reset",
+            "drain": "drain",
+            "forget": "forget",
+            "codes": "codes",
+            "withdraw_codes": "codes",
+        }
         if action not in needs and action not in MODES:
             raise AdminError(400, {"error": f"unknown action {action!r}"})
         who = self._may(request, needs.get(action, "set"))
@@ -952,6 +988,7 @@ class Admin:
                 action=action,
                 label=_ACTION_LABELS.get(action, action),
                 what=CONFIRM[action],
+                unused=(await self.unused_codes([q]))[f"{q.tenant}/{q.queue}"],
                 csrf=request[CSRF],
                 may_revoke=allowed(request[WHO].role, "revoke"),
                 message_max=MESSAGE_MAX,
@@ -988,9 +1025,25 @@ class Admin:
             elif action == "forget":
                 await self.forget(who, q)
                 raise web.HTTPSeeOther("/")
+            elif action == "withdraw_codes":
+                await self.withdraw_codes(who, q, None)
+            elif action == "codes":
+                made = await self.make_codes(who, q, _code_form(form))
+                # the links are in this answer only (no-store; never in a URL or a log)
+                return self._page(
+                    "codes.html",
+                    status=201,
+                    q=q,
+                    made=made,
+                    expires=datetime.fromtimestamp(made["expires_at"], UTC),
+                    unused=(await self.unused_codes([q]))[f"{q.tenant}/{q.queue}"],
+                )
         except OverrideErrors as e:
             return await self.dashboard(request, errors={f"{q.tenant}/{q.queue}": e.errors})
         except AdminError as e:
+            if e.status == 400 and action == "codes":
+                field = {"codes": e.body["error"]}
+                return await self.dashboard(request, errors={f"{q.tenant}/{q.queue}": field})
             if e.status != 409:
                 raise
             return await self.dashboard(
@@ -1015,6 +1068,7 @@ _ACTION_LABELS = {
     "closed": "Close",
     "off": "Turn off",
     "forget": "Forget",
+    "withdraw_codes": "Withdraw unused codes of",
 }
 
 
@@ -1100,6 +1154,23 @@ async def start_admin(
             extra={"token": config.admin_tokens[0][1]},
         )
     return runner
+
+
+def _code_form(form: Mapping[str, Any]) -> dict[str, Any]:
+    """The dashboard's access-code form as the API's body (hours to seconds)."""
+    body: dict[str, Any] = {}
+    for name, key, scale in (("count", "count", 1), ("expires_hours", "expires_in", 3600)):
+        raw = str(form.get(name, "")).strip()
+        if not raw and name == "expires_hours":
+            continue
+        top = CODES_MAX if name == "count" else CODE_TTL_MAX // 3600
+        if not raw.isdigit() or not 1 <= int(raw) <= top:
+            what = "count" if name == "count" else "expiry (hours)"
+            raise AdminError(400, {"error": f"{what}: a whole number from 1 to {top}"})
+        body[key] = int(raw) * scale
+    body["label"] = str(form.get("label", "")).strip()
+    body["path"] = str(form.get("path", "")).strip() or "/"
+    return body
 
 
 def _code_request(body: Mapping[str, Any]) -> tuple[int, int, str, str]:
