@@ -125,7 +125,7 @@ CHOICE_FIELDS = {
     "challenge": {"none": "None", "pow": "Proof of work"},
     "flagged": {"refuse": "Told they are refused", "infinite": "A line that never moves"},
     "order": {"fifo": "First come, first served", "random": "Random draw"},
-    "access": {"open": "Anyone", "invite": "Access code holders only"},
+    "access": {"open": "Anyone", "invite": "Code holders only"},
 }
 # entered as local date-times in the dashboard; unix seconds in the API
 TIME_FIELDS = ("opens_at", "closes_at")

@@ -285,3 +285,68 @@ async def test_the_dashboard_passes_axe_at_phone_and_laptop_widths(
                 if mobile:
                     assert await page.evaluate("document.documentElement.scrollWidth <= 390")
                 await page.close()
+
+
+@pytest.mark.skipif(axe_path() is None, reason="axe-core is not installed (make browser-deps)")
+async def test_access_codes_from_the_dashboard_shown_once_and_axe_clean(
+    board: Stack, tmp_path: Path
+) -> None:
+    """Invite-only and random order chosen in the drop-downs, codes made through the
+    form (links shown once, then only the count), axe-clean at both widths."""
+    queue = "codes"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.patch(
+            f"{board.admin_url}/api/queues/acme/{queue}", json={"create": True}, headers=headers
+        ) as r:
+            assert r.status == 201
+        async with Browser() as browser:
+            shots = shots_dir(tmp_path)
+            for width, height, mobile, suffix in (
+                (1280, 900, False, "laptop"),
+                (390, 844, True, "phone"),
+            ):
+                page = await browser.page(width, height, mobile=mobile)
+                await page.goto(board.admin_url + "/login")
+                async with page.navigation():
+                    await page.evaluate(
+                        f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)};"
+                        "document.querySelector('form').submit()"
+                    )
+                s = section(queue)
+                if not mobile:
+                    async with page.navigation():
+                        await page.evaluate(
+                            f"const f = {s}.querySelector('form.settings');"
+                            "f.elements.order.value = 'random';"
+                            "f.elements.access.value = 'invite'; f.requestSubmit()"
+                        )
+                    async with page.navigation():
+                        await page.evaluate(
+                            f"const c = {s}.querySelector('form.make-codes');"
+                            "c.elements.count.value = '3'; c.elements.label.value = 'press';"
+                            "c.elements.path.value = '/q/codes/'; c.requestSubmit()"
+                        )
+                    links = await page.evaluate("document.querySelector('textarea').value")
+                    made = [line.rsplit("=", 1)[1] for line in links.splitlines()]
+                    assert len(made) == 3 and links.startswith("/q/codes/?anteroom_code=")
+                    assert await violations(page) == []
+                    await page.screenshot(shots / f"dashboard-codes-made-{suffix}.png")
+                    async with page.navigation():
+                        await page.evaluate("document.querySelector('a.cancel').click()")
+                    html = await page.evaluate("document.documentElement.outerHTML")
+                    assert not any(code in html for code in made)  # shown once
+                unused = f"{s}.querySelector('.codes .unused').innerText"
+                assert await page.evaluate(unused) == "3 unused · only code holders may join"
+                assert await page.evaluate(f"{s}.querySelector('select[name=order]').value") == (
+                    "random"
+                )
+                found = await violations(page)
+                assert found == [], f"dashboard ({suffix}): {found}"
+                await page.evaluate(f"{s}.querySelector('form.settings').scrollIntoView()")
+                await page.screenshot(shots / f"dashboard-codes-{suffix}.png")
+                if mobile:
+                    assert await page.evaluate("document.documentElement.scrollWidth <= 390")
+                    await page.evaluate(f"{s}.querySelector('.codes').scrollIntoView()")
+                    await page.screenshot(shots / f"dashboard-codes-form-{suffix}.png")
+                await page.close()
