@@ -13,8 +13,10 @@ demo: system-deps $(VENV)/.installed ## Redis + sidecar + nginx + demo origin at
 	fi
 	$(PY) -m devstack.demo
 
+# Two workers, each a whole file at a time (module-scoped stacks stay in one
+# worker): most tests wait on nginx, Redis and timers, so this halves the time.
 test: system-deps browser-deps $(VENV)/.installed-dev lint ## lint, then the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev ## ruff (check + format) and mypy
 	$(VENV)/bin/ruff check sidecar devstack tests loadtest

@@ -45,10 +45,6 @@ async def sample(cluster: RedisCluster, watch: Watch) -> None:
         await asyncio.sleep(0.05)
 
 
-# redis-py's cluster client drops the connection of a node that died without closing
-# it; the garbage collector then warns at an arbitrary moment (once in a few runs)
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_primary_killed_under_traffic(tmp_path, http: aiohttp.ClientSession) -> None:
     stack = make_stack(
         tmp_path / "stack",
