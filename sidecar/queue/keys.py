@@ -43,7 +43,7 @@ LINE_CHUNK = 2_000
 # places (OPEN_MOVE_CHUNK per call) in short calls, the queue "opening" meanwhile.
 OPEN_INLINE_MAX = 1_000
 OPEN_WRITE_CHUNK = 32_768
-OPEN_MOVE_CHUNK = 2_000
+OPEN_MOVE_CHUNK = 800
 # Access codes: made per call at most, and expired ones swept per call (admin).
 CODES_MAX = 10_000
 CODES_SWEEP = 1_000
