@@ -93,6 +93,13 @@ class Visitor:
         return dict(r.json())
 
 
+def fields(token: str | None) -> tuple[str, int, str]:
+    """(state, ticket, epoch) of a token: ``2|tenant|queue|state|ticket|sid|iat|exp|epoch|…``."""
+    assert token
+    parts = token.split("|")
+    return parts[3], int(parts[4]), parts[8]
+
+
 async def fill_then_queue(
     http: aiohttp.ClientSession, base: str, path: str, admitted: int, waiting: int
 ) -> tuple[list[Visitor], list[Visitor]]:

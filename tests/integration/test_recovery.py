@@ -19,20 +19,13 @@ from redis.exceptions import RedisError
 from devstack.stack import Stack
 from sidecar.queue.keys import queue_keys
 from tests.conftest import make_stack
-from tests.visitors import Visitor, fill_then_queue
+from tests.visitors import Visitor, fields, fill_then_queue
 
 pytestmark = pytest.mark.integration
 
 QUEUE = "recover"
 PATH = f"/q/{QUEUE}/"
 CAPACITY = 2
-
-
-def fields(token: str | None) -> tuple[str, int, str]:
-    """(state, ticket, epoch) of ``2|tenant|queue|state|ticket|sid|iat|exp|epoch|…``."""
-    assert token
-    parts = token.split("|")
-    return parts[3], int(parts[4]), parts[8]
 
 
 @dataclass
