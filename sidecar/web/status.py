@@ -181,16 +181,20 @@ class Status:
     async def _named_queue(
         self, request: web.Request, tenant: Tenant
     ) -> tuple[QueueRef, QueueState | None, QueueSettings] | None:
-        """The ``?queue=`` of a visitor without a place, its state and settings (only
-        queues configured or seen here: a made-up name tracks nothing)."""
+        """The ``?queue=`` of a visitor without a place, its state and settings (a
+        known queue only: see _known)."""
         queue = queue_param(request)
-        if queue is None:
-            return None
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
+        q = None if queue is None else self._known(tenant, queue)
+        if queue is None or q is None:
             return None
         state = await self._state(q, tenant)
         return q, state, state.settings if state is not None else tenant.settings_for(queue)
+
+    def _known(self, tenant: Tenant, queue: str) -> QueueRef | None:
+        """``queue`` if the configuration names it or nginx has sent visitors to it
+        (a made-up name tracks nothing)."""
+        q = QueueRef(tenant.name, queue)
+        return q if queue in tenant.queues or self.visitors.cached(q) is not None else None
 
     async def _shut_queue(
         self, request: web.Request, tenant: Tenant
@@ -398,12 +402,10 @@ class Status:
         queue = queue_param(request)
         if queue is None:
             return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
-        # only queues the configuration names or nginx has sent visitors to
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
+        q = self._known(tenant, queue)
+        if q is None:
             return json_answer({"error": "unknown queue"}, 404)
         now = int(time.time())
-        q = QueueRef(tenant.name, queue)
         state = await self._state(q, tenant)
         if state is None:
             return json_answer({"error": "unavailable"}, 503, {"Retry-After": "10"})
@@ -491,8 +493,8 @@ class Status:
         queue = queue_param(request)
         if queue is None:
             return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
-        q = QueueRef(tenant.name, queue)
-        if queue not in tenant.queues and self.visitors.cached(q) is None:
+        q = self._known(tenant, queue)
+        if q is None:
             return json_answer({"error": "unknown queue"}, 404)
         if await self._challenge_queue(request, tenant) is None:
             return json_answer({"error": "this queue asks for no challenge"}, 404)
