@@ -166,6 +166,10 @@ if os.environ.get("BENCH_BACKLOG"):  # with net.core.somaxconn raised as much
 HERE = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
+# what the waiting page polls (theme_assets/default/waiting.js.j2)
+POLL = "/_anteroom/status?queue=shop&return_to=%2Fshop%2F&lang=en"
+
+
 def _cookie(url: str) -> str:
     """The cookie nginx sets on a newcomer to ``url``."""
     r = subprocess.run(
@@ -204,8 +208,8 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
                 {"X-Anteroom-Queue": "bench", "X-Original-URI": "/shop/"},
             ),
             "single": (f"http://127.0.0.1:{port}/", {}),
-            "status": (sidecar + "/_anteroom/status?queue=shop", {"Cookie": waiter}),
-            "status_nginx": (stack.url + "/_anteroom/status?queue=shop", {"Cookie": waiter}),
+            "status": (sidecar + POLL, {"Cookie": waiter}),
+            "status_nginx": (stack.url + POLL, {"Cookie": waiter}),
             "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
         }
         best: dict[str, float] = {}

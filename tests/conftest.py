@@ -137,6 +137,13 @@ on_redis_error = "open"
 [tenants.shop.queues.later]
 opens_at = 4000000000
 
+[tenants.shop.queues.draw]
+order = "random"
+
+[tenants.shop.queues.hello]
+message = "Hello"
+message_fr = "Bonjour"
+
 [tenants.shop.queues.soldout]
 closes_at = 1000000000
 message = "Sold out <i>for good</i>"

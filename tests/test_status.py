@@ -4,10 +4,12 @@ real Redis fixture): status, continue, join, leave, keepalive; each outcome."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
 from redis.asyncio import Redis
+from yarl import URL
 
 from devstack.stack import free_port
 from sidecar.web.tokens import WAITING, Signer, Token
@@ -18,11 +20,16 @@ SITE = {"Host": "shop.test"}
 
 
 async def status(client: AppClient, cookie: str = "", query: str = "") -> dict[str, Any]:
-    r = await client.get(f"/_anteroom/status{query}", headers={**SITE, "Cookie": cookie})
+    r = await client.session.get(as_sent(client, query), headers={**SITE, "Cookie": cookie})
     assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
     assert r.content_type == "application/json"
     body: dict[str, Any] = await r.json()
     return body
+
+
+def as_sent(client: AppClient, query: str) -> URL:
+    """The status URL with ``query`` exactly as written (escapes kept)."""
+    return URL(f"http://{client.host}:{client.port}/_anteroom/status{query}", encoded=True)
 
 
 async def test_status_none_waiting_admitted_and_turn_come(app_client) -> None:
@@ -207,6 +214,51 @@ async def test_a_cached_waiting_token_stops_counting_when_it_expires(app_client)
             tok.epoch,
         )
     )
-    assert (await status(client, f"anteroom_exp={soon}"))["state"] == "waiting"  # now cached
+    for query in ("", "?queue=exp"):  # the decision, and the poll's short way
+        assert (await status(client, f"anteroom_exp={soon}", query))["state"] == "waiting"
     await asyncio.sleep(2.1)
-    assert (await status(client, f"anteroom_exp={soon}"))["state"] == "none"
+    for query in ("", "?queue=exp"):
+        assert (await status(client, f"anteroom_exp={soon}", query))["state"] == "none"
+
+
+async def test_a_poll_answers_alike_by_cookie_and_by_bearer(app_client) -> None:
+    """A waiter's poll by cookie takes the short way (Status._poll); the same token
+    as a Bearer takes the whole decision. Both answer alike, whatever the queue's
+    order, opening or message and however the page's URL is written."""
+    client = await app_client(ANTEROOM_CAPACITY="1")
+    waiters = {}
+    for queue in ("s", "later", "draw", "hello"):
+        await auth(client, queue)  # the one place (a pre-queue takes nobody: two waiters)
+        waiters[queue] = cookie_of(await auth(client, queue))
+    queries = (
+        "?queue={q}",
+        "?queue={q}&return_to=%2Fshop%2F&lang=en",
+        "?return_to=/cart&lang=fr&queue={q}",
+        "?queue={q}&lang=%66r",  # "fr", escaped: only the full parse reads it
+        "?queue={q}&lang=fr&lang=de",
+        "?queue={q}&lang=english",
+        "?queue={q}#lang=fr",
+    )
+
+    async def alike(cookie: str, query: str) -> dict[str, Any] | None:
+        by_cookie = await status(client, cookie, query)
+        r = await client.session.get(
+            as_sent(client, query),
+            headers={**SITE, "Authorization": "Bearer " + cookie.split("=", 1)[1]},
+        )
+        by_bearer = await r.json()
+        # a tick between the two moves the clock: ask again
+        return by_cookie if by_cookie == by_bearer else None
+
+    for queue, cookie in waiters.items():
+        for query in queries:
+            url = query.format(q=queue)
+            body = await eventually(functools.partial(alike, cookie, url), within=5)
+            assert body["state"] == "waiting" and body["queue"] == queue, (queue, query)
+            if queue == "hello":
+                french = "lang=fr" in query.partition("#")[0] or "%66r" in query
+                assert body["message"] == ("Bonjour" if french else "Hello"), query
+    # the same URL on a site Anteroom does not serve is refused, never read as the last
+    cookie = waiters["s"]
+    r = await client.get("/_anteroom/status?queue=s", headers={"Host": "x.test", "Cookie": cookie})
+    assert r.status == 403

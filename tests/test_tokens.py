@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
-from sidecar.web.http import host_name, safe_path
+from sidecar.web.http import decoded, host_name, plain_query, safe_path
 from sidecar.web.tokens import ADMITTED, WAITING, Signer, Token, cookie_value
 
 OLD, NEW = b"old-secret-0123456789abcdef", b"new-secret-0123456789abcdef"
@@ -133,6 +136,35 @@ def test_cookie_value(header: str, expected: str | None) -> None:
     assert cookie_value(header, "anteroom") == expected
 
 
+def _parsed_cookie_value(header: str, name: str) -> str | None:
+    """The plain reading of a Cookie header cookie_value's scan must agree with."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    return None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["anteroom", "xanteroom", "anteroom_x", "a", ""]),
+            st.sampled_from(["=", "", "=="]),
+            st.text(alphabet=' "=;\t\x0banteroom|%', max_size=12),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["; ", ";", " ; ", ";\t", "; \x0b"]),
+)
+def test_cookie_value_reads_as_a_parse_would(
+    parts: list[tuple[str, str, str]], separator: str
+) -> None:
+    """The scan finds exactly what splitting the header would: the first cookie of
+    that name, never the tail of another cookie's name or value."""
+    header = separator.join(f"{k}{sep}{v}" for k, sep, v in parts)
+    assert cookie_value(header, "anteroom") == _parsed_cookie_value(header, "anteroom")
+
+
 def test_verified_waiting_tokens_are_kept_and_bounded() -> None:
     """A waiter's poll costs no HMAC after the first: the verified token is kept, apart
     from admitted ones, bounded; expiry stays the caller's check on every use."""
@@ -150,3 +182,46 @@ def test_verified_waiting_tokens_are_kept_and_bounded() -> None:
         s.loads(s.dumps(Token("acme", "q", WAITING, n, "sid", 1, 2, "/", "e")))
     assert len(s._waiting) <= tokens.VERIFIED_CACHE_SIZE
     assert s._verified == {}  # a crowd of waiters never pushes out admitted cookies
+
+
+def _parsed_query_value(target: str, name: str) -> str | None:
+    """What aiohttp's request parser and yarl make of an origin-form target."""
+    path, _, rest = target.partition("?")
+    query, _, fragment = rest.partition("#")
+    url = URL.build(path=path, query_string=query, fragment=fragment, encoded=True)
+    return url.query.get(name)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["queue", "lang", "q%75eue", "queue+", "x", ""]),
+            st.sampled_from(["=", "", "=="]),
+            st.text(alphabet="shop%2F+=?#;&a", max_size=8),
+        ),
+        max_size=5,
+    ),
+    st.sampled_from(["queue", "lang"]),
+)
+@settings(max_examples=500)
+def test_plain_query_reads_as_the_full_parse(pairs: list[tuple[str, str, str]], name: str) -> None:
+    """A poll's parameters read from the raw target are the parsed query's, or the
+    raw reading says it cannot tell."""
+    target = "/_anteroom/status?" + "&".join(f"{k}{sep}{v}" for k, sep, v in pairs)
+    params = plain_query(target)
+    if params is not None:
+        value = params.get(name)
+        if value is None or decoded(value):
+            assert value == _parsed_query_value(target, name)
+
+
+def test_plain_query_defers_what_needs_decoding() -> None:
+    assert plain_query("/s?queue=shop&return_to=%2Fshop%2F&queue=x") == {
+        "queue": "shop",
+        "return_to": "%2Fshop%2F",
+    }
+    assert plain_query("/s?q%75eue=shop") is None
+    assert plain_query("http://x/s?queue=shop") is None
+    assert plain_query("/s") == {}
+    assert plain_query("/s?lang=fr#&queue=x") == {"lang": "fr"}
+    assert not decoded("%2Fshop") and not decoded("a+b") and decoded("shop")

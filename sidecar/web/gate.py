@@ -114,7 +114,7 @@ class Gate:
                 return q, "invite_needed", self._invite(tenant, queue, return_to, None)
             if tok is not None:
                 v.seen(q, tok, state)
-                if not v.must_claim(tok, state):
+                if not v.must_claim(q, tok, state):
                     return q, "waiting", self._wait(tenant, queue, return_to)
                 new = await v.claim(q, tok, state, now, client_address(request))
                 if new is None:

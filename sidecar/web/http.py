@@ -85,14 +85,47 @@ def access_code(request: web.Request) -> str | None:
     return codes[0] if CODE_RE.match(codes[0]) else ""
 
 
+def plain_query(target: str) -> dict[str, str] | None:
+    """Each name's first value in a request target's query, as sent: the waiting
+    page's poll (queue, return_to, lang) without the full parse, which costs more
+    than the rest of its answer. None when a name needs decoding (an escape or
+    ``+``) or the target is not a path. A value with an escape or ``+`` is as sent:
+    callers that need it decoded ask request.query (see :func:`decoded`)."""
+    if not target.startswith("/"):
+        return None
+    _, sep, query = target.partition("?")
+    params: dict[str, str] = {}
+    if sep:
+        for pair in query.partition("#")[0].split("&"):
+            key, _, value = pair.partition("=")
+            if "%" in key or "+" in key:
+                return None
+            params.setdefault(key, value)
+    return params
+
+
+def decoded(value: str) -> bool:
+    """Whether a value from :func:`plain_query` reads the same decoded."""
+    return "%" not in value and "+" not in value
+
+
+def query_value(request: web.Request, name: str) -> str | None:
+    """``request.query.get(name)``, read with :func:`plain_query` when it can be."""
+    params = plain_query(request.raw_path)
+    value = None if params is None else params.get(name)
+    if params is None or (value is not None and not decoded(value)):
+        return request.query.get(name)
+    return value
+
+
 def return_param(request: web.Request, default: str) -> str:
     """A public endpoint's ``?return_to=`` if same-site, else ``default``."""
-    return safe_path(request.query.get("return_to")) or default
+    return safe_path(query_value(request, "return_to")) or default
 
 
 def queue_param(request: web.Request) -> str | None:
     """``?queue=`` if it is a valid queue name."""
-    queue = request.query.get("queue")
+    queue = query_value(request, "queue")
     return queue if queue and NAME_RE.match(queue) else None
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..config import LANGUAGE_RE, NAME_RE, ConfigError, QueueSettings, Tenant, queue_setting
 from ..logs import Throttled
@@ -25,8 +25,17 @@ from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
 from ..queue.client import text
 from ..queue.estimate import wait
 from .challenge import Refused
-from .http import NO_STORE, client_address, json_answer, queue_param, return_param
-from .tokens import Token
+from .http import (
+    NO_STORE,
+    client_address,
+    decoded,
+    json_answer,
+    plain_query,
+    query_value,
+    queue_param,
+    return_param,
+)
+from .tokens import PRIORITY, WAITING, Token, cookie_value
 from .visitors import JOIN_REFUSED_RETRY, NoSuchCode, TooManyJoins, Visitors, flagged_position
 
 log = logging.getLogger("sidecar.status")
@@ -42,7 +51,9 @@ CLAIM_FAILED: tuple[type[Exception], ...] = (*LEAVE_FAILED, TooManyJoins)
 POLL_BANDS = ((10, 3), (100, 5), (1_000, 10), (10_000, 20))
 POLL_FAR = 45
 DRAW_POLL = 15  # random order: seconds between polls at most (draw_poll_after)
+JSON_HEADERS = {**NO_STORE, "Content-Type": "application/json; charset=utf-8"}
 MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
+MAX_PAGES = 4096  # poll URLs whose reading is kept (see Status._page)
 
 
 def closed_body(queue: str, state: QueueState, language: str) -> dict[str, Any]:
@@ -63,13 +74,17 @@ def closed_body(queue: str, state: QueueState, language: str) -> dict[str, Any]:
 
 def language_param(request: web.Request, tenant: Tenant) -> str:
     """``?lang=`` (the waiting page's language), else the tenant's."""
-    lang = request.query.get("lang", "")
-    return lang if LANGUAGE_RE.match(lang) else tenant.language
+    lang = query_value(request, "lang")
+    return lang if lang and LANGUAGE_RE.match(lang) else tenant.language
 
 
 def poll_after(position: int, abandon_after: int) -> int:
     """Seconds until the next poll (the page adds jitter)."""
-    every = next((secs for upto, secs in POLL_BANDS if position <= upto), POLL_FAR)
+    every = POLL_FAR
+    for upto, secs in POLL_BANDS:
+        if position <= upto:
+            every = secs
+            break
     return max(1, min(every, abandon_after // 3))
 
 
@@ -98,41 +113,92 @@ def opening_poll_after(opens_in: int, ticket: int, abandon_after: int) -> int:
     return opens_in + 1 + (ticket * 2654435761 % 2**32) * (spread + 1) // 2**32
 
 
-def _shared_parts(queue: str, state: QueueState, language: str) -> tuple[str, str, int]:
-    """The JSON every waiter of ``state`` shares: the head up to the ticket, and for
-    a pre-queue (or while its drawn order is written) the tail after it up to the
-    waiter's own poll_after ("" when the line is open), and opens_in."""
-    head = json.dumps(
-        {
-            "state": "waiting",
-            "queue": queue,
-            "in_line": state.waiting,
-            "mode": state.settings.mode,
-            "opens_at": state.settings.opens_at or None,
-            "closes_at": state.settings.closes_at or None,
-            "message": state.settings.message_for(language) or None,
-            "updated": state.redis_time_ms,
-            "redirect": None,
-            # random order: no place in line, a draw among in_draw present waiters
-            "order": state.settings.order,
-            "in_draw": state.in_draw if state.settings.order == "random" else None,
-        }
-    )
-    closed, opens_in = "", 0
-    if state.closed or state.opening:
-        if state.closed:
-            opens_in = max(0, state.settings.opens_at - state.redis_time_ms // 1000)
-        tail = {
-            "position": None,
-            "ahead": None,
-            "eta_seconds": None,
-            "eta_range": None,
-            "opens_in": opens_in,
-            # "opening": the order is being written, places come in a moment
-            "notice": "opens_later" if state.closed else "opening",
-        }
-        closed = ", " + json.dumps(tail)[1:-1] + ', "poll_after": '
-    return head[:-1] + ', "ticket": ', closed, opens_in
+@dataclass(slots=True)
+class _Shared:
+    """What every waiter of one queue state is answered with, in one language: the
+    JSON up to the ticket, encoded once, and what each poll's own numbers are
+    worked out from."""
+
+    state: QueueState
+    head: str  # the JSON up to the ticket
+    # a pre-queue (or while its drawn order is written): the JSON after the ticket up
+    # to the waiter's own poll_after; "" when the line is open
+    closed: str
+    opens_in: int
+    draw_after: int  # random order: every waiter's poll_after; 0 in FIFO order
+
+    @classmethod
+    def of(cls, queue: str, state: QueueState, language: str) -> _Shared:
+        s = state.settings
+        head = json.dumps(
+            {
+                "state": "waiting",
+                "queue": queue,
+                "in_line": state.waiting,
+                "mode": s.mode,
+                "opens_at": s.opens_at or None,
+                "closes_at": s.closes_at or None,
+                "message": s.message_for(language) or None,
+                "updated": state.redis_time_ms,
+                "redirect": None,
+                # random order: no place in line, a draw among in_draw present waiters
+                "order": s.order,
+                "in_draw": state.in_draw if s.order == "random" else None,
+            }
+        )
+        closed, opens_in = "", 0
+        if state.closed or state.opening:
+            if state.closed:
+                opens_in = max(0, s.opens_at - state.redis_time_ms // 1000)
+            tail = {
+                "position": None,
+                "ahead": None,
+                "eta_seconds": None,
+                "eta_range": None,
+                "opens_in": opens_in,
+                # "opening": the order is being written, places come in a moment
+                "notice": "opens_later" if state.closed else "opening",
+            }
+            closed = ", " + json.dumps(tail)[1:-1] + ', "poll_after": '
+        draw_after = draw_poll_after(s) if s.order == "random" else 0
+        return cls(state, head[:-1] + ', "ticket": ', closed, opens_in, draw_after)
+
+    def answer(self, tok: Token) -> str:
+        """The JSON answer of ``tok``'s waiter."""
+        state = self.state
+        if self.closed:  # a pre-queue, or its order being written: no place yet
+            after = opening_poll_after(self.opens_in, tok.ticket, state.settings.abandon_after)
+            return f"{self.head}{tok.ticket}{self.closed}{after}}}"
+        if tok.state == PRIORITY:  # an access code's place: before everyone in line
+            position = 1
+        elif self.draw_after:
+            return (
+                f'{self.head}{tok.ticket}, "position": null, "ahead": null, '
+                f'"eta_seconds": null, "eta_range": null, "poll_after": {self.draw_after}}}'
+            )
+        else:
+            position = state.position(tok.ticket)
+        eta, eta_range = wait(position, state)
+        if eta_range is None:
+            estimate = '"eta_seconds": null, "eta_range": null'
+        else:
+            estimate = f'"eta_seconds": {eta!r}, "eta_range": [{eta_range[0]}, {eta_range[1]}]'
+        after = poll_after(position, state.settings.abandon_after)
+        return (
+            f'{self.head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
+            f'{estimate}, "poll_after": {after}}}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """What a status poll's Host and URL say: the tenant, the queue, the name of its
+    cookie and the language of the answer."""
+
+    tenant: Tenant
+    q: QueueRef
+    cookie: str
+    language: str
 
 
 @dataclass(slots=True)
@@ -152,7 +218,8 @@ class Status:
         self.client_log = Throttled(log)  # lines a client's polls can cause at will
         # (queue, language) -> (the state they were built from, head, closed tail,
         # opens_in): see _waiting
-        self._shared: dict[tuple[QueueRef, str], tuple[QueueState, str, str, int]] = {}
+        self._shared: dict[tuple[QueueRef, str], _Shared] = {}
+        self._pages: dict[tuple[str, str], _Page] = {}  # (Host, URL) -> what they say
 
     def _tenant(self, request: web.Request) -> Tenant:
         tenant = self.visitors.tenant(request)
@@ -260,32 +327,11 @@ class Status:
         encoded once per state and language (the refresher replaces the state when it
         changes); a poll adds only its own numbers."""
         shared = self._shared.get((q, language))
-        if shared is None or shared[0] is not state:
+        if shared is None or shared.state is not state:
             if len(self._shared) >= MAX_SHARED_BODIES:
                 self._shared.clear()
-            parts = _shared_parts(tok.queue, state, language)
-            shared = self._shared[(q, language)] = (state, *parts)
-        _, head, closed, opens_in = shared
-        if closed:  # a pre-queue, or its order being written: no place yet
-            after = opening_poll_after(opens_in, tok.ticket, state.settings.abandon_after)
-            return f"{head}{tok.ticket}{closed}{after}}}"
-        if tok.priority:  # an access code's place: before everyone in line
-            position = 1
-        elif state.settings.order == "random":
-            after = draw_poll_after(state.settings)
-            return (
-                f'{head}{tok.ticket}, "position": null, "ahead": null, "eta_seconds": null, '
-                f'"eta_range": null, "poll_after": {after}}}'
-            )
-        else:
-            position = state.position(tok.ticket)
-        eta, eta_range = wait(position, state)
-        return (
-            f'{head}{tok.ticket}, "position": {position}, "ahead": {position - 1}, '
-            f'"eta_seconds": {"null" if eta is None else repr(eta)}, '
-            f'"eta_range": {"null" if eta_range is None else eta_range}, '
-            f'"poll_after": {poll_after(position, state.settings.abandon_after)}}}'
-        )
+            shared = self._shared[(q, language)] = _Shared.of(tok.queue, state, language)
+        return shared.answer(tok)
 
     async def _decide(
         self, request: web.Request
@@ -341,7 +387,7 @@ class Status:
             return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
 
         self.visitors.seen(q, tok, state)
-        if self.visitors.must_claim(tok, state):
+        if self.visitors.must_claim(q, tok, state):
             try:
                 new = await self.visitors.claim(q, tok, state, v.now, client_address(request))
             except CLAIM_FAILED as e:
@@ -355,7 +401,56 @@ class Status:
                     return {"state": "admitted", "queue": tok.queue, "redirect": return_to}, v, resp
         return None, v, resp
 
+    def _page(self, request: web.Request) -> _Page | None:
+        """What a poll's Host and URL say (None: something :meth:`_decide` must read,
+        or decode). Remembered per Host and URL, which every waiter of a queue shares
+        with many others, bounded: a miss only costs the reading."""
+        key = (request.host, request.raw_path)
+        page = self._pages.get(key)
+        if page is not None:
+            return page
+        params = plain_query(request.raw_path)
+        if params is None:
+            return None
+        queue, lang = params.get("queue"), params.get("lang")
+        tenant = self.visitors.tenant(request)
+        if not queue or not NAME_RE.match(queue) or tenant is None:
+            return None
+        if lang is None or not LANGUAGE_RE.match(lang):
+            if lang and not decoded(lang):
+                return None
+            lang = tenant.language
+        if len(self._pages) >= MAX_PAGES:
+            self._pages.clear()
+        cookie = self.visitors.cookie_for(queue)
+        page = self._pages[key] = _Page(tenant, QueueRef(tenant.name, queue), cookie, lang)
+        return page
+
+    def _poll(self, request: web.Request) -> web.Response | None:
+        """The common poll, answered without an await: a waiter's cookie for the queue
+        the page names, whose state is cached and open and whose turn has not come.
+        None for anything else: :meth:`_decide` answers it."""
+        headers = request.headers
+        page = self._page(request)
+        if page is None or hdrs.AUTHORIZATION in headers:  # API clients: _decide
+            return None
+        visitors = self.visitors
+        raw = cookie_value(headers.get(hdrs.COOKIE, ""), page.cookie)
+        tok = visitors.verify(raw, page.tenant, int(time.time()))
+        q = page.q
+        if tok is None or tok.state != WAITING or tok.queue != q.queue:
+            return None
+        state = visitors.cached(q)
+        if state is None or state.shut or visitors.must_claim(q, tok, state):
+            return None
+        visitors.seen(q, tok, state)
+        body = self._waiting(q, tok, state, page.language)
+        return web.Response(body=body.encode(), headers=JSON_HEADERS)
+
     async def status(self, request: web.Request) -> web.Response:
+        fast = self._poll(request)
+        if fast is not None:
+            return fast
         body, v, resp = await self._decide(request)
         if body is None and v.tok is not None and v.tok.flagged:
             payload = self._flagged(v.tok, v.state, v.now)
@@ -364,7 +459,7 @@ class Status:
         else:
             payload = json.dumps(body)
         resp.body = payload.encode()
-        resp.headers["Content-Type"] = "application/json; charset=utf-8"
+        resp.headers["Content-Type"] = JSON_HEADERS["Content-Type"]
         return resp
 
     async def resume(self, request: web.Request) -> web.Response:
@@ -432,7 +527,7 @@ class Status:
                     return refused
             if tok is None:
                 tok = await v.join(q, state.settings, return_to, now, client_address(request))
-            elif not tok.admitted and v.must_claim(tok, state):
+            elif not tok.admitted and v.must_claim(q, tok, state):
                 tok = await v.claim(q, tok, state, now, client_address(request)) or tok
         except TooManyJoins:
             if state.settings.flagged == "infinite":

@@ -96,18 +96,22 @@ def cookie_values(header: str, prefix: str) -> list[tuple[str, str]]:
 
 def cookie_value(header: str, name: str) -> str | None:
     """The value of cookie ``name`` in a Cookie header (the first one, as browsers
-    send the most specific first). A plain scan: the full cookie parser costs a
-    third of an admitted request and we need one value."""
-    if name not in header:
-        return None
+    send the most specific first). A scan for the name, not a parse: the full cookie
+    parser costs a third of an admitted request, and a site's own cookies (analytics,
+    consent) may be most of the header."""
     prefix = name + "="
-    for part in header.split(";"):
-        part = part.strip()
-        if part.startswith(prefix):
-            value = part[len(prefix) :]
+    at = header.find(prefix)
+    while at != -1:
+        start = at
+        while start and header[start - 1].isspace():
+            start -= 1
+        if start == 0 or header[start - 1] == ";":  # the name, not the end of another
+            end = header.find(";", at)
+            value = header[at + len(prefix) : len(header) if end == -1 else end].rstrip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             return value
+        at = header.find(prefix, at + 1)
     return None
 
 

@@ -148,6 +148,10 @@ class Visitors:
             or cookie_value(request.headers.get("Cookie", ""), cookie_name(name, queue))
         )
 
+    def cookie_for(self, queue: str) -> str:
+        """The name of ``queue``'s cookie."""
+        return cookie_name(self.config.cookie_name, queue)
+
     def bearer(self, tok: Token) -> str:
         """The token as an API client sends it back."""
         return self.signer.dumps(tok)
@@ -243,7 +247,7 @@ class Visitors:
         if state is None or tok.epoch == state.epoch:
             self.refresher.touch_waiter(q, tok.ticket)
 
-    def must_claim(self, tok: Token, state: QueueState) -> bool:
+    def must_claim(self, q: QueueRef, tok: Token, state: QueueState) -> bool:
         """Whether only Redis can say what a waiting token's place is worth now: its
         turn came (by the cached state), or it is of another epoch than the cached
         one (a place lost in a restart, or a state a moment older than the token); a
@@ -253,7 +257,7 @@ class Visitors:
             state.line(tok.ticket) <= state.serving
             or tok.epoch != state.epoch
             or tok.priority
-            or self.refresher.left_line(QueueRef(tok.tenant, tok.queue), tok.ticket)
+            or self.refresher.left_line(q, tok.ticket)
         )
 
     async def redeem(
