@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,7 @@ from sidecar.queue.engine import Engine, QueueRef
 from tests.bench import CONNECTIONS, DURATION, ROUNDS
 
 KNOWN_QUEUES = 1_000  # the status ratio again once the process knows this many
+MANY_WAITERS = 1_000  # ... and polled by this many waiters in turn
 
 ONE_CALL_JOIN = """
 local t = redis.call('INCR', KEYS[1])
@@ -73,11 +75,13 @@ def one_evalsha_per_join(port: int, redis_url: str) -> None:
     web.run_app(make(), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def wrk_any(url: str, headers: dict[str, str]) -> float:
+def wrk_any(url: str, headers: dict[str, str], script: Path | None = None) -> float:
     """wrk's requests/s; non-2xx answers (401 "wait") are what is measured here."""
     args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s"]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
+    if script is not None:
+        args += ["-s", str(script)]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if m is None or "Socket errors" in out:
@@ -185,6 +189,36 @@ def _cookie(url: str) -> str:
     )
 
 
+# wrk sends each request with the next of many waiters' cookies
+EACH_WAITER = """
+local cookies = {}
+for line in io.lines("%s") do cookies[#cookies + 1] = line end
+local i = 0
+request = function()
+  i = i %% #cookies + 1
+  return wrk.format(nil, nil, {["Cookie"] = cookies[i]})
+end
+"""
+
+
+def _waiters(sidecar: str, queue: str, n: int, work: Path) -> Path:
+    """A wrk script polling as ``n`` waiters of ``queue`` in turn (their places taken
+    by the sidecar's auth endpoint, as nginx asks it)."""
+    cookies = []
+    for _ in range(n):
+        ask = urllib.request.Request(
+            sidecar + "/_anteroom/auth", headers={"X-Anteroom-Queue": queue, "X-Original-URI": "/"}
+        )
+        try:
+            urllib.request.urlopen(ask).close()
+        except urllib.error.HTTPError as e:  # 401: wait (the cookie is set all the same)
+            cookies.append(e.headers["Set-Cookie"].split(";", 1)[0])
+    (work / "cookies.txt").write_text("\n".join(cookies) + "\n")
+    script = work / "each_waiter.lua"
+    script.write_text(EACH_WAITER % (work / "cookies.txt"))
+    return script
+
+
 def ratios(work: Path) -> list[tuple[str, str, str]]:
     """Joins vs one EVALSHA each; status polls vs a trivial handler (interleaved rounds)."""
     stack = Stack(workdir=work / "ratios", env=ENV, inherit_env=False).start()
@@ -212,6 +246,9 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
             "status_nginx": (stack.url + POLL, {"Cookie": waiter}),
             "plain": (f"http://127.0.0.1:{trivial_port}/", {}),
         }
+        # the same poll by 1,000 waiters in turn: positions 1 to 1,000, each token
+        # verified once, the page's URL read once
+        many = _waiters(sidecar, "shop", MANY_WAITERS, work)
         best: dict[str, float] = {}
         redis = SyncRedis.from_url(stack.redis_url)
         cpu, joins = 0.0, 0  # Redis CPU seconds spent during the sidecar's join runs
@@ -222,6 +259,8 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
                 if name == "joins":
                     cpu += _redis_cpu(redis) - before[0]
                     joins += int(redis.get("aq:{default:bench}:tickets") or 0) - before[1]
+            url, _ = runs["status"]
+            best["status_many"] = max(best.get("status_many", 0.0), wrk_any(url, {}, many))
         # the same poll once the process knows 1,000 queues (a ticker each, spread
         # over the processes that hold their leases: here all in this one)
         for i in range(KNOWN_QUEUES):
@@ -253,6 +292,11 @@ def ratios(work: Path) -> list[tuple[str, str, str]]:
             "status poll of a waiter, sidecar",
             f"{best['status']:,.0f}",
             f"{best['status'] / best['plain']:.2f}",
+        ),
+        (
+            f"status polls of {MANY_WAITERS:,} waiters in turn, sidecar",
+            f"{best['status_many']:,.0f}",
+            f"{best['status_many'] / best['plain']:.2f}",
         ),
         (
             f"status poll of a waiter, sidecar, {KNOWN_QUEUES:,} queues known",

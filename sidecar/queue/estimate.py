@@ -15,7 +15,7 @@ import math
 
 from .engine import QueueState
 
-MEASURED_RANGE = (0.75, 1.5)  # the range around an estimate from measured admissions
+MEASURED_LOW, MEASURED_HIGH = 0.75, 1.5  # the range around an estimate from measured admissions
 GUESSED_RANGE = (0.5, 2.0)  # around one from the capacity and the session length
 NOT_MOVING = ("paused", "off")
 
@@ -38,18 +38,31 @@ def wait(position: int, state: QueueState) -> tuple[float | None, list[int] | No
         return None, None
     rate = state.admissions_per_second
     if rate > 0:
-        eta, (lo, hi) = position / rate, MEASURED_RANGE
-    else:
-        guesses = []
-        if s.capacity > 0:
-            turns = math.ceil(position / s.capacity)  # how many times the house empties
-            guesses.append((turns - 0.5) * s.session_ttl)
-        if s.admit_per_minute > 0:
-            guesses.append(position * 60 / s.admit_per_minute)
-        if not guesses:
-            return None, None
-        eta, (lo, hi) = max(guesses), GUESSED_RANGE
+        return measured(position, rate)
+    guesses = []
+    if s.capacity > 0:
+        turns = math.ceil(position / s.capacity)  # how many times the house empties
+        guesses.append((turns - 0.5) * s.session_ttl)
+    if s.admit_per_minute > 0:
+        guesses.append(position * 60 / s.admit_per_minute)
+    if not guesses:
+        return None, None
+    eta, (lo, hi) = max(guesses), GUESSED_RANGE
     return round(eta, 1), [math.floor(eta * lo), math.ceil(eta * hi)]
+
+
+def measured_rate(state: QueueState) -> float:
+    """Admissions a second for :func:`measured`, when the line moves by them (else 0:
+    ask :func:`wait`). The same for every waiter of ``state``: worked out once."""
+    if state.settings.mode in NOT_MOVING or state.closed:
+        return 0.0
+    return state.admissions_per_second
+
+
+def measured(position: int, rate: float) -> tuple[float, list[int]]:
+    """:func:`wait` when ``rate`` admissions a second were measured."""
+    eta = position / rate
+    return round(eta, 1), [math.floor(eta * MEASURED_LOW), math.ceil(eta * MEASURED_HIGH)]
 
 
 def newcomer_wait(state: QueueState) -> float | None:

@@ -106,7 +106,7 @@ MINUTES_KEPT = 7 * 24 * 60
 WAIT_BOUNDS = tuple(int(b) for b in WAIT_BUCKETS)
 # The page's estimate at join against the wait that followed (actual / estimate, per
 # mille): the buckets' upper bounds. 750..1500 is the range a measured estimate
-# is shown with (estimate.MEASURED_RANGE).
+# is shown with (estimate.MEASURED_LOW and MEASURED_HIGH).
 ESTIMATE_BOUNDS = (500, 750, 1_500, 2_000)
 # One ticker per queue: the process holding a queue's lease (a field of TICKERS_KEY,
 # "holder deadline_ms", renewed at every refresh) runs its tick; the others read its

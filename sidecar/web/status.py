@@ -23,7 +23,7 @@ from ..config import LANGUAGE_RE, NAME_RE, ConfigError, QueueSettings, Tenant, q
 from ..logs import Throttled
 from ..queue import Busy, QueueRef, QueueState, StorageError, TooManyQueues
 from ..queue.client import text
-from ..queue.estimate import wait
+from ..queue.estimate import measured, measured_rate, wait
 from .challenge import Refused
 from .http import (
     NO_STORE,
@@ -126,6 +126,7 @@ class _Shared:
     closed: str
     opens_in: int
     draw_after: int  # random order: every waiter's poll_after; 0 in FIFO order
+    rate: float  # admissions a second, when the wait is worked out from them (else 0)
 
     @classmethod
     def of(cls, queue: str, state: QueueState, language: str) -> _Shared:
@@ -161,7 +162,8 @@ class _Shared:
             }
             closed = ", " + json.dumps(tail)[1:-1] + ', "poll_after": '
         draw_after = draw_poll_after(s) if s.order == "random" else 0
-        return cls(state, head[:-1] + ', "ticket": ', closed, opens_in, draw_after)
+        head = head[:-1] + ', "ticket": '
+        return cls(state, head, closed, opens_in, draw_after, measured_rate(state))
 
     def answer(self, tok: Token) -> str:
         """The JSON answer of ``tok``'s waiter."""
@@ -178,7 +180,7 @@ class _Shared:
             )
         else:
             position = state.position(tok.ticket)
-        eta, eta_range = wait(position, state)
+        eta, eta_range = measured(position, self.rate) if self.rate else wait(position, state)
         if eta_range is None:
             estimate = '"eta_seconds": null, "eta_range": null'
         else:
