@@ -37,12 +37,12 @@ ACCESS = ("open", "invite")
 # proof of work: log2 of the hashes a newcomer computes on average
 DIFFICULTY_DEFAULT = 21
 DIFFICULTY_MIN, DIFFICULTY_MAX = 8, 32
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")  # primary subtag: what nginx reads from Accept-Language
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+LANGUAGE_RE = re.compile(r"^[a-z]{2,3}\Z")  # primary subtag: what nginx reads from Accept-Language
 # a host name or address as the gate sees it: lower-case, no port; "*." + name for subdomains
 _LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
-HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
-IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
+HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*\Z")
+IPV6_RE = re.compile(r"^\[[0-9a-f:.]+\]\Z")
 DEMO_SECRET = "anteroom-demo-secret-not-for-production"
 # Values shipped in examples and templates: anyone who read them could forge cookies.
 PLACEHOLDER_SECRET_RE = re.compile(
@@ -144,7 +144,7 @@ ROLES = ("viewer", "operator", "admin")
 LEAVE_TO_MAX = 512  # characters; a path, carried in a Location header
 MESSAGE_MAX = 280  # characters of a message to the line (one short paragraph)
 # a language's variant of the message: message_fr, message_de (config.LANGUAGE_RE)
-MESSAGE_VARIANT_RE = re.compile(r"^message_([a-z]{2,3})$")
+MESSAGE_VARIANT_RE = re.compile(r"^message_([a-z]{2,3})\Z")
 MESSAGE_VARIANTS_MAX = 16  # languages one queue's message may have
 # settings held as text for the pages (scripts.TEXT_SETTINGS): never read by the line
 TEXT_SETTINGS = ("message", "closed_link")

@@ -478,3 +478,27 @@ def test_closes_at_must_come_after_opens_at(tmp_path: Path) -> None:
         ConfigError, match=r"^tenants\.a\.queues\.q: closes_at \(1000\) must come after"
     ):
         load(toml(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "valid"),
+    [
+        ("sidecar.config.NAME_RE", "shop"),
+        ("sidecar.config.LANGUAGE_RE", "fr"),
+        ("sidecar.config.HOST_RE", "shop.example"),
+        ("sidecar.config.IPV6_RE", "[::1]"),
+        ("sidecar.config.MESSAGE_VARIANT_RE", "message_fr"),
+        ("sidecar.web.http.CODE_RE", "a" * 22),
+        ("sidecar.web.challenge.COUNTER_RE", "42"),
+        ("sidecar.control.admin.SID_RE", "Vq_12oj"),
+        ("sidecar.pages.themes.HASHED_RE", "waiting.0123456789.css"),
+    ],
+)
+def test_no_pattern_takes_a_trailing_newline(pattern: str, valid: str) -> None:
+    """A value from a URL, header or form ("shop%0A") is the name it checks, or
+    refused: ``$`` would also match before a final newline."""
+    import importlib
+
+    module, _, name = pattern.rpartition(".")
+    regex = getattr(importlib.import_module(module), name)
+    assert regex.search(valid) and not regex.search(valid + "\n")

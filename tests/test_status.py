@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from devstack.stack import free_port
+from sidecar.web.status import MAX_PAGE_KEY, MAX_PAGES
 from sidecar.web.tokens import WAITING, Signer, Token
 from tests.conftest import SECRET, AppClient, eventually
 from tests.test_gate import auth, cookie_of
@@ -230,15 +231,17 @@ async def test_a_poll_answers_alike_by_cookie_and_by_bearer(app_client) -> None:
     for queue in ("s", "later", "draw", "hello"):
         await auth(client, queue)  # the one place (a pre-queue takes nobody: two waiters)
         waiters[queue] = cookie_of(await auth(client, queue))
-    queries = (
-        "?queue={q}",
-        "?queue={q}&return_to=%2Fshop%2F&lang=en",
-        "?return_to=/cart&lang=fr&queue={q}",
-        "?queue={q}&lang=%66r",  # "fr", escaped: only the full parse reads it
-        "?queue={q}&lang=fr&lang=de",
-        "?queue={q}&lang=english",
-        "?queue={q}#lang=fr",
-    )
+    queries = {  # the URL: whether the answer is in French
+        "?queue={q}": False,
+        "?queue={q}&return_to=%2Fshop%2F&lang=en": False,
+        "?return_to=/cart&lang=fr&queue={q}": True,
+        "?queue={q}&lang=%66r": True,  # "fr", escaped: only the full parse reads it
+        "?queue={q}&lang=fr&lang=de": True,
+        "?queue={q}&lang=english": False,
+        "?queue={q}&lang=fr%0A": False,  # no language ends in a newline
+        "?queue={q}#lang=fr": False,
+        "?queue={q}&return_to=%2F" + "a" * 600: False,  # too long to keep: read each time
+    }
 
     async def alike(cookie: str, query: str) -> dict[str, Any] | None:
         by_cookie = await status(client, cookie, query)
@@ -251,14 +254,38 @@ async def test_a_poll_answers_alike_by_cookie_and_by_bearer(app_client) -> None:
         return by_cookie if by_cookie == by_bearer else None
 
     for queue, cookie in waiters.items():
-        for query in queries:
+        for query, french in queries.items():
             url = query.format(q=queue)
             body = await eventually(functools.partial(alike, cookie, url), within=5)
             assert body["state"] == "waiting" and body["queue"] == queue, (queue, query)
             if queue == "hello":
-                french = "lang=fr" in query.partition("#")[0] or "%66r" in query
                 assert body["message"] == ("Bonjour" if french else "Hello"), query
+
     # the same URL on a site Anteroom does not serve is refused, never read as the last
     cookie = waiters["s"]
     r = await client.get("/_anteroom/status?queue=s", headers={"Host": "x.test", "Cookie": cookie})
     assert r.status == 403
+
+
+async def test_the_poll_urls_read_once_are_bounded(app_client) -> None:
+    """What a poll's Host and URL say is kept per URL for the next poll: never more
+    than MAX_PAGES of them, none longer than MAX_PAGE_KEY (an attacker varying URLs
+    costs a reading each, not the process's memory)."""
+    client = await app_client()
+    await auth(client, "s")
+    waiter = cookie_of(await auth(client, "s"))
+    status_route = next(
+        r
+        for r in client.app.router.routes()
+        if r.method == "GET"
+        and r.resource is not None
+        and r.resource.canonical == "/_anteroom/status"
+    )
+    kept = status_route.handler.__wrapped__.__self__._pages
+    for batch in range(0, MAX_PAGES + 100, 500):
+        queries = [f"?queue=s&n={i}" for i in range(batch, batch + 500)]
+        queries.append("?queue=s&long=" + "x" * MAX_PAGE_KEY)
+        bodies = await asyncio.gather(*(status(client, waiter, q) for q in queries))
+        assert all(b["state"] == "waiting" for b in bodies)
+        assert len(kept) <= MAX_PAGES
+        assert all(len(host) + len(url) <= MAX_PAGE_KEY for host, url in kept)

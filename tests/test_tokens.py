@@ -130,6 +130,10 @@ def test_host_name() -> None:
         ("anteroom_x=no", None),
         ("", None),
         ("anteroom", None),
+        ("x=" + "anteroom=" * 50 + "; anteroom=yes", "yes"),
+        (" " * 100 + "anteroom=yes", "yes"),
+        ("a=b anteroom=no; \t anteroom=yes", "yes"),
+        (";" * 100 + "anteroom=yes", "yes"),
     ],
 )
 def test_cookie_value(header: str, expected: str | None) -> None:
@@ -186,8 +190,8 @@ def test_verified_waiting_tokens_are_kept_and_bounded() -> None:
 
 def _parsed_query_value(target: str, name: str) -> str | None:
     """What aiohttp's request parser and yarl make of an origin-form target."""
-    path, _, rest = target.partition("?")
-    query, _, fragment = rest.partition("#")
+    target, _, fragment = target.partition("#")
+    path, _, query = target.partition("?")
     url = URL.build(path=path, query_string=query, fragment=fragment, encoded=True)
     return url.query.get(name)
 
@@ -224,4 +228,5 @@ def test_plain_query_defers_what_needs_decoding() -> None:
     assert plain_query("http://x/s?queue=shop") is None
     assert plain_query("/s") == {}
     assert plain_query("/s?lang=fr#&queue=x") == {"lang": "fr"}
+    assert plain_query("/s#?queue=x") == {}  # all fragment
     assert not decoded("%2Fshop") and not decoded("a+b") and decoded("shop")

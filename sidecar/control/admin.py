@@ -87,7 +87,7 @@ SESSION_TTL = 12 * 3600  # a dashboard sign-in lasts a working day
 FAILED_SIGN_IN_DELAY = 0.5  # seconds
 SCAN_EVERY = 5.0  # seconds between looks for queues in Redis
 DRAIN = "drain"  # settings-hash field: unix second a drain began (mode is "paused" meanwhile)
-SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 # access codes: how long one stays valid (seconds), default and bounds
 CODE_TTL_DEFAULT = 7 * 86400
 CODE_TTL_MIN, CODE_TTL_MAX = 60, 90 * 86400

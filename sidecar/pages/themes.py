@@ -26,7 +26,7 @@ from ..config import LANGUAGE_RE, Config, ConfigError, Tenant
 
 API = "/_anteroom"
 FIXED_NAMES = frozenset({"keepalive.js"})  # linked from the site by this name
-HASHED_RE = re.compile(r"\.[0-9a-f]{10}\.[A-Za-z0-9]+$")  # also in nginx/anteroom/pages-*.conf
+HASHED_RE = re.compile(r"\.[0-9a-f]{10}\.[A-Za-z0-9]+\Z")  # also in nginx/anteroom/pages-*.conf
 
 
 def themes_dir(configured: str = "") -> Path:

@@ -29,7 +29,7 @@ PART_BITS = 4  # log2(PARTS)
 TTL = 120  # seconds to solve and join: a slow phone takes about ten
 VERSION = "1"
 MAX_CHALLENGE = 300  # characters; names are at most 64 each
-COUNTER_RE = re.compile(r"^[0-9]{1,12}$")
+COUNTER_RE = re.compile(r"^[0-9]{1,12}\Z")
 _DOMAIN = b"anteroom-challenge|"  # a challenge's MAC can never pass for a token's
 
 

@@ -24,7 +24,7 @@ MAX_RETURN_TO = 1024
 # An access code rides on the gated link (…?anteroom_code=…): nginx passes the
 # whole URI in X-Original-URI. Codes are secrets.token_urlsafe(16): 22 characters.
 CODE_PARAM = "anteroom_code"
-CODE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+CODE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 
 
 def safe_path(value: str | None) -> str | None:
@@ -93,10 +93,10 @@ def plain_query(target: str) -> dict[str, str] | None:
     callers that need it decoded ask request.query (see :func:`decoded`)."""
     if not target.startswith("/"):
         return None
-    _, sep, query = target.partition("?")
+    _, sep, query = target.partition("#")[0].partition("?")  # a "?" after "#" is no query
     params: dict[str, str] = {}
     if sep:
-        for pair in query.partition("#")[0].split("&"):
+        for pair in query.split("&"):
             key, _, value = pair.partition("=")
             if "%" in key or "+" in key:
                 return None

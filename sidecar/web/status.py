@@ -53,7 +53,10 @@ POLL_FAR = 45
 DRAW_POLL = 15  # random order: seconds between polls at most (draw_poll_after)
 JSON_HEADERS = {**NO_STORE, "Content-Type": "application/json; charset=utf-8"}
 MAX_SHARED_BODIES = 1024  # queues whose shared waiting JSON is kept (one per queue)
-MAX_PAGES = 4096  # poll URLs whose reading is kept (see Status._page)
+# poll URLs whose reading is kept (see Status._page), and their longest Host + URL:
+# the page's poll is under 100 characters with a short return_to (4,096 x 512: 2 MB)
+MAX_PAGES = 4096
+MAX_PAGE_KEY = 512
 
 
 def closed_body(queue: str, state: QueueState, language: str) -> dict[str, Any]:
@@ -407,7 +410,8 @@ class Status:
         """What a poll's Host and URL say (None: something :meth:`_decide` must read,
         or decode). Remembered per Host and URL, which every waiter of a queue shares
         with many others, bounded: a miss only costs the reading."""
-        key = (request.host, request.raw_path)
+        host, target = request.host, request.raw_path
+        key = (host, target)
         page = self._pages.get(key)
         if page is not None:
             return page
@@ -422,10 +426,11 @@ class Status:
             if lang and not decoded(lang):
                 return None
             lang = tenant.language
-        if len(self._pages) >= MAX_PAGES:
-            self._pages.clear()
-        cookie = self.visitors.cookie_for(queue)
-        page = self._pages[key] = _Page(tenant, QueueRef(tenant.name, queue), cookie, lang)
+        page = _Page(tenant, QueueRef(tenant.name, queue), self.visitors.cookie_for(queue), lang)
+        if len(host) + len(target) <= MAX_PAGE_KEY:  # a longer one: read on every poll
+            if len(self._pages) >= MAX_PAGES:
+                self._pages.clear()
+            self._pages[key] = page
         return page
 
     def _poll(self, request: web.Request) -> web.Response | None:

@@ -101,17 +101,19 @@ def cookie_value(header: str, name: str) -> str | None:
     consent) may be most of the header."""
     prefix = name + "="
     at = header.find(prefix)
+    seen = 0  # the header before this is looked at already (linear, whatever it holds)
     while at != -1:
-        start = at
-        while start and header[start - 1].isspace():
-            start -= 1
-        if start == 0 or header[start - 1] == ";":  # the name, not the end of another
+        before = header[header.rfind(";", seen, at) + 1 : at]
+        if not before or before.isspace():  # the name, not the end of another
             end = header.find(";", at)
             value = header[at + len(prefix) : len(header) if end == -1 else end].rstrip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             return value
-        at = header.find(prefix, at + 1)
+        seen = header.find(";", at)  # the next cookie
+        if seen == -1:
+            return None
+        at = header.find(prefix, seen)
     return None
 
 
