@@ -39,7 +39,7 @@ from sidecar.queue.engine import Engine, QueueRef
 from tests.bench import CONNECTIONS, DURATION, ROUNDS
 
 KNOWN_QUEUES = 1_000  # the status ratio again once the process knows this many
-MANY_WAITERS = 1_000  # ... and polled by this many waiters in turn
+MANY_WAITERS = int(os.environ.get("BENCH_WAITERS", "1000"))  # ... polled by this many in turn
 
 ONE_CALL_JOIN = """
 local t = redis.call('INCR', KEYS[1])
