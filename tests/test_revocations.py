@@ -80,11 +80,16 @@ async def test_the_first_of_250k_ended_sessions_stays_refused(app_client, redis:
     assert tok is not None
     ended = [signer.dumps(dataclasses.replace(tok, sid=s)) for s in sids[:: ENDED // 40]]
 
+    statuses: list[int] = []  # the last answers, to say why if they never all refuse
+
     async def all_refused(client: AppClient) -> bool:
-        statuses = [(await auth(client, c)).status for c in [first, *ended]]
+        statuses[:] = [(await auth(client, c)).status for c in [first, *ended]]
         return all(s == 401 for s in statuses)
 
-    await eventually(lambda: all_refused(long_running), within=90)  # 250 chunks to read
+    try:
+        await eventually(lambda: all_refused(long_running), within=90)  # 250 chunks to read
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the first, then every 6,250th: {statuses}") from None
     assert (await auth(long_running, inside)).status == 204  # the one inside still passes
 
     fresh = await app_client(**env)  # loads every revocation in force, a slice per call
