@@ -125,8 +125,12 @@ def return_param(request: web.Request, default: str) -> str:
 
 def queue_param(request: web.Request) -> str | None:
     """``?queue=`` if it is a valid queue name."""
-    queue = query_value(request, "queue")
-    return queue if queue and NAME_RE.match(queue) else None
+    return queue_name(query_value(request, "queue"))
+
+
+def queue_name(value: str | None) -> str | None:
+    """``value`` if it is a valid queue name."""
+    return value if value and NAME_RE.match(value) else None
 
 
 def client_address(request: web.Request) -> str:

@@ -32,10 +32,11 @@ from .http import (
     json_answer,
     plain_query,
     query_value,
+    queue_name,
     queue_param,
     return_param,
 )
-from .tokens import PRIORITY, WAITING, Token, cookie_value
+from .tokens import PRIORITY, WAITING, Token
 from .visitors import JOIN_REFUSED_RETRY, NoSuchCode, TooManyJoins, Visitors, flagged_position
 
 log = logging.getLogger("sidecar.status")
@@ -77,7 +78,11 @@ def closed_body(queue: str, state: QueueState, language: str) -> dict[str, Any]:
 
 def language_param(request: web.Request, tenant: Tenant) -> str:
     """``?lang=`` (the waiting page's language), else the tenant's."""
-    lang = query_value(request, "lang")
+    return language(query_value(request, "lang"), tenant)
+
+
+def language(lang: str | None, tenant: Tenant) -> str:
+    """``lang`` if it names a language, else the tenant's."""
     return lang if lang and LANGUAGE_RE.match(lang) else tenant.language
 
 
@@ -197,12 +202,11 @@ class _Shared:
 
 @dataclass(frozen=True, slots=True)
 class _Page:
-    """What a status poll's Host and URL say: the tenant, the queue, the name of its
-    cookie and the language of the answer."""
+    """What a status poll's Host and URL say: the tenant, the queue and the language
+    of the answer."""
 
     tenant: Tenant
     q: QueueRef
-    cookie: str
     language: str
 
 
@@ -267,6 +271,14 @@ class Status:
         (a made-up name tracks nothing)."""
         q = QueueRef(tenant.name, queue)
         return q if queue in tenant.queues or self.visitors.cached(q) is not None else None
+
+    def _asked(self, request: web.Request, tenant: Tenant) -> QueueRef | web.Response:
+        """An API client's ``?queue=`` (a known queue: see _known), or the error answer."""
+        queue = queue_param(request)
+        if queue is None:
+            return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
+        q = self._known(tenant, queue)
+        return json_answer({"error": "unknown queue"}, 404) if q is None else q
 
     async def _shut_queue(
         self, request: web.Request, tenant: Tenant
@@ -415,18 +427,14 @@ class Status:
         page = self._pages.get(key)
         if page is not None:
             return page
-        params = plain_query(request.raw_path)
+        params = plain_query(target)
         if params is None:
             return None
-        queue, lang = params.get("queue"), params.get("lang")
+        queue, lang = queue_name(params.get("queue")), params.get("lang")
         tenant = self.visitors.tenant(request)
-        if not queue or not NAME_RE.match(queue) or tenant is None:
+        if queue is None or tenant is None or (lang and not decoded(lang)):
             return None
-        if lang is None or not LANGUAGE_RE.match(lang):
-            if lang and not decoded(lang):
-                return None
-            lang = tenant.language
-        page = _Page(tenant, QueueRef(tenant.name, queue), self.visitors.cookie_for(queue), lang)
+        page = _Page(tenant, QueueRef(tenant.name, queue), language(lang, tenant))
         if len(host) + len(target) <= MAX_PAGE_KEY:  # a longer one: read on every poll
             if len(self._pages) >= MAX_PAGES:
                 self._pages.clear()
@@ -437,15 +445,12 @@ class Status:
         """The common poll, answered without an await: a waiter's cookie for the queue
         the page names, whose state is cached and open and whose turn has not come.
         None for anything else: :meth:`_decide` answers it."""
-        headers = request.headers
         page = self._page(request)
-        if page is None or hdrs.AUTHORIZATION in headers:  # API clients: _decide
+        if page is None or hdrs.AUTHORIZATION in request.headers:  # API clients: _decide
             return None
-        visitors = self.visitors
-        raw = cookie_value(headers.get(hdrs.COOKIE, ""), page.cookie)
-        tok = visitors.verify(raw, page.tenant, int(time.time()))
-        q = page.q
-        if tok is None or tok.state != WAITING or tok.queue != q.queue:
+        visitors, q = self.visitors, page.q
+        tok = visitors.token(request, page.tenant, int(time.time()), q.queue)
+        if tok is None or tok.state != WAITING:
             return None
         state = visitors.cached(q)
         if state is None or state.shut or visitors.must_claim(q, tok, state):
@@ -501,12 +506,10 @@ class Status:
         if request.headers.get("Sec-Fetch-Site") == "cross-site":
             # a page of another site posting here would replace the visitor's place
             return json_answer({"error": "cross-site request"}, 403)
-        queue = queue_param(request)
-        if queue is None:
-            return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
-        q = self._known(tenant, queue)
-        if q is None:
-            return json_answer({"error": "unknown queue"}, 404)
+        q = self._asked(request, tenant)
+        if isinstance(q, web.Response):
+            return q
+        queue = q.queue
         now = int(time.time())
         state = await self._state(q, tenant)
         if state is None:
@@ -592,12 +595,9 @@ class Status:
     async def challenge(self, request: web.Request) -> web.Response:
         """A new challenge for ``?queue=`` (API clients; the page gets one with its status)."""
         tenant = self._tenant(request)
-        queue = queue_param(request)
-        if queue is None:
-            return json_answer({"error": "queue: letters, digits, '_' or '-' (at most 64)"}, 400)
-        q = self._known(tenant, queue)
-        if q is None:
-            return json_answer({"error": "unknown queue"}, 404)
+        q = self._asked(request, tenant)
+        if isinstance(q, web.Response):
+            return q
         if await self._challenge_queue(request, tenant) is None:
             return json_answer({"error": "this queue asks for no challenge"}, 404)
         return json_answer(self._new_challenge(q, tenant, int(time.time())))

@@ -148,10 +148,6 @@ class Visitors:
             or cookie_value(request.headers.get("Cookie", ""), cookie_name(name, queue))
         )
 
-    def cookie_for(self, queue: str) -> str:
-        """The name of ``queue``'s cookie."""
-        return cookie_name(self.config.cookie_name, queue)
-
     def bearer(self, tok: Token) -> str:
         """The token as an API client sends it back."""
         return self.signer.dumps(tok)
