@@ -13,12 +13,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from devstack.stack import Stack
-from sidecar.queue.keys import queue_keys
 from tests.conftest import make_stack
+from tests.occupancy import Occupancy, sampling
 from tests.visitors import Visitor, fields, fill_then_queue
 
 pytestmark = pytest.mark.integration
@@ -32,38 +30,19 @@ CAPACITY = 2
 class Line:
     """What the visitors saw, and what Redis counted every 50 ms."""
 
-    redis: Redis
-    occupancy: list[int] = field(default_factory=list)
+    occupancy: Occupancy
     admitted: list[tuple[str, int, str]] = field(default_factory=list)  # name, ticket, epoch
     first_place: dict[str, tuple[int, str]] = field(default_factory=dict)  # ticket, epoch
     refused_inside: list[str] = field(default_factory=list)
-
-    async def sample(self) -> None:
-        keys = queue_keys("acme", QUEUE)
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zcard(keys.active)
-                    pipe.zcard(keys.invited)
-                    active, invited = await pipe.execute()
-                self.occupancy.append(int(active) + int(invited))
-            except (RedisError, OSError):
-                pass  # Redis is down
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
 async def stack_and_line(tmp_path: Path) -> AsyncIterator[tuple[Stack, Line]]:
     stack = make_stack(tmp_path / "stack", ANTEROOM_CAPACITY=str(CAPACITY))
-    redis = Redis.from_url(stack.redis_url)
-    line = Line(redis)
-    task = asyncio.create_task(line.sample())
     try:
-        yield stack, line
+        async with sampling(stack.redis_url, "acme", QUEUE) as occupancy:
+            yield stack, Line(occupancy)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
         stack.stop()
 
 
@@ -167,9 +146,10 @@ async def test_redis_data_loss_rebuilds_the_line_from_tokens(
     names = [n for n, _, _ in line.admitted]
     assert all(n in old for n in names[: len(old) - CAPACITY + 1]), names
     # capacity held throughout (Redis' count, sampled every 50 ms)
-    assert line.occupancy and max(line.occupancy) <= CAPACITY, max(line.occupancy)
+    occupancy = line.occupancy.samples
+    assert occupancy and max(occupancy) <= CAPACITY, max(occupancy)
     print(
         f"\nredis data loss: {len(line.admitted)} admissions in {took:.1f}s after the restart, "
         f"{len(old)} places from before, {len(after)} newcomers after; "
-        f"most occupied {max(line.occupancy)}/{CAPACITY}"
+        f"most occupied {max(occupancy)}/{CAPACITY}"
     )

@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from devstack.stack import Stack
-from sidecar.queue.keys import queue_keys
 from tests.conftest import eventually, make_stack
+from tests.occupancy import Occupancy, sampling
 from tests.visitors import Visitor, fields, fill_then_queue
 
 pytestmark = pytest.mark.integration
@@ -28,42 +26,17 @@ PATH = f"/q/{QUEUE}/"
 CAPACITY = 2
 
 
-@dataclass
-class Occupancy:
-    """Samples active + invited every 50 ms, through Redis' restarts."""
-
-    redis: Redis
-    samples: list[int] = field(default_factory=list)
-
-    async def run(self) -> None:
-        keys = queue_keys("acme", QUEUE)
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zcard(keys.active)
-                    pipe.zcard(keys.invited)
-                    active, invited = await pipe.execute()
-                self.samples.append(int(active) + int(invited))
-            except (RedisError, OSError):
-                pass  # Redis is restarting
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def sampled(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Stack, Occupancy]]:
+    """A stack and its queue's occupancy, sampled every 50 ms through Redis' restarts."""
     aof = getattr(request, "param", False)
     stack = make_stack(tmp_path / "stack", redis_aof=aof, ANTEROOM_CAPACITY=str(CAPACITY))
-    redis = Redis.from_url(stack.redis_url)
-    occupancy = Occupancy(redis)
-    task = asyncio.create_task(occupancy.run())
     try:
-        yield stack, occupancy
+        async with sampling(stack.redis_url, "acme", QUEUE) as occupancy:
+            yield stack, occupancy
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
         stack.stop()
 
 

@@ -19,6 +19,7 @@ from devstack.stack import Stack
 from sidecar.queue.engine import QueueRef
 from sidecar.queue.keys import TICKERS_KEY
 from tests.conftest import eventually, make_stack, ticket_members
+from tests.occupancy import sampling
 from tests.visitors import Visitor, fill_then_queue
 
 pytestmark = pytest.mark.integration
@@ -50,61 +51,48 @@ async def test_ticker_killed_mid_tick_is_taken_over_and_the_line_holds(
 ) -> None:
     keys = QueueRef("acme", QUEUE).keys
     redis = Redis.from_url(two_sidecars.redis_url)
-    samples: list[int] = []
-
-    async def sample() -> None:
-        while True:
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.active)
-                pipe.zcard(keys.invited)
-                active, invited = await pipe.execute()
-            samples.append(int(active) + int(invited))
-            await asyncio.sleep(0.01)
-
-    sampler = asyncio.create_task(sample())
     try:
-        admitted, waiting = await fill_then_queue(http, two_sidecars.url, PATH, CAPACITY, 10)
-        waiting.sort(key=ticket)
-        first = await eventually(lambda: holder(redis), within=3)
-        pids = {p.pid for name, p in two_sidecars.procs.items() if name.startswith("sidecar")}
-        pid = int(first.split("-")[0])
-        assert pid in pids  # the lease names a sidecar process
+        async with sampling(two_sidecars.redis_url, "acme", QUEUE, every=0.01) as occupancy:
+            admitted, waiting = await fill_then_queue(http, two_sidecars.url, PATH, CAPACITY, 10)
+            waiting.sort(key=ticket)
+            first = await eventually(lambda: holder(redis), within=3)
+            pids = {p.pid for name, p in two_sidecars.procs.items() if name.startswith("sidecar")}
+            pid = int(first.split("-")[0])
+            assert pid in pids  # the lease names a sidecar process
 
-        admitted_tickets: list[int] = []
-        takeover = None
-        rounds = 0
-        while waiting:
-            for v in admitted:  # done shopping: the leave wakes the ticker at once
-                await v.post("/_anteroom/leave")
-            if rounds == 1:  # the ticker dies while it advances the line
-                os.kill(pid, signal.SIGKILL)
-                killed = time.monotonic()
-                new = await eventually(lambda: _other(redis, first), within=5, interval=0.02)
-                takeover = time.monotonic() - killed
-                assert int(new.split("-")[0]) in pids - {pid}
-            rounds += 1
-            admitted = []
-            for _ in range(100):
-                states = await asyncio.gather(*(v.status() for v in waiting))
-                admitted = [
-                    v for v, s in zip(waiting, states, strict=True) if s["state"] == "admitted"
-                ]
-                if admitted:
-                    break
-                await asyncio.sleep(0.05)
-            assert admitted, "nobody was admitted after places were freed"
-            admitted_tickets += [ticket(v) for v in admitted]
-            in_line = await ticket_members(redis, keys.waiting)
-            assert min(in_line, default=99) > max(admitted_tickets)  # FIFO
-            waiting = [v for v in waiting if v not in admitted]
+            admitted_tickets: list[int] = []
+            takeover = None
+            rounds = 0
+            while waiting:
+                for v in admitted:  # done shopping: the leave wakes the ticker at once
+                    await v.post("/_anteroom/leave")
+                if rounds == 1:  # the ticker dies while it advances the line
+                    os.kill(pid, signal.SIGKILL)
+                    killed = time.monotonic()
+                    new = await eventually(lambda: _other(redis, first), within=5, interval=0.02)
+                    takeover = time.monotonic() - killed
+                    assert int(new.split("-")[0]) in pids - {pid}
+                rounds += 1
+                admitted = []
+                for _ in range(100):
+                    states = await asyncio.gather(*(v.status() for v in waiting))
+                    admitted = [
+                        v for v, s in zip(waiting, states, strict=True) if s["state"] == "admitted"
+                    ]
+                    if admitted:
+                        break
+                    await asyncio.sleep(0.05)
+                assert admitted, "nobody was admitted after places were freed"
+                admitted_tickets += [ticket(v) for v in admitted]
+                in_line = await ticket_members(redis, keys.waiting)
+                assert min(in_line, default=99) > max(admitted_tickets)  # FIFO
+                waiting = [v for v in waiting if v not in admitted]
     finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
         await redis.aclose()
     print(f"lease taken over after {takeover:.2f} s")
     assert takeover is not None and takeover < 1.5, takeover  # lease: 750 ms
     assert sorted(admitted_tickets) == list(range(3, 13))  # nobody lost, nobody twice
-    assert samples and max(samples) <= CAPACITY
+    assert occupancy.samples and max(occupancy.samples) <= CAPACITY
 
 
 async def _other(redis: Redis, first: str) -> str:
