@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from devstack.stack import Stack, free_port
+from devstack.stack import S3Server, Stack, free_port
 from sidecar.config import load
 from sidecar.queue.engine import Engine
 from sidecar.web.app import create_app
@@ -67,16 +67,22 @@ def make_stack(
     fast_pass: bool = False,
     extra_http: str = "",
     access_log: bool = False,
+    site_toml: str = SITE_TOML,
+    extra_locations: str = "",
+    s3: S3Server | None = None,
     **env: str,
 ) -> Stack:
+    """A started stack on free ports: ``site_toml`` as its configuration, the queued
+    locations of QUEUE_LOCATIONS (+ ``extra_locations``), FAST timings + ``env``."""
     toml = workdir / "anteroom.toml"
     workdir.mkdir(parents=True, exist_ok=True)
-    toml.write_text(SITE_TOML)
+    toml.write_text(site_toml)
     return Stack(
         workdir=workdir,
         env={**FAST, "ANTEROOM_CONFIG": str(toml), **env},
-        extra_locations=QUEUE_LOCATIONS,
+        extra_locations=QUEUE_LOCATIONS + extra_locations,
         inherit_env=False,
+        s3=s3,
         replica_ports=[free_port() for _ in range(replicas)],
         redis_cluster=redis_cluster,
         cluster_replicas=cluster_replicas,

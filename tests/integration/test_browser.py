@@ -14,7 +14,7 @@ import pytest
 from devstack.stack import Stack
 from tests.axe import axe_path, violations
 from tests.browser import Browser, chromium_path, shots_dir
-from tests.conftest import ADMIN_TOKEN, FAST, QUEUE_LOCATIONS, eventually, make_stack
+from tests.conftest import ADMIN_TOKEN, eventually, make_stack
 from tests.visitors import Visitor
 
 pytestmark = [
@@ -138,14 +138,9 @@ theme = "tickets"
 
 @pytest.fixture(scope="module")
 def concerts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("concerts")
-    (work / "anteroom.toml").write_text(CONCERTS_TOML)
-    s = Stack(
-        workdir=work,
-        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml"), "ANTEROOM_CAPACITY": "1"},
-        extra_locations=QUEUE_LOCATIONS,
-        inherit_env=False,
-    ).start()
+    s = make_stack(
+        tmp_path_factory.mktemp("concerts"), site_toml=CONCERTS_TOML, ANTEROOM_CAPACITY="1"
+    )
     yield s
     s.stop()
 

@@ -15,7 +15,7 @@ import pytest
 from devstack.stack import ROOT, S3Server, Stack
 from sidecar.config import S3Settings, load
 from sidecar.pages.publish import IMMUTABLE, publish
-from tests.conftest import FAST, QUEUE_LOCATIONS
+from tests.conftest import make_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +41,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="module")
 def site(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("s3site")
-    (work / "anteroom.toml").write_text(TOML)
-    stack = Stack(
-        workdir=work,
-        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml")},
-        extra_locations=QUEUE_LOCATIONS,
-        inherit_env=False,
-        s3=s3,
-    ).start()
+    stack = make_stack(tmp_path_factory.mktemp("s3site"), site_toml=TOML, s3=s3)
     yield stack
     stack.stop()
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from devstack.stack import S3Server, Stack
-from tests.conftest import FAST, QUEUE_LOCATIONS
+from tests.conftest import make_stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +39,7 @@ def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="module")
 def site(bucket: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("s3downsite")
-    (work / "anteroom.toml").write_text(TOML)
-    stack = Stack(
-        workdir=work,
-        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml")},
-        extra_locations=QUEUE_LOCATIONS,
-        inherit_env=False,
-        s3=bucket,
-    ).start()
+    stack = make_stack(tmp_path_factory.mktemp("s3downsite"), site_toml=TOML, s3=bucket)
     yield stack
     stack.stop()
 

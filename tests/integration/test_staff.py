@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.stack import ROOT, Stack
-from tests.conftest import FAST, QUEUE_LOCATIONS, SITE_TOML
+from tests.conftest import FAST, make_stack
 from tests.visitors import Reply, Visitor
 
 STAFF_ADDRESS = "127.0.0.2"
@@ -37,14 +37,7 @@ def staff_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     http = http.replace("192.0.2.0/24", f"{STAFF_ADDRESS}/32")
     locations = locations.replace("http://app;", "http://origin;")
     work = tmp_path_factory.mktemp("staff")
-    (work / "anteroom.toml").write_text(SITE_TOML)
-    s = Stack(
-        workdir=work,
-        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml"), "ANTEROOM_CAPACITY": "1"},
-        extra_locations=QUEUE_LOCATIONS + locations,
-        extra_http=http,
-        inherit_env=False,
-    ).start()
+    s = make_stack(work, extra_locations=locations, extra_http=http, ANTEROOM_CAPACITY="1")
     yield s
     s.stop()
 

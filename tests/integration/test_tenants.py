@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devstack.stack import Stack
-from tests.conftest import FAST, QUEUE_LOCATIONS
+from tests.conftest import make_stack
 from tests.visitors import Visitor
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,7 @@ hosts = ["*.eu.tickets.localhost"]
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("tenants")
-    (work / "anteroom.toml").write_text(TOML)
-    stack = Stack(
-        workdir=work,
-        env={**FAST, "ANTEROOM_CONFIG": str(work / "anteroom.toml")},
-        extra_locations=QUEUE_LOCATIONS,
-        inherit_env=False,
-    ).start()
+    stack = make_stack(tmp_path_factory.mktemp("tenants"), site_toml=TOML)
     yield stack
     stack.stop()
 
