@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -113,3 +115,21 @@ async def fill_then_queue(
         assert (await v.get(path)).status == 302
         assert (await v.status())["state"] == "waiting"
     return inside, line
+
+
+def client_from(address: str, force_close: bool = False) -> aiohttp.ClientSession:
+    """An HTTP client whose connections come from ``address`` (a loopback address:
+    nginx's $remote_addr). No cookie jar: each Visitor keeps its own cookie."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=force_close)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+@asynccontextmanager
+async def clients_from(addresses: Iterable[str]) -> AsyncIterator[list[aiohttp.ClientSession]]:
+    """One :func:`client_from` each address, closed after."""
+    sessions = [client_from(address) for address in addresses]
+    try:
+        yield sessions
+    finally:
+        for s in sessions:
+            await s.close()

@@ -15,7 +15,7 @@ import pytest
 
 from devstack.stack import Stack
 from tests.conftest import ADMIN_TOKEN, make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, clients_from
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,8 @@ def fast_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 async def crowd() -> AsyncIterator[list[aiohttp.ClientSession]]:
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(addr, 0)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        for addr in SHARERS
-    ]
-    yield sessions
-    for s in sessions:
-        await s.close()
+    async with clients_from(SHARERS) as sessions:
+        yield sessions
 
 
 def sidecar_asks(stack: Stack) -> int:

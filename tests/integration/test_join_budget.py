@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from devstack.stack import Stack
 from tests.conftest import make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, clients_from
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,8 @@ def site(tmp_path: Path) -> Iterator[Stack]:
 @pytest.fixture
 async def honest_http() -> AsyncIterator[list[aiohttp.ClientSession]]:
     """Five visitors' clients, each from its own loopback address (127.0.0.2 ..)."""
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(f"127.0.0.{n}", 0)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        for n in range(2, 7)
-    ]
-    yield sessions
-    for s in sessions:
-        await s.close()
+    async with clients_from(f"127.0.0.{n}" for n in range(2, 7)) as sessions:
+        yield sessions
 
 
 async def test_an_address_never_holds_more_places_than_its_budget(

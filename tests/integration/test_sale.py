@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import ROOT, Stack
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, clients_from
 
 pytestmark = pytest.mark.integration
 
@@ -102,16 +102,8 @@ async def test_an_operator_switches_the_proof_of_work_on_for_every_replica(
 @pytest.fixture
 async def crowd() -> AsyncIterator[list[aiohttp.ClientSession]]:
     """One HTTP client per loopback address."""
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(addr, 0)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        for addr in ADDRESSES
-    ]
-    yield sessions
-    for s in sessions:
-        await s.close()
+    async with clients_from(ADDRESSES) as sessions:
+        yield sessions
 
 
 async def test_a_cookie_revoked_for_sharing_is_an_endless_line_on_every_replica(

@@ -24,7 +24,7 @@ from sidecar.config import QueueSettings
 from sidecar.queue.engine import REFUSED, Claim, Engine, QueueRef, QueueState, shuffled_order
 from sidecar.queue.keys import PLACE_TTL
 from tests.conftest import ADMIN_TOKEN, eventually, make_stack, ticket_members
-from tests.visitors import Visitor
+from tests.visitors import Visitor, client_from
 
 Q = QueueRef("acme", "sale")
 FAR = 4_000_000_000  # an opening far in the future (year 2096): the queue is closed
@@ -419,10 +419,7 @@ async def test_minting_client_gets_its_budget_while_real_visitors_wait(
                     assert r.headers.get("Retry-After") == "60"
 
     async def real(n: int) -> tuple[int, float]:
-        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{n}", 0))
-        async with aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-        ) as own:
+        async with client_from(f"127.0.0.{n}") as own:
             v = Visitor(own, site.url)
             await asyncio.sleep(n * 0.05)  # arriving among the bot's requests
             started = time.time()

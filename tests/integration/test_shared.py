@@ -13,7 +13,7 @@ import pytest
 
 from devstack.stack import Stack
 from tests.conftest import ADMIN_TOKEN, make_stack
-from tests.visitors import Visitor
+from tests.visitors import Visitor, clients_from
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +34,8 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 async def crowd() -> AsyncIterator[list[aiohttp.ClientSession]]:
     """One HTTP client per address."""
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(addr, 0)),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        for addr in ADDRESSES
-    ]
-    yield sessions
-    for s in sessions:
-        await s.close()
+    async with clients_from(ADDRESSES) as sessions:
+        yield sessions
 
 
 async def use_everywhere(

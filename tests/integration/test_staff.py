@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from devstack.stack import ROOT, Stack
 from tests.conftest import FAST, make_stack
-from tests.visitors import Reply, Visitor
+from tests.visitors import Reply, Visitor, client_from
 
 STAFF_ADDRESS = "127.0.0.2"
 KEY = "3f9c2a7d1e5b8c04a6d2e9f1b7c3a5d8e0f2b4c6a8d1e3f5"  # the doc's example key
@@ -40,12 +40,6 @@ def staff_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = make_stack(work, extra_locations=locations, extra_http=http, ANTEROOM_CAPACITY="1")
     yield s
     s.stop()
-
-
-def client(address: str) -> aiohttp.ClientSession:
-    """A session whose connections come from ``address`` (nginx's $remote_addr)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def served(r: Reply) -> bool:
@@ -77,7 +71,7 @@ async def test_staff_address_and_key_skip_the_gate_without_a_place(staff_stack: 
     """The queue is full (capacity 1, one visitor inside): a visitor from 127.0.0.1
     waits; staff from 127.0.0.2 and a monitor with the key get the page itself,
     with no cookie and no ticket taken, even once the queue is closed."""
-    async with client("127.0.0.1") as http:
+    async with client_from("127.0.0.1", force_close=True) as http:
         inside = Visitor(http, staff_stack.url)
         assert served(await inside.get("/checkout/cart"))
         outside = Visitor(http, staff_stack.url)
@@ -91,7 +85,7 @@ async def test_staff_address_and_key_skip_the_gate_without_a_place(staff_stack: 
         r = await wrong.get("/checkout/cart", headers={"X-Staff-Key": KEY[:-1] + "0"})
         assert r.status == 302  # a wrong key is a visitor like any other
 
-    async with client(STAFF_ADDRESS) as http:
+    async with client_from(STAFF_ADDRESS, force_close=True) as http:
         staff = Visitor(http, staff_stack.url)
         for _ in range(3):
             r = await staff.get("/checkout/cart")
@@ -102,14 +96,14 @@ async def test_staff_address_and_key_skip_the_gate_without_a_place(staff_stack: 
     assert await tickets(staff_stack) == taken + 1
 
     await close_queue(staff_stack)
-    async with client(STAFF_ADDRESS) as http:
+    async with client_from(STAFF_ADDRESS, force_close=True) as http:
         r = await Visitor(http, staff_stack.url).get("/checkout/cart")
         assert served(r) and not r.set_cookies
 
 
 async def test_other_loopback_addresses_are_not_staff(staff_stack: Stack) -> None:
     """Only the listed address: 127.0.0.3 waits like anyone (the list is exact)."""
-    async with client("127.0.0.3") as http:
+    async with client_from("127.0.0.3", force_close=True) as http:
         v = Visitor(http, staff_stack.url)
         r = await v.get("/q/staff-other/page")
         assert r.set_cookies  # a visitor: a place or a session
