@@ -583,3 +583,28 @@ async def test_the_epoch_survives_when_redis_keeps_its_data(
     await redis.delete(Q.keys.active)  # the session idled out; nothing else changed
     assert (await tick(e, s)).epoch == first.epoch == second.epoch
     assert await e.claim(Q, 2, "b", s, second.epoch) is Claim.ADMITTED
+
+
+async def test_a_waiter_whose_first_poll_may_still_be_batched_is_not_overtaken(
+    redis: Redis,
+) -> None:
+    """A waiter who joined a moment ago may have polled already, the mark still in a
+    replica's heartbeat batch (the engine's slack): the line waits for them rather
+    than pass them over and let a newcomer walk in first. Past the slack a place
+    never seen is passed over as before (a bot, or a page still loading)."""
+    e = Engine(redis, purge_slack_ms=1000)
+    s = QueueSettings(capacity=1)
+    await join(e, "holder", s)
+    _, waiter, _ = await e.join(Q, "waiter", s)  # polled; the mark not written yet
+    await e.leave(Q, 1, "holder", 0)
+    st = await tick(e, s)
+    assert st.serving < waiter and st.skipped == 0 and st.invited == 0
+    walked_in, newcomer, _ = await e.join(Q, "newcomer", s)
+    assert not walked_in  # behind the waiter
+    await seen(e, s, waiter)  # the batch arrives
+    await tick(e, s)
+    assert await e.claim(Q, waiter, "waiter", s) is Claim.ADMITTED
+    await e.leave(Q, waiter, "waiter", 0)
+    await asyncio.sleep(1.1)  # the newcomer never polled: past the slack, passed over
+    st = await tick(e, s)
+    assert st.serving == newcomer and st.skipped == 1 and st.invited == 0

@@ -47,7 +47,10 @@ local function draw(s, grace_ms, serving, tickets, free)
   return serving, invited, steps, steps == ADVANCE_MAX_STEPS or invited == DRAW_MAX
 end
 
-local function advance(s, grace_ms, serving, tickets)
+-- `slack_ms`: a waiter who joined less than this ago and is not seen yet may have
+-- polled already, the mark still in a replica's heartbeat batch: the line waits
+-- for them (a tick or two) rather than skip them and let a newcomer in first.
+local function advance(s, grace_ms, serving, tickets, slack_ms)
   local invited, skipped, unseen = 0, 0, 0
   local free = free_slots(s.capacity, s.admit_per_minute)
   while free > 0 do
@@ -71,10 +74,11 @@ local function advance(s, grace_ms, serving, tickets)
   end
   -- serving is a line number; the ticket at it may differ after a shuffle
   while free > 0 and serving < tickets and steps < ADVANCE_MAX_STEPS do
+    local t = tickets_at(serving + 1, serving + 1)[1]
+    local seen = tonumber(redis.call('ZSCORE', K_WAITING, t))
+    if seen and seen < 0 and -seen > now_ms - slack_ms then break end
     serving = serving + 1
     steps = steps + 1
-    local t = tickets_at(serving, serving)[1]
-    local seen = tonumber(redis.call('ZSCORE', K_WAITING, t))
     if seen then
       redis.call('ZREM', K_WAITING, t)
       count_in_line(serving, -1)

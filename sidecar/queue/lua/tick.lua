@@ -78,7 +78,7 @@ local past_close = s.closes_at > 0 and now_sec >= s.closes_at
 if (s.mode == 'on' or s.mode == 'queue-all') and not closed and not opening
     and not recovering() and not past_close then
   local capped
-  serving, invited, skipped, capped, unseen = advance(s, grace_ms, serving, tickets)
+  serving, invited, skipped, capped, unseen = advance(s, grace_ms, serving, tickets, purge_slack_ms)
   more = more or capped
 end
 local minute = admitted_recently()
